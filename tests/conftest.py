@@ -1,0 +1,21 @@
+"""Shared pytest fixtures.
+
+`rotel`: a real rotel-agent collector on free loopback ports for one test
+(see tests/collector.py for reading back what it received).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.collector import Rotel
+
+
+@pytest.fixture
+def rotel(tmp_path):
+    collector = Rotel(tmp_path / "rotel")
+    collector.start()
+    try:
+        yield collector
+    finally:
+        collector.stop()
