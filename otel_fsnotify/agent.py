@@ -1,0 +1,103 @@
+"""The `run` job: one backend feeding one output until told to stop.
+
+    backend (kernel hooks -> Event) -> output (table | jsonl | OTLP)
+
+Loss counters of both sides are logged every `stats_interval` seconds and
+printed once at exit as `otel-fsnotify: stats {json}` on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+
+from . import backends
+from .config import AgentConfig, filters_of
+from .event import Event
+from .outputs import JsonlOutput, OtlpOutput, TableOutput
+
+log = logging.getLogger("otel_fsnotify")
+
+POLL_MS = 200
+
+
+def make_output(cfg: AgentConfig, backend_name: str):
+    if cfg.output == "jsonl":
+        return JsonlOutput(cfg.output_file)
+    if cfg.output == "table":
+        return TableOutput(cfg.fields, cfg.output_file)
+    from .delivery.settings import OtlpSettings
+    from .otel_map import build_resource
+
+    import os
+
+    settings = OtlpSettings.from_env(os.environ, **cfg.otlp)
+    return OtlpOutput(settings, build_resource(backend=backend_name), log)
+
+
+class _Stop:
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, _frame):
+        if self.requested:  # second signal: stop waiting for a flush
+            raise KeyboardInterrupt
+        self.requested = True
+        log.info("received %s, stopping", signal.Signals(signum).name)
+
+
+def run(cfg: AgentConfig) -> int:
+    sink: list = []
+
+    def emit(event: Event) -> None:
+        sink[0].write(event)
+
+    backend = backends.choose(cfg.backend, filters_of(cfg), emit, log)
+    log.info("backend %s started", backend.name)
+    output = make_output(cfg, backend.name)
+    sink.append(output)
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    started = time.monotonic()
+    deadline = started + cfg.duration if cfg.duration else None
+    next_stats = started + cfg.stats_interval if cfg.stats_interval else None
+    metrics = None
+    if cfg.output == "otlp":
+        metrics = _start_metrics(cfg, output, backend)
+    try:
+        while not stop.requested:
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                break
+            backend.poll(POLL_MS if not deadline else max(1, min(POLL_MS, int((deadline - now) * 1000))))
+            if next_stats and now >= next_stats:
+                log.info("stats %s", json.dumps(_stats(backend, output)))
+                next_stats = now + cfg.stats_interval
+        backend.poll(0)  # what the kernel already queued
+    finally:
+        backend.close()
+        output.close()
+        if metrics is not None:
+            metrics.shutdown()
+        sys.stderr.write("otel-fsnotify: stats " + json.dumps(_stats(backend, output)) + "\n")
+        sys.stderr.flush()
+    return 0
+
+
+def _stats(backend, output) -> dict:
+    return {"backend": backend.name, **backend.counters(), **output.counters()}
+
+
+def _start_metrics(cfg: AgentConfig, output, backend):
+    """Export loss/throughput counters as OTLP metrics next to the logs."""
+    try:
+        from .delivery.metrics import start_metrics
+    except ImportError:
+        return None
+    return start_metrics(output.shipper.settings, output.shipper.resource,
+                         lambda: _stats(backend, output))

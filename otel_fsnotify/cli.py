@@ -1,0 +1,200 @@
+"""Command line: `otel-fsnotify run | replay | doctor`.
+
+Every user mistake or missing kernel feature ends in one line on stderr,
+`otel-fsnotify: error: ...`, and a non-zero exit: 2 for bad input (flags,
+config, capture files), 1 for what the host or collector cannot do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+from .backends import CHOICES as BACKEND_CHOICES
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too: keep it short)
+        sys.stderr.write(f"otel-fsnotify: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pid") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pid")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0")
+    return value
+
+
+def _add_otlp_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("OTLP delivery (flags override OTEL_EXPORTER_OTLP_* and the config file)")
+    g.add_argument("--endpoint", dest="otlp_endpoint", metavar="URL",
+                   help="collector endpoint (OTEL_EXPORTER_OTLP_ENDPOINT), e.g. http://127.0.0.1:4317")
+    g.add_argument("--protocol", dest="otlp_protocol", choices=("grpc", "http/protobuf", "http/json"),
+                   help="OTLP transport (OTEL_EXPORTER_OTLP_PROTOCOL); http/json is the fastest")
+    g.add_argument("--header", dest="otlp_headers", metavar="KEY=VALUE", action="append",
+                   help="extra request header, repeatable (OTEL_EXPORTER_OTLP_HEADERS)")
+    g.add_argument("--compression", dest="otlp_compression", choices=("none", "gzip"))
+    g.add_argument("--insecure", dest="otlp_insecure", action="store_const", const=True,
+                   help="plain-text gRPC (no TLS)")
+    g.add_argument("--certificate", dest="otlp_certificate", metavar="PEM", help="CA bundle to trust")
+    g.add_argument("--client-certificate", dest="otlp_client_certificate", metavar="PEM")
+    g.add_argument("--client-key", dest="otlp_client_key", metavar="PEM")
+    g.add_argument("--spool-dir", dest="otlp_spool_dir", metavar="DIR",
+                   help="on-disk spool holding events while the collector is away")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="otel-fsnotify",
+                description="Link inotify/fanotify events to the process that caused them (tracee) "
+                            "and the one that read them (tracer); ship them over OTLP.")
+    p.add_argument("--version", action="version", version=f"otel-fsnotify {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="{run,replay,doctor}", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="trace fsnotify events and send them to an output")
+    r.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
+    r.add_argument("--backend", choices=BACKEND_CHOICES,
+                   help="kernel hooks: fentry/kprobe (exact), tracepoint (hardened kernels); "
+                        "auto picks the first that loads (default)")
+    r.add_argument("--output", choices=("otlp", "jsonl", "table"), help="default otlp")
+    r.add_argument("--output-file", metavar="PATH", help="jsonl/table destination (default stdout)")
+    r.add_argument("--fields", metavar="F1,F2", help="table columns, e.g. tracer_comm,tracee_comm,i_mask,name")
+    r.add_argument("--inotify-only", action="store_const", const=True, help="only inotify events")
+    r.add_argument("--fanotify-only", action="store_const", const=True, help="only fanotify events")
+    r.add_argument("--tracer-pid", type=_pid, action="append", metavar="PID",
+                   help="only events read by this process (repeatable)")
+    r.add_argument("--tracee-pid", type=_pid, action="append", metavar="PID",
+                   help="only events caused by this process (repeatable)")
+    r.add_argument("--tracer-group", metavar="ADDR",
+                   help="only events queued to this struct fsnotify_group (kernel address)")
+    r.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
+    r.add_argument("--stats-interval", type=_seconds, metavar="SECONDS",
+                   help="log loss/throughput counters this often (default 60; 0 = only at exit)")
+    _add_otlp_flags(r)
+
+    rp = sub.add_parser("replay", help="ship a jsonl capture over OTLP")
+    rp.add_argument("file", help="jsonl capture written by `run --output jsonl`")
+    rp.add_argument("--config", metavar="FILE", help="TOML config file ([otlp] table is used)")
+    rp.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    _add_otlp_flags(rp)
+
+    sub.add_parser("doctor", help="check what this kernel and process allow, and which backend auto picks")
+    return p
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"otel-fsnotify: error: {message}\n")
+    return code
+
+
+def _otlp_flags(args) -> dict:
+    flags = {k: v for k, v in vars(args).items() if k.startswith("otlp_") and v is not None}
+    if "otlp_headers" in flags:
+        headers = {}
+        for item in flags["otlp_headers"]:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise _UsageError(f"--header {item!r}: expected KEY=VALUE")
+            headers[key.strip()] = value.strip()
+        flags["otlp_headers"] = headers
+    return flags
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _needs_bpf_privilege() -> str | None:
+    if os.geteuid() == 0:
+        return None
+    from .doctor import _caps
+
+    ok, detail = _caps()
+    return None if ok else (f"loading BPF programs needs root or CAP_BPF+CAP_PERFMON "
+                            f"(uid {os.geteuid()}: {detail})")
+
+
+def _cmd_run(args) -> int:
+    from . import agent, config
+
+    cfg = config.load(args.config)
+    fields = args.fields.split(",") if args.fields else None
+    cfg = config.apply_overrides(
+        cfg, "command line", backend=args.backend, output=args.output, output_file=args.output_file,
+        fields=fields, duration=args.duration, stats_interval=args.stats_interval,
+        tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
+        inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, **_otlp_flags(args))
+    problem = _needs_bpf_privilege()
+    if problem:
+        return _fail(problem, EXIT_RUNTIME)
+    return agent.run(cfg)
+
+
+def _cmd_replay(args) -> int:
+    from . import config
+    from .delivery.settings import OtlpSettings
+    from .replay import run_replay
+
+    cfg = config.apply_overrides(config.load(args.config), "command line", **_otlp_flags(args))
+    settings = OtlpSettings.from_env(os.environ, **cfg.otlp)
+    return run_replay(args.file, settings, logging.getLogger("otel_fsnotify"), progress=not args.no_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.command:
+        build_parser().print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="otel-fsnotify: %(levelname)s: %(message)s", stream=sys.stderr)
+
+    from .backends.base import BackendUnavailable
+    from .bccenv import BccError
+    from .btf import BtfError
+    from .config import ConfigError
+    from .event import CaptureError
+
+    try:
+        if args.command == "doctor":
+            from . import doctor
+
+            return doctor.main()
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_replay(args)
+    except (ConfigError, CaptureError, _UsageError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ValueError as exc:  # OtlpSettings: a bad endpoint/protocol/header value
+        return _fail(str(exc), EXIT_USAGE)
+    except (BackendUnavailable, BccError, BtfError) as exc:
+        return _fail(str(exc), EXIT_RUNTIME)
+    except PermissionError as exc:
+        return _fail(f"{exc.filename or 'operation'}: permission denied (run as root)", EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

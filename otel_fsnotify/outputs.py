@@ -1,0 +1,107 @@
+"""Where enriched events go: a table for people, JSON lines for files and
+replay, or OTLP to a collector (delivery/)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Protocol
+
+from .event import Event, to_json_line
+
+MASK_FIELDS = {"i_mask", "fa_mask"}
+WIDE_FIELDS = {"name", "path", "tracer_exe", "tracee_exe"}
+
+
+class Output(Protocol):
+    def write(self, event: Event) -> None: ...
+    def close(self) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+
+
+def _open(path: str, binary: bool) -> IO:
+    if not path or path == "-":
+        return sys.stdout.buffer if binary else sys.stdout
+    return open(path, "ab" if binary else "a", buffering=1 if not binary else -1)
+
+
+class JsonlOutput:
+    """One Event per line, exactly the schema `replay` reads back."""
+
+    def __init__(self, path: str = ""):
+        self._fh = _open(path, binary=True)
+        self._own = bool(path and path != "-")
+        self.written = 0
+
+    def write(self, event: Event) -> None:
+        self._fh.write(to_json_line(event))
+        self.written += 1
+        if not self._own or self.written % 64 == 0:
+            self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.flush()
+        if self._own:
+            self._fh.close()
+
+    def counters(self) -> dict[str, int]:
+        return {"output_written": self.written}
+
+
+def format_value(field: str, value) -> str:
+    if field in MASK_FIELDS:
+        return f"0x{value:x}"
+    if isinstance(value, list):
+        return "|".join(value)
+    return str(value)
+
+
+class TableOutput:
+    """Fixed-width columns named after the fields (seed-gadget style)."""
+
+    def __init__(self, fields: list[str], path: str = ""):
+        self.fields = fields
+        self._fh = _open(path, binary=False)
+        self._own = bool(path and path != "-")
+        self.widths = [max(len(f), 34 if f in WIDE_FIELDS else 12 if "mask" in f else 8) for f in fields]
+        self.written = 0
+        self._row([f.upper() for f in fields])
+
+    def _row(self, cells: list[str]) -> None:
+        last = len(cells) - 1
+        parts = []
+        for i, (cell, width) in enumerate(zip(cells, self.widths)):
+            if i != last and len(cell) > width:
+                cell = cell[: width - 1] + "…"
+            parts.append(cell if i == last else cell.ljust(width))
+        self._fh.write(" ".join(parts) + "\n")
+        self._fh.flush()
+
+    def write(self, event: Event) -> None:
+        self._row([format_value(f, getattr(event, f)) for f in self.fields])
+        self.written += 1
+
+    def close(self) -> None:
+        if self._own:
+            self._fh.close()
+
+    def counters(self) -> dict[str, int]:
+        return {"output_written": self.written}
+
+
+class OtlpOutput:
+    """Events to an OTLP collector through the loss-counting Shipper."""
+
+    def __init__(self, settings, resource, log: logging.Logger):
+        from .delivery.shipper import Shipper
+
+        self.shipper = Shipper(settings, resource, log)
+
+    def write(self, event: Event) -> None:
+        self.shipper.submit(event)
+
+    def close(self) -> None:
+        self.shipper.close(30.0)
+
+    def counters(self) -> dict[str, int]:
+        return self.shipper.counters()
