@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up otel-fsnotify on Debian bookworm (run as root):
+#   ./install.sh          runtime: bcc, kernel headers, the venv with the agent
+#   ./install.sh --test   also what the test suite needs: inotify-tools, qemu and
+#                         Debian's 6.1 kernel for the VM tests, rotel, pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+
+with_test=0
+[[ "${1:-}" == "--test" ]] && with_test=1
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+if [[ $EUID -ne 0 ]]; then
+    echo "install.sh: must run as root (apt-get and BPF need it)" >&2
+    exit 1
+fi
+
+runtime_pkgs=(python3 python3-venv python3-bpfcc linux-headers-amd64 ca-certificates)
+# For the tests: real tracers (inotifywait), qemu + Debian's own kernel for the
+# exact (fentry/kprobe) backends, busybox-static for the VM's initramfs.
+test_pkgs=(inotify-tools util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod)
+pkgs=("${runtime_pkgs[@]}")
+(( with_test )) && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if (( ${#missing[@]} )); then
+    step "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    step "creating .venv (Debian's python3, for python3-bpfcc)"
+    /usr/bin/python3 -m venv .venv
+fi
+# bcc is Debian's ctypes module; expose just that package to the venv
+# (the PyPI project named 'bcc' is unrelated and must never be installed).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
+
+extra=""
+(( with_test )) && extra="[test]"
+step "pip install -e .$extra"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
+
+.venv/bin/python -c 'import bcc, msgspec, opentelemetry.sdk' \
+    || { echo "install.sh: the venv cannot import bcc/msgspec/opentelemetry" >&2; exit 1; }
+step "ready: .venv/bin/otel-fsnotify"
