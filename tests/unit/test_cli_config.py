@@ -1,0 +1,107 @@
+"""Bad input gets one clear line and a non-zero exit, never a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from otel_fsnotify import config
+
+CLI = [sys.executable, "-m", "otel_fsnotify"]
+
+
+def run_cli(*args, **kw):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120, **kw)
+
+
+def one_error_line(proc) -> str:
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("otel-fsnotify: error: ")
+    return lines[0]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "agent.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_config_file_values_and_flag_override(tmp_path):
+    cfg = config.load(write(tmp_path, 'backend = "tracepoint"\noutput = "jsonl"\n'
+                                      '[filters]\ntracer_pid = [1, 2]\ninotify_only = true\n'))
+    assert cfg.backend == "tracepoint" and cfg.filters.tracer_pid == [1, 2]
+    cfg = config.apply_overrides(cfg, "command line", output="table", tracer_pid=[7])
+    assert cfg.output == "table" and cfg.filters.tracer_pid == [7] and cfg.filters.inotify_only
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('backend = "ebpf"\n', "backend = 'ebpf'"),
+    ('colour = "red"\n', "unknown key 'colour'"),
+    ('[filters]\ntracer_pidd = [1]\n', "unknown key 'filters.tracer_pidd'"),
+    ('[filters]\ntracer_pid = ["x"]\n', "filters.tracer_pid[0]"),
+    ('fields = ["tracer_comm", "nope"]\n', "unknown field 'nope'"),
+    ('[filters]\ninotify_only = true\nfanotify_only = true\n', "exclude each other"),
+    ('backend = \n', "not valid TOML"),
+])
+def test_bad_config_gives_one_line_naming_the_key_and_exit_2(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    proc = run_cli("run", "--config", path, "--output", "jsonl", "--duration", "0.1")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert path in line and needle in line
+
+
+def test_missing_config_file(tmp_path):
+    proc = run_cli("run", "--config", str(tmp_path / "nope.toml"))
+    assert proc.returncode == 2
+    assert "nope.toml: cannot read config" in one_error_line(proc)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--fields", "tracer_comm,bogus"], "unknown field 'bogus'"),
+    (["run", "--tracer-pid", "abc"], "not a pid"),
+    (["run", "--backend", "ebpf"], "invalid choice"),
+    (["run", "--tracer-group", "zz"], "not an address"),
+    (["run", "--duration", "-3"], "must be >= 0"),
+    (["run", "--header", "novalue", "--duration", "0.1"], "expected KEY=VALUE"),
+])
+def test_bad_flags(args, needle):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert needle in one_error_line(proc)
+
+
+def test_seed_field_aliases_are_accepted(tmp_path):
+    cfg = config.apply_overrides(config.load(None), "command line",
+                                 fields=["type_str", "fa_type_str", "fa_response_str", "name"])
+    assert cfg.fields == ["type", "fa_type", "fa_response", "name"]
+
+
+def test_replay_of_a_malformed_capture_names_file_and_line(tmp_path):
+    cap = tmp_path / "bad.jsonl"
+    cap.write_text('{"type": "inotify"}\n{"type": 5}\n')
+    proc = run_cli("replay", str(cap), "--endpoint", "http://127.0.0.1:9", "--no-progress")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert f"{cap}:2" in line
+
+
+@pytest.mark.skipif(os.path.exists("/sys/kernel/tracing/kprobe_events")
+                    or os.path.exists("/sys/kernel/debug/tracing/kprobe_events"),
+                    reason="this kernel has kprobes; covered by the VM tests")
+def test_kprobe_backend_on_a_kernel_without_kprobes_says_so():
+    proc = run_cli("run", "--backend", "kprobe", "--output", "jsonl", "--duration", "1")
+    assert proc.returncode == 1
+    assert "no kprobes" in one_error_line(proc)
+
+
+def test_non_root_gets_one_line_about_privileges():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to nobody")
+    proc = run_cli("run", "--output", "jsonl", "--duration", "1",
+                   user=65534, group=65534, env={**os.environ, "HOME": "/tmp"})
+    assert proc.returncode == 1
+    assert "needs root or CAP_BPF" in one_error_line(proc)
