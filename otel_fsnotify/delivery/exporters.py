@@ -1,0 +1,259 @@
+"""The three OTLP protocols behind one call: export(entries) -> Outcome.
+
+- grpc and http/protobuf: opentelemetry-exporter-otlp's OTLPLogExporter
+  classes, fed directly with our own batches (no BatchLogRecordProcessor,
+  whose queue evicts). Those exporters already retry transient failures within
+  their timeout (honouring Retry-After / gRPC RetryInfo); when they give up
+  they only say FAILURE, so the shipper treats that as retryable and keeps the
+  batch in the spool.
+- http/json: msgspec-encoded body sent by our own HTTP client (http.client:
+  keep-alive, TLS with CA and client certificate, headers, gzip). It knows the
+  status: 429/502/503/504 retry (Retry-After honoured), other 4xx are
+  permanent rejections, partial success counts rejected records.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import http.client
+import logging
+import ssl
+import time
+import urllib.parse
+from typing import Any, Sequence
+
+import msgspec
+
+from .. import __version__
+from .. import otel_map
+from .otlp_json import JsonEncoder
+from .settings import OtlpSettings
+from .spool import SpoolEntry
+
+RETRYABLE_HTTP = (429, 502, 503, 504)
+
+
+class Outcome(msgspec.Struct):
+    ok: bool
+    retryable: bool = False
+    retry_after: float | None = None  # seconds, from the collector
+    rejected: int = 0  # records the collector refused for good
+    detail: str = ""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Exporter:
+    protocol = ""
+
+    def export(self, entries: Sequence[SpoolEntry]) -> Outcome:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ http/json
+
+class HttpJsonExporter(Exporter):
+    protocol = "http/json"
+
+    def __init__(self, settings: OtlpSettings, resource: dict[str, Any]):
+        self.settings = settings
+        self.url = settings.logs_url()
+        u = urllib.parse.urlsplit(self.url)
+        self._https = u.scheme == "https"
+        self._host = u.hostname or "localhost"
+        self._port = u.port or (443 if self._https else 80)
+        self._path = (u.path or "/v1/logs") + (f"?{u.query}" if u.query else "")
+        self._ssl = self._ssl_context(settings) if self._https else None
+        self._encoder = JsonEncoder(resource, settings.include_command_line)
+        self._gzip = settings.compression == "gzip"
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"otel-fsnotify/{__version__}",
+            **settings.headers,
+        }
+        if self._gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        self._conn: http.client.HTTPConnection | None = None
+
+    @staticmethod
+    def _ssl_context(s: OtlpSettings) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=s.certificate or None)
+        if s.client_certificate:
+            ctx.load_cert_chain(s.client_certificate, s.client_key or None)
+        return ctx
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self.settings.timeout, context=self._ssl)
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port,
+                                                        timeout=self.settings.timeout)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def encode(self, entries: Sequence[SpoolEntry]) -> bytes:
+        body = self._encoder.encode(entries)
+        return gzip.compress(body, compresslevel=5) if self._gzip else body
+
+    def export(self, entries: Sequence[SpoolEntry]) -> Outcome:
+        body = self.encode(entries)
+        return self.send(body)
+
+    def send(self, body: bytes) -> Outcome:
+        for attempt in (0, 1):  # a kept-alive connection the server closed: retry once at once
+            try:
+                conn = self._connection()
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                status = resp.status
+                retry_after = resp.getheader("Retry-After")
+                if resp.getheader("Connection", "").lower() == "close":
+                    self._drop_connection()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop_connection()
+                if attempt:
+                    return Outcome(False, True, None, 0, f"{self.url}: {exc}")
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                return Outcome(False, True, None, 0, f"{self.url}: {exc}")
+        if 200 <= status < 300:
+            rejected = 0
+            if data:
+                try:
+                    rejected = int(((msgspec.json.decode(data) or {}).get("partialSuccess") or {})
+                                   .get("rejectedLogRecords", 0) or 0)
+                except (msgspec.DecodeError, AttributeError, ValueError, TypeError):
+                    rejected = 0
+            return Outcome(True, rejected=rejected,
+                           detail="partial success" if rejected else "")
+        text = data[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+        if status in RETRYABLE_HTTP:
+            return Outcome(False, True, parse_retry_after(retry_after), 0,
+                           f"{self.url}: HTTP {status} {text}")
+        return Outcome(False, False, None, 0, f"{self.url}: HTTP {status} {text}")  # permanent
+
+    def shutdown(self) -> None:
+        self._drop_connection()
+
+
+# ------------------------------------------------------- SDK (grpc, http/protobuf)
+
+class SdkExporter(Exporter):
+    """grpc or http/protobuf through opentelemetry-exporter-otlp."""
+
+    def __init__(self, settings: OtlpSettings, resource: dict[str, Any]):
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self.protocol = settings.protocol
+        self.settings = settings
+        self._resource = Resource(resource)
+        self._scope = InstrumentationScope(otel_map.SCOPE_NAME, __version__)
+        self._include_cmd = settings.include_command_line
+        self._exporter = self._make(settings)
+
+    @staticmethod
+    def _make(s: OtlpSettings):
+        url = s.logs_url()
+        headers = dict(s.headers) or None
+        if s.protocol == "grpc":
+            import grpc
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+            kw: dict[str, Any] = {}
+            if url.startswith("https://"):
+                def read(p):
+                    if not p:
+                        return None
+                    with open(p, "rb") as fh:
+                        return fh.read()
+                kw["credentials"] = grpc.ssl_channel_credentials(
+                    read(s.certificate), read(s.client_key), read(s.client_certificate))
+            return OTLPLogExporter(
+                endpoint=url, insecure=url.startswith("http://"), headers=headers,
+                timeout=s.timeout,
+                compression=grpc.Compression.Gzip if s.compression == "gzip" else grpc.Compression.NoCompression,
+                **kw)
+        from opentelemetry.exporter.otlp.proto.http import Compression
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter(
+            endpoint=url, headers=headers, timeout=s.timeout,
+            certificate_file=s.certificate or None,
+            client_key_file=s.client_key or None,
+            client_certificate_file=s.client_certificate or None,
+            compression=Compression.Gzip if s.compression == "gzip" else Compression.NoCompression)
+
+    def to_sdk(self, e: SpoolEntry):
+        from opentelemetry._logs import LogRecord, SeverityNumber
+        from opentelemetry.sdk._logs import ReadableLogRecord
+
+        ev = e.event
+        num, text = otel_map.severity(ev)
+        rec = LogRecord(
+            timestamp=ev.timestamp, observed_timestamp=e.observed,
+            severity_number=SeverityNumber(num), severity_text=text,
+            body=otel_map.body(ev),
+            attributes=otel_map.attributes(ev, e.uid, e.command_line, self._include_cmd),
+            event_name=otel_map.event_name(ev))
+        return ReadableLogRecord(log_record=rec, resource=self._resource,
+                                 instrumentation_scope=self._scope)
+
+    def export(self, entries: Sequence[SpoolEntry]) -> Outcome:
+        from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+        batch = [self.to_sdk(e) for e in entries]
+        try:
+            result = self._exporter.export(batch)
+        except Exception as exc:  # the SDK exporters should not raise; never lose a batch if they do
+            return Outcome(False, True, None, 0, f"{self.settings.logs_url()}: {type(exc).__name__}: {exc}")
+        if result == LogRecordExportResult.SUCCESS:
+            return Outcome(True)
+        return Outcome(False, True, None, 0,
+                       f"{self.settings.logs_url()}: {self.protocol} export failed "
+                       f"(collector unreachable or refusing)")
+
+    def shutdown(self) -> None:
+        try:
+            self._exporter.shutdown()
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            pass
+
+
+def make_exporter(settings: OtlpSettings, resource: dict[str, Any]) -> Exporter:
+    if settings.protocol == "http/json":
+        return HttpJsonExporter(settings, resource)
+    return SdkExporter(settings, resource)
+
+
+# quiet the SDK exporters' own per-attempt warnings: the shipper logs (rate-limited)
+for _name in ("opentelemetry.exporter.otlp.proto.grpc.exporter",
+              "opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+              "opentelemetry.exporter.otlp.proto.http._log_exporter",
+              "opentelemetry.exporter.otlp.common.http"):
+    logging.getLogger(_name).setLevel(logging.ERROR)

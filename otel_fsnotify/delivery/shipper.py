@@ -1,0 +1,225 @@
+"""Shipper: events -> spool (write-ahead) -> batches -> collector, losing nothing.
+
+submit() (the kernel reader's thread) stamps each event with its
+log.record.uid and observed time and appends it to the on-disk spool: one
+os.write, never a network wait. A sender thread reads the spool in order,
+exports batches, retries failures with backoff (Retry-After honoured, capped
+at max_backoff) for as long as it takes, and acknowledges a batch only once
+the collector accepted it. So a collector outage fills the spool, and an
+agent killed at any moment finds its unsent events there on the next start.
+
+The only places an event can be lost are counted (and logged, rate-limited):
+- dropped_spool_full: the spool reached spool_max_bytes;
+- rejected: the collector refused records for good (HTTP 4xx other than 429,
+  or OTLP partial success).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from typing import Any
+
+from ..event import Event
+from .exporters import Exporter, make_exporter
+from .settings import OtlpSettings
+from .spool import Spool, SpoolEntry, decode_entry, encode_entry
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class UidGenerator:
+    """Monotonic ULIDs (48-bit ms time + 80-bit random, incremented within a ms)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._ms = 0
+        self._rand = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms > self._ms:
+                self._ms = ms
+                self._rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
+            else:
+                self._rand += 1
+            value = (self._ms << 80) | (self._rand & ((1 << 80) - 1))
+        out = []
+        for _ in range(26):
+            out.append(_CROCKFORD[value & 31])
+            value >>= 5
+        return "".join(reversed(out))
+
+
+class RateLimitedLog:
+    """Log a recurring problem at most once per `interval` seconds, with a count."""
+
+    def __init__(self, log: logging.Logger, interval: float = 10.0):
+        self.log = log
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.interval:
+            n = self._suppressed.pop(key, 0)
+            suffix = f" ({n} similar suppressed)" if n else ""
+            self._last[key] = now
+            self.log.warning(msg + suffix, *args)
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+def read_command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+class Shipper:
+    """Loss-counting OTLP delivery of Events (see module docstring)."""
+
+    def __init__(self, settings: OtlpSettings, resource: dict[str, Any],
+                 log: logging.Logger | None = None, exporter: Exporter | None = None):
+        self.settings = settings
+        self.resource = resource
+        self.log = log or logging.getLogger("otel_fsnotify.delivery")
+        self._rl = RateLimitedLog(self.log)
+        self.spool = Spool(settings.resolved_spool_dir(), settings.spool_max_bytes,
+                           settings.spool_segment_bytes, settings.spool_fsync)
+        self.exporter = exporter or make_exporter(settings, resource)
+        self._uid = UidGenerator()
+        self._lock = threading.Lock()
+        self._c = {
+            "submitted": 0,  # events handed to submit() in this run
+            "spooled": 0,  # written to the spool in this run
+            "delivered": 0,  # acknowledged by the collector
+            "retried": 0,  # failed export attempts that will be retried
+            "export_requests": 0,
+            "dropped_spool_full": 0,
+            "rejected": 0,  # refused by the collector for good
+            "recovered": self.spool.recovered,  # found unsent in the spool at start
+            "spool_corrupt": self.spool.corrupt,  # torn frames cut at start
+        }
+        if self.spool.recovered:
+            self.log.info("spool %s: %d events from an earlier run will be sent first",
+                          self.spool.dir, self.spool.recovered)
+        self._stop = threading.Event()  # stop once the spool is empty
+        self._abort = threading.Event()  # stop now (deadline passed)
+        self._idle = threading.Event()  # sender has nothing in flight
+        self._thread = threading.Thread(target=self._run, name="otel-fsnotify-shipper", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------- producer side
+    def submit(self, event: Event, uid: str | None = None) -> bool:
+        """Spool one event for delivery. False if it had to be dropped (counted)."""
+        cmd = ""
+        if self.settings.include_command_line and event.tracee_pid:
+            cmd = read_command_line(event.tracee_pid)
+        frame = encode_entry(SpoolEntry(uid or self._uid(), time.time_ns(), event, cmd))
+        ok = self.spool.append(frame)
+        with self._lock:
+            self._c["submitted"] += 1
+            if ok:
+                self._c["spooled"] += 1
+            else:
+                self._c["dropped_spool_full"] += 1
+        if not ok:
+            self._rl.warning("spool_full", "spool %s is full (%d bytes): dropping events; "
+                             "%d dropped so far", self.spool.dir, self.settings.spool_max_bytes,
+                             self._c["dropped_spool_full"])
+        return ok
+
+    # ----------------------------------------------------------- sender side
+    def _run(self) -> None:
+        s = self.settings
+        while not self._abort.is_set():
+            self._idle.set()
+            if not self.spool.wait_for_data(0.2):
+                if self._stop.is_set():
+                    return
+                continue
+            self._idle.clear()
+            self.spool.wait_for_frames(s.batch_size, s.batch_linger if not self._stop.is_set() else 0)
+            payloads, pos = self.spool.read(s.batch_size)
+            if not payloads:
+                continue
+            entries = [decode_entry(p) for p in payloads]
+            if s.spool_fsync:
+                self.spool.sync()
+            if self._deliver(entries):
+                self.spool.ack(pos, len(entries))
+            else:  # aborted: leave the batch in the spool for the next run
+                self.spool.rewind()
+                return
+        self._idle.set()
+
+    def _deliver(self, entries: list[SpoolEntry]) -> bool:
+        """Export until accepted or permanently refused. False only when aborted."""
+        attempt = 0
+        n = len(entries)
+        while True:
+            with self._lock:
+                self._c["export_requests"] += 1
+            out = self.exporter.export(entries)
+            if out.ok:
+                with self._lock:
+                    self._c["delivered"] += n - out.rejected
+                    self._c["rejected"] += out.rejected
+                if out.rejected:
+                    self._rl.warning("rejected", "collector rejected %d of %d records", out.rejected, n)
+                return True
+            if not out.retryable:
+                with self._lock:
+                    self._c["rejected"] += n
+                self._rl.warning("rejected", "collector refused a batch of %d records for good: %s",
+                                 n, out.detail)
+                return True
+            with self._lock:
+                self._c["retried"] += 1
+            delay = min(self.settings.max_backoff, 0.25 * (2 ** min(attempt, 16)))
+            delay *= random.uniform(0.8, 1.2)
+            if out.retry_after is not None:
+                delay = min(self.settings.max_backoff, out.retry_after)
+            attempt += 1
+            self._rl.warning("retry", "export of %d records failed (%s); retrying in %.1fs, "
+                             "events wait in the spool", n, out.detail, delay)
+            if self._abort.wait(delay):
+                return False
+
+    # ----------------------------------------------------------- control
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything spooled so far is delivered (True) or timeout."""
+        return self.spool.wait_empty(timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Deliver what is spooled (up to timeout_s, default drain_timeout), then stop.
+        Undelivered events stay in the spool for the next run. True if all delivered."""
+        if timeout_s is None:
+            timeout_s = self.settings.drain_timeout
+        done = self.flush(timeout_s)
+        self._stop.set()
+        self._abort.set()
+        self.spool.wake()
+        self.exporter.shutdown()  # interrupts an SDK exporter's own retry sleep
+        self._thread.join(timeout=self.settings.timeout + 5)
+        self.spool.close()
+        if not done:
+            self.log.warning("collector %s: %d events not delivered; they stay in %s for the next run",
+                             self.settings.logs_url(), self.spool.pending, self.spool.dir)
+        return done
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            c = dict(self._c)
+        c["spool_pending"] = self.spool.pending
+        c["spool_bytes"] = self.spool.total_bytes
+        return c
