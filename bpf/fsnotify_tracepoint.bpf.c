@@ -1,0 +1,499 @@
+// SPDX-License-Identifier: Apache-2.0
+// otel-fsnotify "tracepoint" backend: for kernels without kprobes or BPF
+// trampolines. Only syscall and sched tracepoints (plus one raw tracepoint)
+// are used. Loaded by otel_fsnotify/backends/tracepoint.py with bcc.
+//
+// What it captures:
+//   * tracer side: every read(2) on an inotify or fanotify file descriptor
+//     (what the listener received), every write(2) of a fanotify permission
+//     response, every inotify_add_watch(2);
+//   * tracee side is NOT visible here (no fsnotify hooks without kprobes):
+//     fanotify records carry the actor's pid; for inotify user space mirrors
+//     the watches with its own fanotify group (mirror.py);
+//   * a process table feed: fork / exec / exit.
+//
+// Portability: every kernel struct field is read at an offset passed in as a
+// -D macro, resolved from the running kernel's BTF (otel_fsnotify/btf.py),
+// never from the headers bcc compiles with.
+//
+// Macros set by tracepoint.py:
+//   SELF_TGID            the agent: its own reads are not tracer events
+//   FILTER_TRACER_PIDS   1: only tgids in tracer_pid_filter are tracers
+//   TRACER_GROUP         nonzero: only this struct fsnotify_group address
+//   WANT_INOTIFY / WANT_FANOTIFY   0 to drop that kind in the kernel
+//   OFF_* offsets        see tracepoint.py OFFSETS
+
+#include <uapi/linux/ptrace.h>
+
+#define KIND_INOTIFY 1
+#define KIND_FANOTIFY 2
+
+// ring buffer record kinds (decoded by tracepoint.py RecordKind)
+#define REC_READ 1        // bytes a tracer read from a listener fd (one chunk)
+#define REC_RESPONSE 2    // struct fanotify_response written by a tracer
+#define REC_ADD_WATCH 3   // inotify_add_watch returned a wd: rescan fdinfo
+#define REC_FORK 4        // new process (not thread)
+#define REC_EXEC 5        // process exec'd: comm, exe, creds, mntns
+#define REC_EXIT 6        // process (thread group leader) exited
+#define REC_FAN_PATH 7    // one path component of a fanotify event's file
+
+#define CHUNK 4096        // bytes copied per ring buffer record
+#define MAX_CHUNKS 16     // 64 KiB per read; more is counted as truncated
+#define MAX_FAN_PATHS 8   // fanotify events per read whose path is walked in kernel
+#define MAX_DEPTH 24      // path components walked per fanotify event
+
+// loss counters (index into `losses`)
+#define LOSS_RINGBUF 0    // ring buffer full: a record was dropped
+#define LOSS_TRUNCATED 1  // read larger than MAX_CHUNKS*CHUNK: tail not captured
+#define LOSS_PENDING 2    // per-thread pending map full: a read/write not tracked
+#define LOSS_PATH_DEPTH 3 // fanotify path deeper than MAX_DEPTH: path cut
+
+struct rec_hdr {
+    u32 kind;
+    u32 tgid;
+    u32 tid;
+    u32 ppid;
+    u32 uid;
+    u32 gid;
+    u64 mntns;
+    u64 ts;          // bpf_ktime_get_ns (monotonic); user space converts
+    u64 group;       // struct fsnotify_group * (file->private_data)
+    s32 fd;          // listener fd
+    s32 ret;         // syscall return value
+    u32 prio;        // fsnotify group priority
+    u32 listener;    // KIND_INOTIFY / KIND_FANOTIFY
+    u32 total;       // total bytes of the read / length of data
+    u32 offset;      // chunk offset within the read / component index
+    u32 len;         // bytes of data following this header
+    u32 pad;
+    char comm[16];
+};
+
+struct rec_buf {
+    struct rec_hdr h;
+    u8 data[CHUNK];
+};
+
+// Context saved at sys_enter_read/write for the matching sys_exit, per thread.
+struct pending_io {
+    u64 buf;
+    u64 group;
+    s32 fd;
+    u32 listener;
+    u32 prio;
+    u32 pad;
+};
+
+// Ring buffer to user space (tracepoint.py polls it): 8 MiB.
+BPF_RINGBUF_OUTPUT(events, 2048);
+// sys_enter_read -> sys_exit_read on a listener fd, keyed by pid_tgid.
+BPF_HASH(pending_reads, u64, struct pending_io, 4096);
+// sys_enter_write -> sys_exit_write of a fanotify response, keyed by pid_tgid.
+BPF_HASH(pending_writes, u64, struct pending_io, 4096);
+// Stage for records too big for the BPF stack (one per CPU).
+BPF_PERCPU_ARRAY(scratch, struct rec_buf, 1);
+// Loss counters, summed over CPUs by user space.
+BPF_PERCPU_ARRAY(losses, u64, 4);
+// f_op of an inotify fd ([KIND_INOTIFY]) and a fanotify fd ([KIND_FANOTIFY]):
+// inotify_fops/fanotify_fops are data symbols, absent from kallsyms on kernels
+// without CONFIG_KALLSYMS_ALL, so the agent teaches them: it opens one fd of
+// each and reads it once; `learn_fds` says which of its fds is which.
+BPF_ARRAY(listener_fops, u64, 3);
+BPF_HASH(learn_fds, u32, u32, 4);
+// --tracer-pid filter (tgids), used when FILTER_TRACER_PIDS is 1.
+BPF_HASH(tracer_pid_filter, u32, u8, 1024);
+
+static __always_inline void count_loss(int idx) {
+    u64 *v = losses.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline u64 read_ptr(u64 addr) {
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+// struct file * of fd in the current task's fd table, 0 if none.
+static __always_inline u64 fd_file(u32 fd) {
+    u64 task = bpf_get_current_task();
+    u64 files = read_ptr(task + OFF_TASK_FILES);
+    if (!files)
+        return 0;
+    u64 fdt = read_ptr(files + OFF_FILES_FDT);
+    if (!fdt)
+        return 0;
+    u32 max_fds = 0;
+    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (void *)(fdt + OFF_FDT_MAX_FDS));
+    if (fd >= max_fds)
+        return 0;
+    u64 arr = read_ptr(fdt + OFF_FDT_FD);
+    if (!arr)
+        return 0;
+    return read_ptr(arr + (u64)fd * 8);
+}
+
+// Which kind of listener `file` is (0: neither), by comparing its f_op with
+// the learnt inotify_fops / fanotify_fops addresses.
+static __always_inline u32 listener_kind(u64 file) {
+    if (!file)
+        return 0;
+    u64 fop = read_ptr(file + OFF_FILE_F_OP);
+    if (!fop)
+        return 0;
+    int k = KIND_INOTIFY;
+    u64 *known = listener_fops.lookup(&k);
+    if (known && *known == fop)
+        return KIND_INOTIFY;
+    k = KIND_FANOTIFY;
+    known = listener_fops.lookup(&k);
+    if (known && *known == fop)
+        return KIND_FANOTIFY;
+    return 0;
+}
+
+static __always_inline int tracer_wanted(u32 tgid, u32 kind, u64 group) {
+    if (tgid == SELF_TGID)
+        return 0;
+    if (kind == KIND_INOTIFY && !WANT_INOTIFY)
+        return 0;
+    if (kind == KIND_FANOTIFY && !WANT_FANOTIFY)
+        return 0;
+    if (TRACER_GROUP && group != TRACER_GROUP)
+        return 0;
+#if FILTER_TRACER_PIDS
+    if (!tracer_pid_filter.lookup(&tgid))
+        return 0;
+#endif
+    return 1;
+}
+
+// Identity of the current task: the tracer (read/write) or the process (sched).
+static __always_inline void fill_identity(struct rec_hdr *h) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    u64 task = bpf_get_current_task();
+    h->tgid = id >> 32;
+    h->tid = (u32)id;
+    h->uid = (u32)ug;
+    h->gid = ug >> 32;
+    h->ts = bpf_ktime_get_ns();
+    u64 parent = read_ptr(task + OFF_TASK_REAL_PARENT);
+    u32 ppid = 0;
+    if (parent)
+        bpf_probe_read_kernel(&ppid, sizeof(ppid), (void *)(parent + OFF_TASK_TGID));
+    h->ppid = ppid;
+    u64 nsproxy = read_ptr(task + OFF_TASK_NSPROXY);
+    u64 mntns = nsproxy ? read_ptr(nsproxy + OFF_NSPROXY_MNT_NS) : 0;
+    u32 inum = 0;
+    if (mntns)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(mntns + OFF_MNTNS_INUM));
+    h->mntns = inum;
+    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+static __always_inline struct rec_buf *stage(void) {
+    int zero = 0;
+    return scratch.lookup(&zero);
+}
+
+static __always_inline void submit(struct rec_buf *r, long len) {
+    u64 n = len;
+    // keep the clamp and its use on one register so the verifier sees the bound
+    asm volatile("" : "+r"(n));
+    if (n > CHUNK)
+        n = CHUNK;
+    asm volatile("" : "+r"(n));
+    r->h.len = n;
+    if (events.ringbuf_output(r, sizeof(struct rec_hdr) + n, 0) != 0)
+        count_loss(LOSS_RINGBUF);
+}
+
+// ---- tracer side: read(2) on a listener fd --------------------------------
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u32 fd = args->fd;
+    u64 file = fd_file(fd);
+    if (!file)
+        return 0;
+    if (tgid == SELF_TGID) {
+        // learning: the agent reads its own inotify / fanotify fd once
+        u32 *kind = learn_fds.lookup(&fd);
+        if (kind) {
+            int k = *kind;
+            u64 fop = read_ptr(file + OFF_FILE_F_OP);
+            listener_fops.update(&k, &fop);
+        }
+        return 0;
+    }
+    u32 kind = listener_kind(file);
+    if (!kind)
+        return 0;
+    u64 group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
+    if (!tracer_wanted(tgid, kind, group))
+        return 0;
+    struct pending_io p = {};
+    p.buf = (u64)args->buf;
+    p.group = group;
+    p.fd = fd;
+    p.listener = kind;
+    if (group)
+        bpf_probe_read_kernel(&p.prio, sizeof(p.prio), (void *)(group + OFF_GROUP_PRIORITY));
+    if (pending_reads.update(&id, &p) != 0)
+        count_loss(LOSS_PENDING);
+    return 0;
+}
+
+// Walk the dentry chain of the file behind a fanotify event fd, crossing
+// mounts, and emit one REC_FAN_PATH record per component (leaf first). The
+// fd is already installed in the tracer's table when read(2) returns, but the
+// tracer may close it at once, so user space could not readlink it reliably.
+static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 seq) {
+    if (efd < 0)
+        return;
+    u64 file = fd_file(efd);
+    if (!file)
+        return;
+    u64 dentry = read_ptr(file + OFF_FILE_F_PATH + OFF_PATH_DENTRY);
+    u64 vfsmnt = read_ptr(file + OFF_FILE_F_PATH + OFF_PATH_MNT);
+    // struct vfsmount is embedded in struct mount at OFF_MOUNT_MNT
+    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
+    u32 n = 0;
+    r->h.kind = REC_FAN_PATH;
+    r->h.ret = efd;
+    r->h.total = seq;
+    for (int i = 0; i < MAX_DEPTH; i++) {
+        u64 mnt_root = read_ptr(mnt + OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT);
+        u64 parent = read_ptr(dentry + OFF_DENTRY_D_PARENT);
+        if (dentry == mnt_root || dentry == parent) {
+            u64 mparent = read_ptr(mnt + OFF_MOUNT_MNT_PARENT);
+            if (dentry == mnt_root && mparent && mparent != mnt) {
+                // continue in the parent mount at the mountpoint
+                dentry = read_ptr(mnt + OFF_MOUNT_MNT_MOUNTPOINT);
+                mnt = mparent;
+                continue;
+            }
+            // global root reached: an empty final component marks completeness
+            r->h.offset = n;
+            r->data[0] = 0;
+            submit(r, 1);
+            return;
+        }
+        u64 name = read_ptr(dentry + OFF_DENTRY_D_NAME + OFF_QSTR_NAME);
+        long got = bpf_probe_read_kernel_str(r->data, 256, (void *)name);
+        r->h.offset = n;
+        submit(r, got > 0 ? got : 0);
+        n++;
+        dentry = parent;
+    }
+    count_loss(LOSS_PATH_DEPTH);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_read) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pending_io *p = pending_reads.lookup(&id);
+    if (!p)
+        return 0;
+    struct pending_io io = *p;
+    pending_reads.delete(&id);
+    long ret = args->ret;
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);
+    r->h.kind = REC_READ;
+    r->h.group = io.group;
+    r->h.fd = io.fd;
+    r->h.ret = ret;
+    r->h.prio = io.prio;
+    r->h.listener = io.listener;
+    u32 total = ret > 0 ? ret : 0;
+    r->h.total = total;
+    if (total == 0) {
+        r->h.offset = 0;
+        submit(r, 0);
+        return 0;
+    }
+    u32 off = 0;
+    for (int i = 0; i < MAX_CHUNKS; i++) {
+        if (off >= total)
+            break;
+        u64 n = total - off;
+        asm volatile("" : "+r"(n));
+        if (n > CHUNK)
+            n = CHUNK;
+        asm volatile("" : "+r"(n));
+        r->h.offset = off;
+        if (bpf_probe_read_user(r->data, n, (void *)(io.buf + off)) != 0)
+            n = 0;
+        submit(r, n);
+        off += CHUNK;
+    }
+    if (off < total)
+        count_loss(LOSS_TRUNCATED);
+    if (io.listener == KIND_FANOTIFY) {
+        // fanotify_event_metadata: u32 event_len; u8 vers, reserved; u16
+        // metadata_len; u64 mask; s32 fd; s32 pid. Walk the first events.
+        u32 pos = 0;
+        for (int i = 0; i < MAX_FAN_PATHS; i++) {
+            if (pos + 24 > total)
+                break;
+            u32 event_len = 0;
+            s32 efd = -1;
+            bpf_probe_read_user(&event_len, 4, (void *)(io.buf + pos));
+            bpf_probe_read_user(&efd, 4, (void *)(io.buf + pos + 16));
+            if (event_len < 24)
+                break;
+            r->h.fd = io.fd;
+            emit_fan_path(r, efd, pos);
+            pos += event_len;
+        }
+    }
+    return 0;
+}
+
+// ---- tracer side: a fanotify permission response --------------------------
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (tgid == SELF_TGID || args->count < 8)
+        return 0;
+    u32 fd = args->fd;
+    u64 file = fd_file(fd);
+    if (listener_kind(file) != KIND_FANOTIFY)
+        return 0;
+    u64 group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
+    if (!tracer_wanted(tgid, KIND_FANOTIFY, group))
+        return 0;
+    struct pending_io p = {};
+    p.buf = (u64)args->buf;
+    p.group = group;
+    p.fd = fd;
+    p.listener = KIND_FANOTIFY;
+    if (group)
+        bpf_probe_read_kernel(&p.prio, sizeof(p.prio), (void *)(group + OFF_GROUP_PRIORITY));
+    if (pending_writes.update(&id, &p) != 0)
+        count_loss(LOSS_PENDING);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_write) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pending_io *p = pending_writes.lookup(&id);
+    if (!p)
+        return 0;
+    struct pending_io io = *p;
+    pending_writes.delete(&id);
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);
+    r->h.kind = REC_RESPONSE;
+    r->h.group = io.group;
+    r->h.fd = io.fd;
+    r->h.ret = args->ret;
+    r->h.prio = io.prio;
+    r->h.listener = KIND_FANOTIFY;
+    r->h.offset = 0;
+    // struct fanotify_response { s32 fd; u32 response; } (+ optional info)
+    if (bpf_probe_read_user(r->data, 8, (void *)io.buf) != 0)
+        return 0;
+    r->h.total = 8;
+    submit(r, 8);
+    return 0;
+}
+
+// ---- inotify_add_watch: user space rescans that process's fdinfo ----------
+
+TRACEPOINT_PROBE(syscalls, sys_enter_inotify_add_watch) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) == SELF_TGID)
+        return 0;
+    struct pending_io p = {};
+    p.fd = args->fd;
+    p.listener = KIND_INOTIFY;
+    pending_writes.update(&id, &p);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_inotify_add_watch) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pending_io *p = pending_writes.lookup(&id);
+    if (!p)
+        return 0;
+    s32 fd = p->fd;
+    pending_writes.delete(&id);
+    if (args->ret < 0)
+        return 0;
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);
+    r->h.kind = REC_ADD_WATCH;
+    r->h.fd = fd;
+    r->h.ret = args->ret;
+    r->h.listener = KIND_INOTIFY;
+    r->h.total = 0;
+    r->h.offset = 0;
+    submit(r, 0);
+    return 0;
+}
+
+// ---- process table feed ---------------------------------------------------
+
+// raw tracepoint: args[0] = parent task, args[1] = child task. The classic
+// tracepoint lacks the child's tgid, needed to tell threads from processes.
+RAW_TRACEPOINT_PROBE(sched_process_fork) {
+    u64 child = ctx->args[1];
+    u32 pid = 0, tgid = 0;
+    bpf_probe_read_kernel(&pid, 4, (void *)(child + OFF_TASK_PID));
+    bpf_probe_read_kernel(&tgid, 4, (void *)(child + OFF_TASK_TGID));
+    if (pid != tgid)
+        return 0;  // a new thread, not a process
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);  // the parent's identity; the child inherits it
+    r->h.ppid = r->h.tgid;
+    r->h.tgid = tgid;
+    r->h.tid = pid;
+    bpf_probe_read_kernel(&r->h.comm, 16, (void *)(child + OFF_TASK_COMM));
+    r->h.kind = REC_FORK;
+    r->h.total = 0;
+    r->h.offset = 0;
+    submit(r, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);  // comm is already the new program's
+    r->h.kind = REC_EXEC;
+    r->h.offset = 0;
+    unsigned short loc = args->data_loc_filename & 0xFFFF;
+    long got = bpf_probe_read_kernel_str(r->data, 256, (void *)args + loc);
+    r->h.total = got > 0 ? got : 0;
+    submit(r, got > 0 ? got : 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id != (id >> 32))
+        return 0;  // a thread, not the leader
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);
+    r->h.kind = REC_EXIT;
+    r->h.total = 0;
+    r->h.offset = 0;
+    submit(r, 0);
+    return 0;
+}

@@ -1,0 +1,113 @@
+"""Process table fed by sched tracepoints (fork, exec, exit), seeded from /proc.
+
+Lets the agent name a tracee that exited before anyone looked at /proc (a
+`touch` lives for a millisecond). Exited entries are kept for a grace period
+so events read after the exit still resolve.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from . import procfs
+
+GRACE_S = 30.0  # keep exited processes this long
+MAX_EXITED = 65536  # bound on remembered exited processes
+
+
+class Proc(msgspec.Struct):
+    pid: int
+    ppid: int = 0
+    uid: int = 0
+    gid: int = 0
+    mntns: int = 0
+    comm: str = ""
+    exe: str = ""
+    container_id: str = ""
+    exited_at: float = 0.0  # monotonic seconds, 0 while alive
+
+
+class ProcTable:
+    def __init__(self):
+        self._procs: dict[int, Proc] = {}
+        self._exited: list[tuple[float, int]] = []
+        self.misses = 0  # lookups of pids nobody knew (counted, reported)
+
+    def seed(self) -> None:
+        """Load every process running now."""
+        for pid in procfs.pids():
+            self._from_proc(pid)
+
+    def _from_proc(self, pid: int) -> Proc | None:
+        st = procfs.status(pid)
+        if not st:
+            return None
+        try:
+            proc = Proc(
+                pid=pid,
+                ppid=int(st.get("PPid", "0")),
+                uid=int(st.get("Uid", "0").split()[0]),
+                gid=int(st.get("Gid", "0").split()[0]),
+                mntns=procfs.mntns_id(pid),
+                comm=st.get("Name", ""),
+                exe=procfs.exe_path(pid),
+                container_id=procfs.container_id(pid),
+            )
+        except (ValueError, IndexError):
+            return None
+        self._procs[pid] = proc
+        return proc
+
+    # -- feed from the sched tracepoints --------------------------------------
+    def fork(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns: int) -> None:
+        parent = self._procs.get(ppid)
+        self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns=mntns, comm=comm,
+                                exe=parent.exe if parent else "",
+                                container_id=parent.container_id if parent else "")
+
+    def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns: int,
+             filename: str) -> None:
+        old = self._procs.get(pid)
+        exe = procfs.exe_path(pid) or (filename if filename.startswith("/") else "")
+        cid = (old.container_id if old else "") or procfs.container_id(pid)
+        self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns=mntns, comm=comm,
+                                exe=exe, container_id=cid)
+
+    def exit(self, pid: int) -> None:
+        proc = self._procs.get(pid)
+        if proc and not proc.exited_at:
+            now = time.monotonic()
+            proc.exited_at = now
+            self._exited.append((now, pid))
+        self.expire()
+
+    def expire(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        while self._exited and (now - self._exited[0][0] > GRACE_S or len(self._exited) > MAX_EXITED):
+            _, pid = self._exited.pop(0)
+            proc = self._procs.get(pid)
+            if proc and proc.exited_at and now - proc.exited_at >= 0:
+                del self._procs[pid]
+
+    # -- lookups ---------------------------------------------------------------
+    def get(self, pid: int) -> Proc | None:
+        """The process, from the table or (first sight) from /proc; None if unknown."""
+        if pid <= 0:
+            return None
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._from_proc(pid)
+            if proc is None:
+                self.misses += 1
+        elif not proc.exe and not proc.exited_at:
+            proc.exe = procfs.exe_path(pid)
+        return proc
+
+    def comm(self, pid: int) -> str:
+        proc = self.get(pid)
+        return proc.comm if proc else ""
+
+    def __len__(self) -> int:
+        return len(self._procs)
