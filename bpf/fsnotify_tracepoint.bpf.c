@@ -86,9 +86,7 @@ struct pending_io {
 
 // Ring buffer to user space (tracepoint.py polls it): 8 MiB.
 BPF_RINGBUF_OUTPUT(events, 2048);
-// sys_enter_read -> sys_exit_read on a listener fd, keyed by pid_tgid.
-BPF_HASH(pending_reads, u64, struct pending_io, 4096);
-// sys_enter_write -> sys_exit_write of a fanotify response, keyed by pid_tgid.
+// sys_enter_inotify_add_watch -> sys_exit: the listener fd, keyed by pid_tgid.
 BPF_HASH(pending_writes, u64, struct pending_io, 4096);
 // Stage for records too big for the BPF stack (one per CPU).
 BPF_PERCPU_ARRAY(scratch, struct rec_buf, 1);
@@ -100,6 +98,9 @@ BPF_PERCPU_ARRAY(losses, u64, 4);
 // each and reads it once; `learn_fds` says which of its fds is which.
 BPF_ARRAY(listener_fops, u64, 3);
 BPF_HASH(learn_fds, u32, u32, 4);
+// [0], [1]: pt_regs->di seen for THREAD_SIZE 16 KiB / 32 KiB while learning;
+// [2]: the THREAD_SIZE user space chose (0 until learnt).
+BPF_ARRAY(learn_regs, u64, 3);
 // --tracer-pid filter (tgids), used when FILTER_TRACER_PIDS is 1.
 BPF_HASH(tracer_pid_filter, u32, u8, 1024);
 
@@ -212,39 +213,46 @@ static __always_inline void submit(struct rec_buf *r, long len) {
 
 // ---- tracer side: read(2) on a listener fd --------------------------------
 
+// Learning only (the agent's own tgid): which f_op is inotify's / fanotify's,
+// and where this kernel keeps the syscall's user registers (see syscall_arg).
+// Detached by user space once learnt.
 TRACEPOINT_PROBE(syscalls, sys_enter_read) {
     u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
+    if ((id >> 32) != SELF_TGID)
+        return 0;
     u32 fd = args->fd;
-    u64 file = fd_file(fd);
-    if (!file)
-        return 0;
-    if (tgid == SELF_TGID) {
-        // learning: the agent reads its own inotify / fanotify fd once
-        u32 *kind = learn_fds.lookup(&fd);
-        if (kind) {
-            int k = *kind;
-            u64 fop = read_ptr(file + OFF_FILE_F_OP);
-            listener_fops.update(&k, &fop);
-        }
-        return 0;
-    }
-    u32 kind = listener_kind(file);
+    u32 *kind = learn_fds.lookup(&fd);
     if (!kind)
         return 0;
-    u64 group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
-    if (!tracer_wanted(tgid, kind, group))
-        return 0;
-    struct pending_io p = {};
-    p.buf = (u64)args->buf;
-    p.group = group;
-    p.fd = fd;
-    p.listener = kind;
-    if (group)
-        bpf_probe_read_kernel(&p.prio, sizeof(p.prio), (void *)(group + OFF_GROUP_PRIORITY));
-    if (pending_reads.update(&id, &p) != 0)
-        count_loss(LOSS_PENDING);
+    int k = *kind;
+    u64 fop = read_ptr(fd_file(fd) + OFF_FILE_F_OP);
+    listener_fops.update(&k, &fop);
+    // candidate THREAD_SIZEs (16 KiB; 32 KiB with KASAN): user space keeps the
+    // one whose pt_regs->di equals the fd just passed
+    u64 stack = read_ptr(bpf_get_current_task() + OFF_TASK_STACK);
+    for (int i = 0; i < 2; i++) {
+        u64 di = read_ptr(stack + (16384ULL << i) - PT_REGS_SIZE + OFF_PT_REGS_DI);
+        int slot = i;
+        learn_regs.update(&slot, &di);
+    }
     return 0;
+}
+
+// Argument n (0: di, 1: si, 2: dx) of the current syscall, from the user
+// registers saved at the top of the kernel stack (x86_64 task_pt_regs():
+// stack + THREAD_SIZE - sizeof(struct pt_regs)). Lets the sys_exit tracepoints
+// work alone, so a read(2) already blocked when the agent attached is seen.
+static __always_inline u64 syscall_arg(int n) {
+    int zero = 0;
+    u64 *tsz = learn_regs.lookup(&zero + 0);
+    int two = 2;
+    u64 *thread_size = learn_regs.lookup(&two);
+    if (!thread_size || !*thread_size)
+        return 0;
+    u64 stack = read_ptr(bpf_get_current_task() + OFF_TASK_STACK);
+    u64 regs = stack + *thread_size - PT_REGS_SIZE;
+    u64 off = n == 0 ? OFF_PT_REGS_DI : n == 1 ? OFF_PT_REGS_SI : OFF_PT_REGS_DX;
+    return read_ptr(regs + off);
 }
 
 // Walk the dentry chain of the file behind a fanotify event fd, crossing
@@ -294,12 +302,22 @@ static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 seq) {
 
 TRACEPOINT_PROBE(syscalls, sys_exit_read) {
     u64 id = bpf_get_current_pid_tgid();
-    struct pending_io *p = pending_reads.lookup(&id);
-    if (!p)
-        return 0;
-    struct pending_io io = *p;
-    pending_reads.delete(&id);
+    u32 tgid = id >> 32;
     long ret = args->ret;
+    if (ret <= 0 || tgid == SELF_TGID)
+        return 0;
+    struct pending_io io = {};
+    io.fd = syscall_arg(0);
+    io.buf = syscall_arg(1);
+    u64 file = fd_file(io.fd);
+    io.listener = listener_kind(file);
+    if (!io.listener)
+        return 0;
+    io.group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
+    if (!tracer_wanted(tgid, io.listener, io.group))
+        return 0;
+    if (io.group)
+        bpf_probe_read_kernel(&io.prio, sizeof(io.prio), (void *)(io.group + OFF_GROUP_PRIORITY));
     struct rec_buf *r = stage();
     if (!r)
         return 0;
@@ -357,37 +375,24 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
 
 // ---- tracer side: a fanotify permission response --------------------------
 
-TRACEPOINT_PROBE(syscalls, sys_enter_write) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if (tgid == SELF_TGID || args->count < 8)
-        return 0;
-    u32 fd = args->fd;
-    u64 file = fd_file(fd);
-    if (listener_kind(file) != KIND_FANOTIFY)
-        return 0;
-    u64 group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
-    if (!tracer_wanted(tgid, KIND_FANOTIFY, group))
-        return 0;
-    struct pending_io p = {};
-    p.buf = (u64)args->buf;
-    p.group = group;
-    p.fd = fd;
-    p.listener = KIND_FANOTIFY;
-    if (group)
-        bpf_probe_read_kernel(&p.prio, sizeof(p.prio), (void *)(group + OFF_GROUP_PRIORITY));
-    if (pending_writes.update(&id, &p) != 0)
-        count_loss(LOSS_PENDING);
-    return 0;
-}
-
 TRACEPOINT_PROBE(syscalls, sys_exit_write) {
     u64 id = bpf_get_current_pid_tgid();
-    struct pending_io *p = pending_writes.lookup(&id);
-    if (!p)
+    u32 tgid = id >> 32;
+    if (tgid == SELF_TGID)
         return 0;
-    struct pending_io io = *p;
-    pending_writes.delete(&id);
+    struct pending_io io = {};
+    io.fd = syscall_arg(0);
+    io.buf = syscall_arg(1);
+    if (syscall_arg(2) < 8)
+        return 0;
+    u64 file = fd_file(io.fd);
+    if (listener_kind(file) != KIND_FANOTIFY)
+        return 0;
+    io.group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
+    if (!tracer_wanted(tgid, KIND_FANOTIFY, io.group))
+        return 0;
+    if (io.group)
+        bpf_probe_read_kernel(&io.prio, sizeof(io.prio), (void *)(io.group + OFF_GROUP_PRIORITY));
     struct rec_buf *r = stage();
     if (!r)
         return 0;

@@ -38,6 +38,10 @@ OFFSETS = {
     "OFF_TASK_PID": ("task_struct", "pid"),
     "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
     "OFF_TASK_COMM": ("task_struct", "comm"),
+    "OFF_TASK_STACK": ("task_struct", "stack"),
+    "OFF_PT_REGS_DI": ("pt_regs", "di"),
+    "OFF_PT_REGS_SI": ("pt_regs", "si"),
+    "OFF_PT_REGS_DX": ("pt_regs", "dx"),
     "OFF_NSPROXY_MNT_NS": ("nsproxy", "mnt_ns"),
     "OFF_MNTNS_INUM": ("mnt_namespace", "ns.inum"),
     "OFF_FILES_FDT": ("files_struct", "fdt"),
@@ -127,6 +131,8 @@ class TracepointBackend(Backend):
                 # tracefs may just be unmounted; bccenv mounts it at start
                 if not os.path.isdir("/sys/kernel/tracing"):
                     return "tracefs (syscall and sched tracepoints) is not available"
+        if os.uname().machine != "x86_64":
+            return f"reads syscall arguments from x86_64 pt_regs; this machine is {os.uname().machine}"
         if os.geteuid() != 0:
             return "needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for fanotify)"
         return None
@@ -134,7 +140,7 @@ class TracepointBackend(Backend):
     def _cflags(self) -> list[str]:
         try:
             btf = Btf.load()
-            flags = offset_macros(btf, OFFSETS)
+            flags = offset_macros(btf, OFFSETS) + [f"-DPT_REGS_SIZE={btf.struct_size('pt_regs')}"]
         except BtfError as exc:
             raise BackendUnavailable(str(exc)) from None
         f = self.filters
@@ -190,6 +196,16 @@ class TracepointBackend(Backend):
                 pass
             os.close(fd)
         learn.clear()
+        regs = self.bpf["learn_regs"]
+        for slot, size in ((0, 16384), (1, 32768)):
+            if regs[ctypes.c_int(slot)].value == fan:
+                regs[ctypes.c_int(2)] = ctypes.c_uint64(size)
+                break
+        else:
+            raise BackendUnavailable("cannot locate the syscall registers on the kernel stack "
+                                     "(THREAD_SIZE is neither 16 nor 32 KiB)")
+        # learning done: the enter tracepoint is only for the agent's own reads
+        self.bpf.detach_tracepoint(b"syscalls:sys_enter_read")
         fops = self.bpf["listener_fops"]
         if not fops[ctypes.c_int(KIND_INOTIFY)].value or not fops[ctypes.c_int(KIND_FANOTIFY)].value:
             raise BackendUnavailable("the sys_enter_read tracepoint did not fire: cannot "
