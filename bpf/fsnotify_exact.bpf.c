@@ -1,0 +1,477 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * fsnotify_exact.bpf.c: the exact correlator (backends "fentry" and "kprobe").
+ *
+ * Links every inotify/fanotify event a tracer reads to the process that caused
+ * it, inside the kernel:
+ *
+ *   tracee (the actor, synchronous fsnotify() call in its own context)
+ *     FN_INOTIFY_HANDLE (mark, mask, inode, dir) entry -> insert_ctx[tid] (inodes)
+ *     FN_INSERT_EVENT (group, event)             entry -> pending[event] = record
+ *     FN_INOTIFY_HANDLE                          exit  -> delete insert_ctx[tid]
+ *   tracer (the reader, in read(2) of its inotify/fanotify fd)
+ *     fsnotify_remove_first_event(group)  entry -> remove_ctx[tid] = group
+ *     fsnotify_remove_first_event         exit  -> pending[ret] + tracer -> events ring
+ *   whoever frees it
+ *     fsnotify_destroy_event(group, event)       -> fa_resp for permission events,
+ *                                                   delete pending[event]
+ *
+ * Portability: every kernel struct field is read with bpf_probe_read_kernel at
+ * an OFF_* offset resolved by otel_fsnotify/backends/exact.py from the running
+ * kernel's BTF. The headers bcc compiles against are never used for a layout
+ * (they may belong to another kernel). Kernel-version choices (function names,
+ * constants) arrive as -D macros from the same place.
+ *
+ * inotify or fanotify? Decided from the group's ops table: its handler is
+ * FN_INOTIFY_HANDLE or fanotify_handle_event (text addresses from kallsyms;
+ * the ops tables themselves are data symbols, absent without
+ * CONFIG_KALLSYMS_ALL). Not from a hook
+ * on fanotify_handle_event: that function has 8 arguments and BPF trampolines
+ * before 6.6 attach to at most 6, so the fentry backend could not use it.
+ *
+ * One source, two backends: -DUSE_FENTRY=1 builds fentry/fexit programs
+ * (auto-attached by bcc), otherwise kprobe/kretprobe programs that exact.py
+ * attaches by name.
+ */
+#include <uapi/linux/ptrace.h>
+
+#ifndef PATH_DEPTH
+#define PATH_DEPTH 16      /* dentry components kept for fanotify paths */
+#endif
+#define COMPONENT_LEN 64   /* bytes kept per component (exact.py flags truncation) */
+#define NAME_LEN 256       /* inotify name copied from the event */
+#define TASK_COMM 16
+
+#define KIND_INOTIFY 1
+#define KIND_FANOTIFY 2
+
+#define REC_EVENT 1        /* a tracer read an event */
+#define REC_RESPONSE 2     /* a permission event was answered or interrupted */
+#define REC_OVERFLOW 3     /* a tracer read the group's queue-overflow event */
+
+/* Counter slots (per-CPU array `counters`); names in exact.py COUNTERS. */
+#define CNT_EMITTED 0
+#define CNT_RINGBUF_LOST 1
+#define CNT_MAP_FULL 2
+#define CNT_UNMATCHED 3
+#define CNT_CTX_FULL 4
+#define CNT_FILTERED 5
+#define CNT_FLUSHED_ON_CLOSE 6
+#define CNT_NO_CTX 7
+#define CNT_SLOTS 8
+
+struct proc_id {
+    u32 pid, tid, ppid, uid, gid;
+    u32 mntns;
+    char comm[TASK_COMM];
+    char pcomm[TASK_COMM];
+};
+
+/* What the tracee side knows; kept in `pending` until the event is freed. */
+struct record {
+    u64 ts_boot;          /* bpf_ktime_get_boot_ns() when queued */
+    u64 group;            /* struct fsnotify_group * */
+    u64 i_ino, i_ino_dir;
+    struct proc_id tracee;
+    struct proc_id tracer;   /* filled when a tracer reads it */
+    u32 kind;             /* KIND_* */
+    u32 prio;
+    u32 i_wd, i_mask, i_cookie;
+    u32 fa_type, fa_mask, fa_pid, fa_flags, fa_f_flags;
+    u32 read;             /* 1 once a tracer has read it */
+    char name[NAME_LEN];
+};
+
+/* What goes to user space. */
+struct out_event {
+    struct record rec;
+    u64 ts_now;           /* bpf_ktime_get_boot_ns() when emitted (fa_resp time) */
+    u32 rtype;            /* REC_* */
+    u32 response;         /* fanotify_perm_event.response */
+    u32 state;            /* fanotify_perm_event.state */
+    u32 path_depth;       /* components filled in path[] (leaf first) */
+    u32 path_complete;    /* 1 if the walk reached the root of the namespace */
+    u32 _pad;
+    char path[PATH_DEPTH][COMPONENT_LEN];
+};
+
+/* insert_ctx: tid -> what the handle_event entry saw (inodes, kind). Linked with
+ * FN_INSERT_EVENT on the same thread. */
+struct insert_ctx {
+    u64 i_ino, i_ino_dir;
+    u32 kind;
+};
+BPF_HASH(insert_ctx, u32, struct insert_ctx, 4096);
+/* pending: struct fsnotify_event * -> record. Bounded: MAX_PENDING entries. */
+BPF_HASH(pending, u64, struct record, MAX_PENDING);
+/* remove_ctx: tid -> struct fsnotify_group * between the two halves of
+ * fsnotify_remove_first_event (kprobe backend only needs it; fexit has args). */
+BPF_HASH(remove_ctx, u32, u64, 4096);
+/* group_kind: struct fsnotify_group * -> KIND_*, to name overflow events. */
+BPF_HASH(group_kind, u64, u32, 4096);
+/* filter sets, filled by exact.py when the matching FILTER_* macro is on */
+BPF_HASH(tracer_pids, u32, u8, 64);
+BPF_HASH(tracee_pids, u32, u8, 64);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(scratch, struct out_event, 1);
+BPF_PERCPU_ARRAY(rec_scratch, struct record, 1);
+BPF_PERCPU_ARRAY(counters, u64, CNT_SLOTS);
+
+static __always_inline void count(u32 slot)
+{
+    u64 *c = counters.lookup(&slot);
+    if (c)
+        (*c)++;
+}
+
+static __always_inline u64 read_ptr(u64 addr)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u32 read_u32(u64 addr)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u16 read_u16(u64 addr)
+{
+    u16 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+/* The current task's identity: pids from the helpers, the rest from task_struct. */
+static __always_inline void fill_proc(struct proc_id *p)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    u64 task = (u64)bpf_get_current_task();
+    u64 parent = read_ptr(task + OFF_TASK_REAL_PARENT);
+    /* task->nsproxy->mnt_ns->ns.inum; nsproxy is NULL for an exiting task */
+    u64 nsproxy = read_ptr(task + OFF_TASK_NSPROXY);
+    u64 mnt_ns = nsproxy ? read_ptr(nsproxy + OFF_NSPROXY_MNT_NS) : 0;
+
+    p->pid = pid_tgid >> 32;
+    p->tid = (u32)pid_tgid;
+    p->uid = (u32)uid_gid;
+    p->gid = uid_gid >> 32;
+    p->ppid = parent ? read_u32(parent + OFF_TASK_TGID) : 0;
+    p->mntns = mnt_ns ? read_u32(mnt_ns + OFF_MNT_NS_INUM) : 0;
+    bpf_get_current_comm(p->comm, sizeof(p->comm));
+    if (parent)
+        bpf_probe_read_kernel_str(p->pcomm, sizeof(p->pcomm), (void *)(parent + OFF_TASK_COMM));
+}
+
+static __always_inline int passes_filters(struct record *r)
+{
+#if FILTER_INOTIFY_ONLY
+    if (r->kind != KIND_INOTIFY)
+        return 0;
+#endif
+#if FILTER_FANOTIFY_ONLY
+    if (r->kind != KIND_FANOTIFY)
+        return 0;
+#endif
+#if FILTER_GROUP
+    if (r->group != FILTER_GROUP)
+        return 0;
+#endif
+#if FILTER_TRACER_PIDS
+    if (!tracer_pids.lookup(&r->tracer.pid))
+        return 0;
+#endif
+#if FILTER_TRACEE_PIDS
+    if (!tracee_pids.lookup(&r->tracee.pid))
+        return 0;
+#endif
+    return 1;
+}
+
+/* ---- tracee side ------------------------------------------------------- */
+
+static __always_inline int on_handle_enter(u32 kind, u64 inode, u64 dir)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct insert_ctx ctx = {};
+    ctx.kind = kind;
+    ctx.i_ino = inode ? read_ptr(inode + OFF_INODE_INO) : 0;
+    ctx.i_ino_dir = dir ? read_ptr(dir + OFF_INODE_INO) : 0;
+    if (insert_ctx.update(&tid, &ctx) != 0)
+        count(CNT_CTX_FULL);
+    return 0;
+}
+
+static __always_inline int on_handle_exit(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    insert_ctx.delete(&tid);
+    return 0;
+}
+
+/* FN_INSERT_EVENT(group, event, ...): the event is fully built here; it may still
+ * be merged or replaced by the overflow event, in which case the caller destroys
+ * it and on_destroy drops our record. */
+static __always_inline int on_insert(u64 group, u64 event)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 ops = read_ptr(group + OFF_GROUP_OPS);
+    u32 kind = 0;
+    if (read_ptr(ops + OFF_OPS_INOTIFY_HANDLER) == INOTIFY_HANDLER_ADDR)
+        kind = KIND_INOTIFY;
+    else if (read_ptr(ops + OFF_OPS_HANDLE_EVENT) == FANOTIFY_HANDLER_ADDR)
+        kind = KIND_FANOTIFY;
+    if (!kind)
+        return 0;   /* another fsnotify backend (dnotify, audit...) */
+    u32 zero = 0;
+    struct record *r = rec_scratch.lookup(&zero);
+    if (!r)
+        return 0;
+    __builtin_memset(r, 0, sizeof(*r));
+    r->ts_boot = bpf_ktime_get_boot_ns();
+    r->group = group;
+    r->kind = kind;
+    r->prio = read_u32(group + OFF_GROUP_PRIORITY);
+    fill_proc(&r->tracee);
+    if (kind == KIND_INOTIFY) {
+        /* struct inotify_event_info embeds struct fsnotify_event first */
+        struct insert_ctx *ctx = insert_ctx.lookup(&tid);
+        if (ctx) {
+            r->i_ino = ctx->i_ino;
+            r->i_ino_dir = ctx->i_ino_dir;
+        } else {
+            count(CNT_NO_CTX);
+        }
+        r->i_mask = read_u32(event + OFF_INOTIFY_EVENT_MASK);
+        r->i_wd = read_u32(event + OFF_INOTIFY_EVENT_WD);
+        r->i_cookie = read_u32(event + OFF_INOTIFY_EVENT_COOKIE);
+        u32 len = read_u32(event + OFF_INOTIFY_EVENT_NAME_LEN);
+        if (len)
+            bpf_probe_read_kernel_str(r->name, sizeof(r->name), (void *)(event + OFF_INOTIFY_EVENT_NAME));
+    } else {
+        /* struct fanotify_event embeds struct fsnotify_event first; `type` is a
+         * 3-bit field inside an anonymous struct: read its 32-bit word and shift */
+        r->fa_mask = read_u32(event + OFF_FANOTIFY_EVENT_MASK);
+        r->fa_type = (read_u32(event + FA_TYPE_WORD) >> FA_TYPE_SHIFT) & FA_TYPE_MASK;
+        u64 pid = read_ptr(event + OFF_FANOTIFY_EVENT_PID);
+        /* struct pid: numbers[0].nr is the pid in the initial namespace */
+        r->fa_pid = pid ? read_u32(pid + OFF_PID_NR) : 0;
+        r->fa_flags = read_u32(group + OFF_GROUP_FAN_FLAGS);
+        r->fa_f_flags = read_u32(group + OFF_GROUP_FAN_F_FLAGS);
+    }
+    group_kind.update(&group, &kind);
+    if (pending.update(&event, r) != 0)
+        count(CNT_MAP_FULL);
+    return 0;
+}
+
+/* ---- tracer side ------------------------------------------------------- */
+
+/* Walk dentries leaf to root, crossing mounts (struct mount embeds the vfsmount
+ * at OFF_MOUNT_MNT). Components land in out->path[], leaf first. */
+static __always_inline void walk_path(struct out_event *out, u64 dentry, u64 vfsmnt)
+{
+    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
+    u32 depth = 0;
+#pragma unroll
+    for (int i = 0; i < PATH_DEPTH + 4; i++) {
+        u64 mnt_root = read_ptr(vfsmnt + OFF_VFSMOUNT_ROOT);
+        u64 parent = read_ptr(dentry + OFF_DENTRY_PARENT);
+        if (dentry == mnt_root || dentry == parent) {
+            /* at the root of this mount: go to the mountpoint in the parent mount */
+            u64 mnt_parent = read_ptr(mnt + OFF_MOUNT_PARENT);
+            if (mnt_parent == mnt || mnt_parent == 0) {
+                out->path_complete = 1;
+                break;
+            }
+            dentry = read_ptr(mnt + OFF_MOUNT_MOUNTPOINT);
+            mnt = mnt_parent;
+            vfsmnt = mnt + OFF_MOUNT_MNT;
+            continue;
+        }
+        if (depth >= PATH_DEPTH)
+            break;
+        u64 name = read_ptr(dentry + OFF_DENTRY_NAME);
+        bpf_probe_read_kernel_str(out->path[depth], COMPONENT_LEN, (void *)name);
+        depth++;
+        dentry = parent;
+    }
+    out->path_depth = depth;
+}
+
+static __always_inline struct out_event *new_out(struct record *r, u32 rtype)
+{
+    u32 zero = 0;
+    struct out_event *out = scratch.lookup(&zero);
+    if (!out)
+        return 0;
+    __builtin_memcpy(&out->rec, r, sizeof(*r));
+    out->ts_now = bpf_ktime_get_boot_ns();
+    out->rtype = rtype;
+    out->response = 0;
+    out->state = 0;
+    out->path_depth = 0;
+    out->path_complete = 0;
+    return out;
+}
+
+static __always_inline void submit(struct out_event *out)
+{
+    if (events.ringbuf_output(out, sizeof(*out), 0) != 0)
+        count(CNT_RINGBUF_LOST);
+    else
+        count(CNT_EMITTED);
+}
+
+static __always_inline int on_remove_enter(u64 group)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    remove_ctx.update(&tid, &group);
+    return 0;
+}
+
+static __always_inline int on_remove_exit(u64 group, u64 event)
+{
+    if (!event)
+        return 0;
+    /* fsnotify_flush_notify() also removes events when a group is torn down;
+     * nobody reads those. */
+    if (read_u16(group + OFF_GROUP_SHUTDOWN) & 0xff) {
+        count(CNT_FLUSHED_ON_CLOSE);
+        return 0;
+    }
+    struct record *r = pending.lookup(&event);
+    if (!r) {
+        if (event == read_ptr(group + OFF_GROUP_OVERFLOW_EVENT)) {
+            u32 zero = 0;
+            struct record *o = rec_scratch.lookup(&zero);
+            if (!o)
+                return 0;
+            __builtin_memset(o, 0, sizeof(*o));
+            o->group = group;
+            o->ts_boot = bpf_ktime_get_boot_ns();
+            o->prio = read_u32(group + OFF_GROUP_PRIORITY);
+            u32 *kind = group_kind.lookup(&group);
+            o->kind = kind ? *kind : 0;
+            fill_proc(&o->tracer);
+            if (!passes_filters(o))
+                return 0;
+            struct out_event *out = new_out(o, REC_OVERFLOW);
+            if (out)
+                submit(out);
+            return 0;
+        }
+        count(CNT_UNMATCHED);
+        return 0;
+    }
+    fill_proc(&r->tracer);
+    r->read = 1;
+    if (!passes_filters(r)) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    struct out_event *out = new_out(r, REC_EVENT);
+    if (!out)
+        return 0;
+    if (r->kind == KIND_FANOTIFY && (r->fa_type == FA_TYPE_PATH || r->fa_type == FA_TYPE_PATH_PERM)) {
+        /* struct fanotify_path_event / fanotify_perm_event: struct path after fae */
+        u64 path = event + (r->fa_type == FA_TYPE_PATH ? OFF_FA_PATH_EVENT_PATH : OFF_FA_PERM_EVENT_PATH);
+        u64 vfsmnt = read_ptr(path + OFF_PATH_MNT);
+        u64 dentry = read_ptr(path + OFF_PATH_DENTRY);
+        if (vfsmnt && dentry)
+            walk_path(out, dentry, vfsmnt);
+    }
+    submit(out);
+    return 0;
+}
+
+/* fsnotify_destroy_event(group, event): the end of every event's life. For a
+ * fanotify permission event this is after the verdict: state FAN_EVENT_ANSWERED
+ * with response FAN_ALLOW/FAN_DENY, or interrupted (the tracee was killed while
+ * waiting: state INIT or CANCELED). */
+static __always_inline int on_destroy(u64 group, u64 event)
+{
+    struct record *r = pending.lookup(&event);
+    if (!r)
+        return 0;
+    if (r->kind == KIND_FANOTIFY && r->fa_type == FA_TYPE_PATH_PERM && passes_filters(r)) {
+        struct out_event *out = new_out(r, REC_RESPONSE);
+        if (out) {
+            out->response = read_u16(event + OFF_FA_PERM_RESPONSE);
+            out->state = read_u16(event + OFF_FA_PERM_STATE);
+            u64 path = event + OFF_FA_PERM_EVENT_PATH;
+            u64 vfsmnt = read_ptr(path + OFF_PATH_MNT);
+            u64 dentry = read_ptr(path + OFF_PATH_DENTRY);
+            if (vfsmnt && dentry)
+                walk_path(out, dentry, vfsmnt);
+            submit(out);
+        }
+    }
+    pending.delete(&event);
+    return 0;
+}
+
+/* ---- attachment: fentry/fexit or kprobe/kretprobe ----------------------- */
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+#if USE_FENTRY
+#define ENTRY(fn, args...) KFUNC_PROBE(fn, args)
+#define EXIT(fn, args...) KRETFUNC_PROBE(fn, args)
+
+ENTRY(FN_INOTIFY_HANDLE, void *mark, u32 mask, void *inode, void *dir)
+{
+    return on_handle_enter(KIND_INOTIFY, (u64)inode, (u64)dir);
+}
+EXIT(FN_INOTIFY_HANDLE, void *mark, u32 mask, void *inode, void *dir, void *name, u32 cookie, int ret)
+{
+    return on_handle_exit();
+}
+ENTRY(FN_INSERT_EVENT, void *group, void *event)
+{
+    return on_insert((u64)group, (u64)event);
+}
+EXIT(fsnotify_remove_first_event, void *group, void *ret)
+{
+    return on_remove_exit((u64)group, (u64)ret);
+}
+ENTRY(fsnotify_destroy_event, void *group, void *event)
+{
+    return on_destroy((u64)group, (u64)event);
+}
+#else
+int on_inotify_handle_enter(struct pt_regs *ctx)
+{
+    return on_handle_enter(KIND_INOTIFY, PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx));
+}
+int on_handle_return(struct pt_regs *ctx)
+{
+    return on_handle_exit();
+}
+int on_insert_enter(struct pt_regs *ctx)
+{
+    return on_insert(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
+}
+int on_remove_first_enter(struct pt_regs *ctx)
+{
+    return on_remove_enter(PT_REGS_PARM1(ctx));
+}
+int on_remove_first_return(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 *group = remove_ctx.lookup(&tid);
+    if (!group)
+        return 0;
+    u64 g = *group;
+    remove_ctx.delete(&tid);
+    return on_remove_exit(g, PT_REGS_RC(ctx));
+}
+int on_destroy_enter(struct pt_regs *ctx)
+{
+    return on_destroy(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
+}
+#endif

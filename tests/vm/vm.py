@@ -1,0 +1,140 @@
+"""Boot Debian's distribution kernel under qemu (TCG) and run a command in it.
+
+The guest sees the host's root filesystem read-only over virtio-9p, with tmpfs
+over the directories programs write to, so it runs the repository's own .venv,
+bcc and kernel headers without any image to build. A second, writable 9p share
+(``/vmresults`` in the guest) carries results back to the host.
+
+Only the initramfs is built here (busybox-static + the 9p modules), once, into
+a cache directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE = os.environ.get("OTEL_FSNOTIFY_VM_CACHE", os.path.join(REPO, "vm-cache"))
+BUSYBOX = "/bin/busybox"
+# Load order matters: each needs the ones before it.
+MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+           "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
+# Directories a guest program may write to; everything else is the read-only host root.
+WRITABLE = ("/tmp", "/run", "/var/tmp", "/root", "/var/cache", "/home")
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in {modules}; do insmod /modules/$m.ko || echo "vm-init: insmod $m failed"; done
+mkdir -p /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 hostroot /newroot || {{ echo "vm-init: 9p root mount failed"; echo o > /proc/sysrq-trigger; }}
+for d in {writable}; do [ -d /newroot$d ] && mount -t tmpfs -o mode=1777 tmpfs /newroot$d; done
+mount -t proc proc /newroot/proc || echo "vm-init: proc mount failed"; cat /proc/mounts
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts devpts /newroot/dev/pts
+mount -t tmpfs tmpfs /newroot/dev/shm
+mount -t tracefs tracefs /newroot/sys/kernel/tracing
+mount -t debugfs debugfs /newroot/sys/kernel/debug
+mount -t bpf bpf /newroot/sys/fs/bpf
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+mkdir -p /newroot/tmp/vmresults
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /newroot/tmp/vmresults || echo "vm-init: results mount failed"
+script=$(sed -n 's/.*vmscript=\([^ ]*\).*/\1/p' /proc/cmdline)
+echo "vm-init: running $script"
+exec switch_root /newroot /bin/sh -c "cd /; hostname otelvm; ip link set lo up 2>/dev/null; /bin/sh $script > /tmp/vmresults/console.log 2>&1; echo \$? > /tmp/vmresults/exit-status; sync; echo o > /proc/sysrq-trigger; sleep 30"
+"""
+
+
+class VmError(RuntimeError):
+    pass
+
+
+def kernel_release() -> str:
+    """The newest Debian 6.1 kernel installed on the host (e.g. 6.1.0-56-amd64)."""
+    images = sorted(glob.glob("/boot/vmlinuz-6.1.0-*-amd64"),
+                    key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
+    if not images:
+        raise VmError("no /boot/vmlinuz-6.1.0-*-amd64: apt-get install linux-image-amd64 (bookworm)")
+    return os.path.basename(images[-1])[len("vmlinuz-"):]
+
+
+def build_initramfs(release: str) -> str:
+    """cpio.gz with busybox, the 9p modules and /init; cached by kernel release."""
+    out = os.path.join(CACHE, f"initramfs-{release}.cpio.gz")
+    if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(__file__):
+        return out
+    if not os.path.exists(BUSYBOX):
+        raise VmError("no /bin/busybox: apt-get install busybox-static")
+    root = os.path.join(CACHE, f"initramfs-{release}")
+    shutil.rmtree(root, ignore_errors=True)
+    for d in ("bin", "proc", "sys", "dev", "modules", "newroot"):
+        os.makedirs(os.path.join(root, d))
+    shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
+    moddir = f"/lib/modules/{release}/kernel"
+    for name in MODULES:
+        found = glob.glob(f"{moddir}/**/{name}.ko", recursive=True)
+        if not found:
+            raise VmError(f"module {name}.ko not found under {moddir}")
+        shutil.copy2(found[0], os.path.join(root, "modules", f"{name}.ko"))
+    with open(os.path.join(root, "init"), "w") as fh:
+        fh.write(INIT.format(modules=" ".join(MODULES), writable=" ".join(WRITABLE)))
+    os.chmod(os.path.join(root, "init"), 0o755)
+    files = subprocess.run("find . | sort", shell=True, cwd=root, capture_output=True,
+                           check=True).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files,
+                          capture_output=True, check=True).stdout
+    tmp = out + ".tmp"
+    with gzip.open(tmp, "wb", compresslevel=1) as fh:
+        fh.write(cpio)
+    os.replace(tmp, out)
+    return out
+
+
+def run(script: str, results_dir: str, timeout: float, memory_mb: int = 3072,
+        cpus: int = 2, log=None) -> int:
+    """Boot the VM, run `script` (a shell script path on the host root) as root in
+    the guest with /tmp/vmresults = results_dir, and return its exit status."""
+    if not shutil.which("qemu-system-x86_64"):
+        raise VmError("qemu-system-x86_64 missing: apt-get install qemu-system-x86")
+    release = kernel_release()
+    initrd = build_initramfs(release)
+    os.makedirs(results_dir, exist_ok=True)
+    for stale in ("exit-status", "console.log"):
+        try:
+            os.unlink(os.path.join(results_dir, stale))
+        except FileNotFoundError:
+            pass
+    serial = os.path.join(results_dir, "serial.log")
+    cmd = [
+        "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=multi",
+        "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
+        "-kernel", f"/boot/vmlinuz-{release}", "-initrd", initrd,
+        "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 vmscript={script}",
+        "-display", "none", "-no-reboot", "-nic", "none",
+        "-serial", f"file:{serial}", "-monitor", "none",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none",
+    ]
+    start = time.monotonic()
+    try:
+        subprocess.run(cmd, timeout=timeout, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    except subprocess.TimeoutExpired:
+        raise VmError(f"VM did not finish within {timeout:.0f}s (see {serial})") from None
+    if log:
+        log(f"VM ran {time.monotonic() - start:.0f}s")
+    status_file = os.path.join(results_dir, "exit-status")
+    if not os.path.exists(status_file):
+        raise VmError(f"VM stopped before the guest script finished (see {serial})")
+    with open(status_file) as fh:
+        return int(fh.read().strip() or "255")
