@@ -213,6 +213,8 @@ class TracepointBackend(Backend):
 
     def close(self) -> None:
         if self.bpf is not None:
+            self.flush()  # inotify events still waiting for a mirror match go out as "unknown"
+            self._final = self.counters()  # the kernel's loss counters die with the maps
             self.bpf.cleanup()
             self.bpf = None
         if self.mirror is not None:
@@ -257,7 +259,8 @@ class TracepointBackend(Backend):
         self._retry_waiting(final=True)
 
     def counters(self) -> dict[str, int]:
-        out = dict(self.stats)
+        out = dict(getattr(self, "_final", {}))
+        out.update(self.stats)
         if self.bpf is not None:
             for i, name in enumerate(LOSS_NAMES):
                 out[name] = sum(self.bpf["losses"][ctypes.c_int(i)])
@@ -286,6 +289,11 @@ class TracepointBackend(Backend):
             if rd is not None:
                 rd.paths.setdefault(hdr[H_TOTAL], []).append(_cstr(body))
         elif kind == REC_RESPONSE:
+            # the read that delivered the permission event came earlier in the
+            # ring buffer: decode it first so the response finds its tracee
+            done, self._done = self._done, []
+            for rd in done:
+                self._finish_read(rd)
             self._on_response(hdr, body)
         elif kind == REC_ADD_WATCH:
             self._refresh(hdr[H_TGID], hdr[H_FD])
