@@ -328,3 +328,54 @@ def test_replay_to_unreachable_collector_gives_up_after_deadline(tmp_path):
     assert "Traceback" not in p.stderr
     assert "did not accept 100 events within 3s" in p.stderr
     assert took < 30
+
+
+def _make_pki(d) -> dict:
+    """A CA, a server cert for 127.0.0.1 and a client cert, made with openssl."""
+    def run(*argv):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=d)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=test-ca")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext")
+    return {k: str(d / k) for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def test_http_json_tls_client_certificate_headers_and_gzip(rotel, tmp_path):
+    """TLS with a private CA and a client certificate (mutual TLS), an auth
+    header and gzip, through a TLS-terminating FlakyProxy in front of rotel."""
+    import ssl
+
+    pki = _make_pki(tmp_path)
+    proxy = FlakyProxy(rotel.http_port, [])
+    seen_headers: list[dict] = []
+    handler = proxy.server.RequestHandlerClass
+    orig = handler.do_POST
+
+    def do_post(self):
+        seen_headers.append(dict(self.headers))
+        orig(self)
+    handler.do_POST = do_post
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki["ca.pem"])
+    ctx.verify_mode = ssl.CERT_REQUIRED  # refuse clients without our client certificate
+    ctx.load_cert_chain(pki["server.pem"], pki["server.key"])
+    proxy.server.socket = ctx.wrap_socket(proxy.server.socket, server_side=True)
+    try:
+        s = OtlpSettings.from_env(
+            {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0k"},
+            protocol="http/json", endpoint=f"https://127.0.0.1:{proxy.port}", compression="gzip",
+            certificate=pki["ca.pem"], client_certificate=pki["client.pem"], client_key=pki["client.key"],
+            spool_dir=str(tmp_path / "spool"))
+        shipper = Shipper(s, build_resource(""), logging.getLogger("test"))
+        for ev in sample_events(30):
+            shipper.submit(ev)
+        assert shipper.close(30), shipper.counters()
+    finally:
+        proxy.close()
+    assert seen_headers and seen_headers[0]["authorization"] == "Bearer t0k"
+    assert seen_headers[0]["Content-Encoding"] == "gzip"
+    assert len(rotel.wait_for_uids(30, 20)) == 30
