@@ -75,6 +75,7 @@ def run(cfg: AgentConfig) -> int:
             if deadline and now >= deadline:
                 break
             backend.poll(POLL_MS if not deadline else max(1, min(POLL_MS, int((deadline - now) * 1000))))
+            output.flush()  # a reader following --output-file sees each poll's events at once
             if next_stats and now >= next_stats:
                 log.info("stats %s", json.dumps(_stats(backend, output)))
                 next_stats = now + cfg.stats_interval

@@ -15,6 +15,7 @@ WIDE_FIELDS = {"name", "path", "tracer_exe", "tracee_exe"}
 
 class Output(Protocol):
     def write(self, event: Event) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
     def counters(self) -> dict[str, int]: ...
 
@@ -36,8 +37,9 @@ class JsonlOutput:
     def write(self, event: Event) -> None:
         self._fh.write(to_json_line(event))
         self.written += 1
-        if not self._own or self.written % 64 == 0:
-            self._fh.flush()
+
+    def flush(self) -> None:
+        self._fh.flush()
 
     def close(self) -> None:
         self._fh.flush()
@@ -75,11 +77,13 @@ class TableOutput:
                 cell = cell[: width - 1] + "…"
             parts.append(cell if i == last else cell.ljust(width))
         self._fh.write(" ".join(parts) + "\n")
-        self._fh.flush()
 
     def write(self, event: Event) -> None:
         self._row([format_value(f, getattr(event, f)) for f in self.fields])
         self.written += 1
+
+    def flush(self) -> None:
+        self._fh.flush()
 
     def close(self) -> None:
         if self._own:
@@ -99,6 +103,9 @@ class OtlpOutput:
 
     def write(self, event: Event) -> None:
         self.shipper.submit(event)
+
+    def flush(self) -> None:
+        pass  # the shipper batches on its own clock
 
     def close(self) -> None:
         self.shipper.close(30.0)
