@@ -285,6 +285,7 @@ class _ExactBackend(Backend):
         self._offset = boot_to_epoch_offset()
         self._exe = _ExeCache()
         self._decode_errors = 0
+        self._final_counters: dict[str, int] | None = None
 
     # -- loading -------------------------------------------------------------
     def _cflags(self) -> list[str]:
@@ -342,6 +343,8 @@ class _ExactBackend(Backend):
             self._bpf.ring_buffer_poll(timeout_ms)
 
     def counters(self) -> dict[str, int]:
+        if self._bpf is None and self._final_counters is not None:
+            return dict(self._final_counters)  # read after close()
         out = {name: 0 for name in COUNTERS}
         if self._bpf is not None:
             table = self._bpf["counters"]
@@ -352,6 +355,7 @@ class _ExactBackend(Backend):
 
     def close(self) -> None:
         if self._bpf is not None:
+            self._final_counters = self.counters()
             self._bpf.cleanup()
             self._bpf = None
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""A minimal inotify tracer that counts what it reads: `inotify_reader.py DIR`.
+
+Prints READY once the watch is in place; on SIGTERM prints `READ <events> OVERFLOW <n>`
+and exits. Used by the storm test to know exactly how many events a tracer read.
+"""
+
+import ctypes
+import os
+import signal
+import struct
+import sys
+
+IN_ALL_EVENTS = 0x00000FFF
+IN_Q_OVERFLOW = 0x4000
+HEADER = struct.Struct("iIII")  # struct inotify_event without the name
+
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+if fd < 0 or libc.inotify_add_watch(fd, sys.argv[1].encode(), IN_ALL_EVENTS) < 0:
+    sys.exit(f"inotify: {os.strerror(ctypes.get_errno())}")
+count = overflow = 0
+stopping = False
+
+
+def on_term(*_):
+    global stopping
+    stopping = True
+
+
+signal.signal(signal.SIGTERM, on_term)
+print("READY", flush=True)
+while not stopping:
+    try:
+        buf = os.read(fd, 65536)
+    except InterruptedError:
+        continue
+    pos = 0
+    while pos < len(buf):
+        _wd, mask, _cookie, length = HEADER.unpack_from(buf, pos)
+        pos += HEADER.size + length
+        count += 1
+        overflow += bool(mask & IN_Q_OVERFLOW)
+print(f"READ {count} OVERFLOW {overflow}", flush=True)

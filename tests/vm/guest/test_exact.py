@@ -1,0 +1,137 @@
+"""The exact backends on a real kernel: real tracers (inotifywait, fanotify
+listeners) and real tracees (touch, cat), read back from the agent's jsonl."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from conftest import start_inotifywait, start_listener, stop
+
+ON_CHILD = 0x08000000
+IN_OPEN, IN_ATTRIB, IN_CLOSE_WRITE, IN_CREATE = 0x20, 0x4, 0x8, 0x100
+
+
+def test_inotifywait_touch(agent, wdir):
+    tracer = start_inotifywait(wdir)
+    try:
+        before = time.time_ns()
+        touch = subprocess.run(["touch", str(wdir / "ABCDE")], check=True)
+        after = time.time_ns()
+        evs = agent.wait_for(lambda e: e["name"] == "ABCDE" and e["tracer_pid"] == tracer.pid, n=4)
+    finally:
+        stop(tracer)
+    assert {e["i_mask"] for e in evs} == {IN_CREATE, ON_CHILD | IN_OPEN, ON_CHILD | IN_ATTRIB,
+                                          ON_CHILD | IN_CLOSE_WRITE}, (tracer.pid, agent.events()[-6:])
+    for e in evs:
+        assert e["type"] == "inotify"
+        assert e["tracer_comm"] == "inotifywait" and e["tracee_comm"] == "touch"
+        assert e["tracer_exe"] == "/usr/bin/inotifywait"
+        assert e["tracee_ppid"] == os.getpid()
+        assert e["attribution"] == "exact"
+        assert e["i_wd"] == 1
+        assert e["i_ino_dir"] == os.stat(wdir).st_ino
+        assert before <= e["timestamp"] <= after + 1_000_000, (before, e["timestamp"], after)
+    create = next(e for e in evs if e["i_mask"] == IN_CREATE)
+    assert create["i_mask_names"] == ["IN_CREATE"]
+    assert create["i_ino"] == os.stat(wdir / "ABCDE").st_ino
+
+
+def test_fanotify_notify_cat(agent, wdir):
+    target = wdir / "secret.txt"
+    target.write_text("x")
+    listener = start_listener("notify", str(wdir))
+    try:
+        cat = subprocess.Popen(["cat", str(target)], stdout=subprocess.DEVNULL)
+        cat.wait()
+        evs = agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracer_pid"] == listener.pid, n=2)
+    finally:
+        stop(listener)
+    assert evs, agent.events()[-5:]
+    for e in evs:
+        assert e["tracee_comm"] == "cat" and e["tracee_pid"] == cat.pid
+        assert e["fa_pid"] == cat.pid
+        assert e["name"] == str(target) and e["path"] == str(target)
+        assert e["fa_type"] == "FANOTIFY_EVENT_TYPE_PATH"
+    assert {n for e in evs for n in e["fa_mask_names"]} >= {"FAN_OPEN", "FAN_CLOSE_NOWRITE"}
+
+
+def _perm(agent, wdir, mode):
+    target = wdir / f"{mode}.txt"
+    target.write_text("x")
+    listener = start_listener(mode, str(target))
+    try:
+        cat = subprocess.Popen(["cat", str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = cat.communicate(timeout=30)
+        evs = agent.wait_for(lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == cat.pid)
+    finally:
+        stop(listener)
+    return cat, err, evs, target, listener
+
+
+def test_permission_allow(agent, wdir):
+    cat, _err, evs, target, listener = _perm(agent, wdir, "perm-allow")
+    assert cat.returncode == 0
+    assert len(evs) == 1, evs
+    e = evs[0]
+    assert e["fa_response"] == "allow" and e["tracee_comm"] == "cat"
+    assert e["fa_type"] == "FANOTIFY_EVENT_TYPE_PATH_PERM" and e["name"] == str(target)
+    assert e["tracer_pid"] == listener.pid
+    assert "FAN_OPEN_PERM" in e["fa_mask_names"]
+
+
+def test_permission_deny(agent, wdir):
+    cat, err, evs, target, listener = _perm(agent, wdir, "perm-deny")
+    assert cat.returncode != 0 and b"Operation not permitted" in err
+    assert len(evs) == 1, evs
+    e = evs[0]
+    assert e["fa_response"] == "deny"
+    assert e["tracee_comm"] == "cat" and e["tracee_pid"] == cat.pid and e["tracee_ppid"] == os.getpid()
+    assert e["tracer_pid"] == listener.pid and e["name"] == str(target)
+
+
+def test_permission_interrupted(agent, wdir):
+    target = wdir / "stall.txt"
+    target.write_text("x")
+    listener = start_listener("stall", str(target))
+    try:
+        cat = subprocess.Popen(["cat", str(target)], stdout=subprocess.DEVNULL)
+        read = agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracee_pid"] == cat.pid)
+        assert read, "the listener's read of the permission event was not reported"
+        cat.kill()  # SIGKILL ends the tracee's killable wait for the verdict
+        cat.wait()
+    finally:
+        stop(listener)  # the listener's release frees the cancelled event
+    evs = agent.wait_for(lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == cat.pid)
+    assert [e["fa_response"] for e in evs] == ["interrupted"], evs
+
+
+def test_two_tracers_one_directory(agent, wdir):
+    t1, t2 = start_inotifywait(wdir), start_inotifywait(wdir)
+    try:
+        subprocess.run(["touch", str(wdir / "both")], check=True)
+        evs = agent.wait_for(lambda e: e["name"] == "both", n=8)
+    finally:
+        stop(t1), stop(t2)
+    by_tracer = {}
+    for e in evs:
+        by_tracer.setdefault(e["tracer_pid"], []).append(e)
+    assert set(by_tracer) == {t1.pid, t2.pid}
+    assert all(len(v) == 4 and all(e["tracee_comm"] == "touch" for e in v) for v in by_tracer.values())
+
+
+def test_tracee_in_other_mount_namespace(agent, wdir):
+    tracer = start_inotifywait(wdir)
+    try:
+        out = subprocess.run(["unshare", "-m", "sh", "-c",
+                              f"readlink /proc/self/ns/mnt; exec touch {wdir}/nsfile"],
+                             check=True, capture_output=True, text=True).stdout
+        evs = agent.wait_for(lambda e: e["name"] == "nsfile" and e["tracer_pid"] == tracer.pid, n=4)
+    finally:
+        stop(tracer)
+    ns = int(out.strip().split("[")[1].rstrip("]"))
+    own = os.stat("/proc/self/ns/mnt").st_ino
+    assert ns != own
+    assert evs and all(e["tracee_mntns_id"] == ns for e in evs), (ns, evs)
+    assert all(e["tracer_mntns_id"] == own for e in evs)
