@@ -38,6 +38,12 @@ def capture_id(path: str) -> str:
     return hashlib.sha256(key).hexdigest()[:16]
 
 
+def _fail(msg: str) -> None:
+    """The one error line for bad input (exit 2)."""
+    sys.stderr.write(f"otel-fsnotify: error: {msg}\n")
+    sys.stderr.flush()
+
+
 def _say(msg: str) -> None:
     sys.stderr.write(f"otel-fsnotify: replay: {msg}\n")
     sys.stderr.flush()
@@ -89,26 +95,26 @@ def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = N
         for _lineno, _ev in iter_capture(path):
             total += 1
     except FileNotFoundError:
-        _say(f"{path}: no such file")
+        _fail(f"{path}: no such file")
         return 2
     except IsADirectoryError:
-        _say(f"{path}: is a directory")
+        _fail(f"{path}: is a directory")
         return 2
     except PermissionError:
-        _say(f"{path}: permission denied")
+        _fail(f"{path}: permission denied")
         return 2
     except CaptureError as exc:
-        _say(str(exc))
+        _fail(str(exc))
         return 2
 
     settings = _replay_settings(settings)
     try:
         shipper = Shipper(settings, build_resource(backend="replay"), log)
     except SpoolBusy as exc:
-        _say(str(exc))
+        _fail(str(exc))
         return 2
     except OSError as exc:
-        _say(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror}")
+        _fail(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror}")
         return 2
 
     cid = capture_id(path)
@@ -198,13 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     """Tiny entry point for tests: python -m otel_fsnotify.replay FILE (settings from env)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        _say("usage: python -m otel_fsnotify.replay FILE")
+        _fail("usage: python -m otel_fsnotify.replay FILE")
         return 2
     logging.basicConfig(level=logging.INFO, format="otel-fsnotify: %(levelname)s: %(message)s")
     try:
         settings = OtlpSettings.from_env(os.environ)
     except ValueError as exc:
-        _say(str(exc))
+        _fail(str(exc))
         return 2
     return run_replay(args[0], settings)
 
