@@ -35,18 +35,23 @@
 #define REC_FORK 4        // new process (not thread)
 #define REC_EXEC 5        // process exec'd: comm, exe, creds, mntns
 #define REC_EXIT 6        // process (thread group leader) exited
-#define REC_FAN_PATH 7    // one path component of a fanotify event's file
+#define REC_FAN_PATH 7    // the path of a fanotify event's file (components leaf first)
+#define REC_KILLED 8      // a syscall returned an error with SIGKILL pending (a
+                          // tracee killed out of a permission wait, among others)
+#define REC_GROUP_GONE 9  // the last reference to a permission-capable fanotify
+                          // file is being dropped (close(2) or exit)
 
 #define CHUNK 4096        // bytes copied per ring buffer record
 #define MAX_CHUNKS 16     // 64 KiB per read; more is counted as truncated
 #define MAX_FAN_PATHS 8   // fanotify events per read whose path is walked in kernel
 #define MAX_DEPTH 24      // path components walked per fanotify event
+#define NAME_MAX_Z 256    // a path component with its NUL
 
 // loss counters (index into `losses`)
 #define LOSS_RINGBUF 0    // ring buffer full: a record was dropped
 #define LOSS_TRUNCATED 1  // read larger than MAX_CHUNKS*CHUNK: tail not captured
 #define LOSS_PENDING 2    // per-thread pending map full: a read/write not tracked
-#define LOSS_PATH_DEPTH 3 // fanotify path deeper than MAX_DEPTH: path cut
+#define LOSS_PATH_DEPTH 3 // fanotify path not walked to the root (too deep/long): cut
 
 struct rec_hdr {
     u32 kind;
@@ -71,7 +76,7 @@ struct rec_hdr {
 
 struct rec_buf {
     struct rec_hdr h;
-    u8 data[CHUNK];
+    u8 data[CHUNK + NAME_MAX_Z];  // a path may write one component past CHUNK
 };
 
 // Context saved at sys_enter_read/write for the matching sys_exit, per thread.
@@ -84,8 +89,8 @@ struct pending_io {
     u32 pad;
 };
 
-// Ring buffer to user space (tracepoint.py polls it): 8 MiB.
-BPF_RINGBUF_OUTPUT(events, 2048);
+// Ring buffer to user space (tracepoint.py reads its mmap): RINGBUF_PAGES pages.
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 // sys_enter_inotify_add_watch -> sys_exit: the listener fd, keyed by pid_tgid.
 BPF_HASH(pending_writes, u64, struct pending_io, 4096);
 // Stage for records too big for the BPF stack (one per CPU).
@@ -101,6 +106,9 @@ BPF_HASH(learn_fds, u32, u32, 4);
 // [0], [1]: pt_regs->di seen for THREAD_SIZE 16 KiB / 32 KiB while learning;
 // [2]: the THREAD_SIZE user space chose (0 until learnt).
 BPF_ARRAY(learn_regs, u64, 3);
+// Processes reading a permission-capable fanotify group (priority > 0): tgid
+// -> the fd last read. Lets close(2) and exit find the file cheaply.
+BPF_HASH(perm_readers, u32, u32, 10240);
 // --tracer-pid filter (tgids), used when FILTER_TRACER_PIDS is 1.
 BPF_HASH(tracer_pid_filter, u32, u8, 1024);
 
@@ -214,7 +222,7 @@ static __always_inline void submit(struct rec_buf *r, long len) {
 // ---- tracer side: read(2) on a listener fd --------------------------------
 
 // Learning only (the agent's own tgid): which f_op is inotify's / fanotify's,
-// and where this kernel keeps the syscall's user registers (see syscall_arg).
+// and where this kernel keeps the syscall's user registers (see user_regs).
 // Detached by user space once learnt.
 TRACEPOINT_PROBE(syscalls, sys_enter_read) {
     u64 id = bpf_get_current_pid_tgid();
@@ -238,27 +246,28 @@ TRACEPOINT_PROBE(syscalls, sys_enter_read) {
     return 0;
 }
 
-// Argument n (0: di, 1: si, 2: dx) of the current syscall, from the user
-// registers saved at the top of the kernel stack (x86_64 task_pt_regs():
-// stack + THREAD_SIZE - sizeof(struct pt_regs)). Lets the sys_exit tracepoints
-// work alone, so a read(2) already blocked when the agent attached is seen.
-static __always_inline u64 syscall_arg(int n) {
-    int zero = 0;
-    u64 *tsz = learn_regs.lookup(&zero + 0);
+// The user registers saved at the top of the current task's kernel stack
+// (x86_64 task_pt_regs(): stack + THREAD_SIZE - sizeof(struct pt_regs)), 0
+// until learnt. Lets the sys_exit tracepoints work alone (their args carry only
+// the return value), so a read(2) already blocked when the agent attached is
+// seen. One map lookup and one kernel read; each argument is one more read.
+static __always_inline u64 user_regs(void) {
     int two = 2;
     u64 *thread_size = learn_regs.lookup(&two);
     if (!thread_size || !*thread_size)
         return 0;
     u64 stack = read_ptr(bpf_get_current_task() + OFF_TASK_STACK);
-    u64 regs = stack + *thread_size - PT_REGS_SIZE;
-    u64 off = n == 0 ? OFF_PT_REGS_DI : n == 1 ? OFF_PT_REGS_SI : OFF_PT_REGS_DX;
-    return read_ptr(regs + off);
+    return stack ? stack + *thread_size - PT_REGS_SIZE : 0;
 }
 
 // Walk the dentry chain of the file behind a fanotify event fd, crossing
-// mounts, and emit one REC_FAN_PATH record per component (leaf first). The
-// fd is already installed in the tracer's table when read(2) returns, but the
-// tracer may close it at once, so user space could not readlink it reliably.
+// mounts, and emit ONE REC_FAN_PATH record: the components leaf first, each
+// NUL-terminated, back to back in data; h.offset = component count, h.pad = 1
+// when the walk reached the global root (the path is complete). The fd is
+// already installed in the tracer's table when read(2) returns, but the tracer
+// may close it at once, so user space could not readlink it reliably.
+// Emitted BEFORE the read's own records: a consumer that sees the read has
+// already seen its paths (same CPU, same program run, reserved in order).
 static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 seq) {
     if (efd < 0)
         return;
@@ -269,10 +278,15 @@ static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 seq) {
     u64 vfsmnt = read_ptr(file + OFF_FILE_F_PATH + OFF_PATH_MNT);
     // struct vfsmount is embedded in struct mount at OFF_MOUNT_MNT
     u64 mnt = vfsmnt - OFF_MOUNT_MNT;
-    u32 n = 0;
+    // position and component count live in the staged record (map memory),
+    // not in registers: the verifier does not track their exact values, so
+    // the states of the loop's branches merge instead of multiplying
     r->h.kind = REC_FAN_PATH;
     r->h.ret = efd;
     r->h.total = seq;
+    r->h.pad = 0;
+    r->h.len = 0;
+    r->h.offset = 0;
     for (int i = 0; i < MAX_DEPTH; i++) {
         u64 mnt_root = read_ptr(mnt + OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT);
         u64 parent = read_ptr(dentry + OFF_DENTRY_D_PARENT);
@@ -284,57 +298,86 @@ static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 seq) {
                 mnt = mparent;
                 continue;
             }
-            // global root reached: an empty final component marks completeness
-            r->h.offset = n;
-            r->data[0] = 0;
-            submit(r, 1);
-            return;
+            r->h.pad = 1;  // global root reached: complete
+            break;
         }
+        u32 pos = r->h.len;
+        if (pos > CHUNK - NAME_MAX_Z)
+            break;  // path longer than a chunk: incomplete (pad stays 0)
+        pos &= CHUNK - 1;
         u64 name = read_ptr(dentry + OFF_DENTRY_D_NAME + OFF_QSTR_NAME);
-        long got = bpf_probe_read_kernel_str(r->data, 256, (void *)name);
-        r->h.offset = n;
-        submit(r, got > 0 ? got : 0);
-        n++;
+        long got = bpf_probe_read_kernel_str(r->data + pos, NAME_MAX_Z, (void *)name);
+        if (got <= 0)
+            break;
+        r->h.len = pos + got;
+        r->h.offset += 1;
         dentry = parent;
     }
-    count_loss(LOSS_PATH_DEPTH);
+    if (!r->h.pad)  // deeper than MAX_DEPTH, longer than a chunk, or unreadable
+        count_loss(LOSS_PATH_DEPTH);
+    submit(r, r->h.len);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_read) {
+    long ret = args->ret;
+    if (ret <= 0)
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    long ret = args->ret;
-    if (ret <= 0 || tgid == SELF_TGID)
+    if (tgid == SELF_TGID)
         return 0;
-    struct pending_io io = {};
-    io.fd = syscall_arg(0);
-    io.buf = syscall_arg(1);
-    u64 file = fd_file(io.fd);
-    io.listener = listener_kind(file);
-    if (!io.listener)
+    u64 regs = user_regs();
+    if (!regs)
         return 0;
-    io.group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
-    if (!tracer_wanted(tgid, io.listener, io.group))
+    s32 fd = read_ptr(regs + OFF_PT_REGS_DI);
+    u64 file = fd_file(fd);
+    u32 listener = listener_kind(file);
+    if (!listener)
+        return 0;  // the common case: not an inotify/fanotify fd
+    u64 group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
+    if (!tracer_wanted(tgid, listener, group))
         return 0;
-    if (io.group)
-        bpf_probe_read_kernel(&io.prio, sizeof(io.prio), (void *)(io.group + OFF_GROUP_PRIORITY));
+    u64 buf = read_ptr(regs + OFF_PT_REGS_SI);
+    u32 prio = 0;
+    if (group)
+        bpf_probe_read_kernel(&prio, sizeof(prio), (void *)(group + OFF_GROUP_PRIORITY));
     struct rec_buf *r = stage();
     if (!r)
         return 0;
+    u32 total = ret;
+    r->h.tid = (u32)id;
+    r->h.tgid = tgid;
+    if (listener == KIND_FANOTIFY) {
+        // fanotify_event_metadata: u32 event_len; u8 vers, reserved; u16
+        // metadata_len; u64 mask; s32 fd; s32 pid. Walk the first events.
+        u32 pos = 0;
+        for (int i = 0; i < MAX_FAN_PATHS; i++) {
+            if (pos + 24 > total)
+                break;
+            u32 event_len = 0;
+            s32 efd = -1;
+            bpf_probe_read_user(&event_len, 4, (void *)(buf + pos));
+            bpf_probe_read_user(&efd, 4, (void *)(buf + pos + 16));
+            if (event_len < 24)
+                break;
+            emit_fan_path(r, efd, pos);
+            pos += event_len;
+        }
+        if (group && prio) {
+            // a permission-capable group: remember which fd this process reads
+            // it from, for the listener-gone check at its exit
+            u32 pfd = fd;
+            perm_readers.update(&tgid, &pfd);
+        }
+    }
     fill_identity(&r->h);
     r->h.kind = REC_READ;
-    r->h.group = io.group;
-    r->h.fd = io.fd;
+    r->h.group = group;
+    r->h.fd = fd;
     r->h.ret = ret;
-    r->h.prio = io.prio;
-    r->h.listener = io.listener;
-    u32 total = ret > 0 ? ret : 0;
+    r->h.prio = prio;
+    r->h.listener = listener;
     r->h.total = total;
-    if (total == 0) {
-        r->h.offset = 0;
-        submit(r, 0);
-        return 0;
-    }
     u32 off = 0;
     for (int i = 0; i < MAX_CHUNKS; i++) {
         if (off >= total)
@@ -345,49 +388,37 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
             n = CHUNK;
         asm volatile("" : "+r"(n));
         r->h.offset = off;
-        if (bpf_probe_read_user(r->data, n, (void *)(io.buf + off)) != 0)
+        if (bpf_probe_read_user(r->data, n, (void *)(buf + off)) != 0)
             n = 0;
         submit(r, n);
         off += CHUNK;
     }
     if (off < total)
         count_loss(LOSS_TRUNCATED);
-    if (io.listener == KIND_FANOTIFY) {
-        // fanotify_event_metadata: u32 event_len; u8 vers, reserved; u16
-        // metadata_len; u64 mask; s32 fd; s32 pid. Walk the first events.
-        u32 pos = 0;
-        for (int i = 0; i < MAX_FAN_PATHS; i++) {
-            if (pos + 24 > total)
-                break;
-            u32 event_len = 0;
-            s32 efd = -1;
-            bpf_probe_read_user(&event_len, 4, (void *)(io.buf + pos));
-            bpf_probe_read_user(&efd, 4, (void *)(io.buf + pos + 16));
-            if (event_len < 24)
-                break;
-            r->h.fd = io.fd;
-            emit_fan_path(r, efd, pos);
-            pos += event_len;
-        }
-    }
     return 0;
 }
 
 // ---- tracer side: a fanotify permission response --------------------------
 
 TRACEPOINT_PROBE(syscalls, sys_exit_write) {
+    long ret = args->ret;
+    if (ret >= 0 && ret < 8)
+        return 0;  // too short for a struct fanotify_response
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     if (tgid == SELF_TGID)
         return 0;
-    struct pending_io io = {};
-    io.fd = syscall_arg(0);
-    io.buf = syscall_arg(1);
-    if (syscall_arg(2) < 8)
+    u64 regs = user_regs();
+    if (!regs)
         return 0;
+    struct pending_io io = {};
+    io.fd = read_ptr(regs + OFF_PT_REGS_DI);
     u64 file = fd_file(io.fd);
     if (listener_kind(file) != KIND_FANOTIFY)
+        return 0;  // the common case
+    if (read_ptr(regs + OFF_PT_REGS_DX) < 8)
         return 0;
+    io.buf = read_ptr(regs + OFF_PT_REGS_SI);
     io.group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
     if (!tracer_wanted(tgid, KIND_FANOTIFY, io.group))
         return 0;
@@ -448,6 +479,76 @@ TRACEPOINT_PROBE(syscalls, sys_exit_inotify_add_watch) {
     return 0;
 }
 
+// ---- verdicts nobody gave: interrupted permission events --------------------
+
+// raw tracepoint sys_exit: args[0] = struct pt_regs *, args[1] = return value.
+// A task killed while waiting for a permission verdict (the wait in
+// fanotify_get_response is TASK_KILLABLE) leaves its syscall with an error and
+// SIGKILL in its own pending set (complete_signal() adds it to every thread of
+// a dying group). Most syscalls return >= 0: they leave after one compare.
+RAW_TRACEPOINT_PROBE(sys_exit) {
+    long ret = (long)ctx->args[1];
+    if (ret >= 0)
+        return 0;
+    u64 task = bpf_get_current_task();
+    u64 sig = 0;
+    bpf_probe_read_kernel(&sig, sizeof(sig), (void *)(task + OFF_TASK_PENDING_SIGNAL));
+    if (!(sig & (1ULL << (9 - 1))))  // SIGKILL
+        return 0;
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);
+    r->h.kind = REC_KILLED;
+    r->h.ret = ret;
+    r->h.total = 0;
+    r->h.offset = 0;
+    submit(r, 0);
+    return 0;
+}
+
+// The file of `fd` in the current task is a permission-capable fanotify file
+// about to lose its last reference (this task's fd table is its only user and
+// the table holds its only reference): the kernel will answer every pending
+// permission event of the group itself (fanotify_release() allows them).
+static __always_inline void check_group_gone(u32 tgid, u32 fd, int at_exit) {
+    u64 file = fd_file(fd);
+    if (listener_kind(file) != KIND_FANOTIFY)
+        return;
+    u64 ref = 0;
+    bpf_probe_read_kernel(&ref, sizeof(ref), (void *)(file + OFF_FILE_REF));
+    if (ref != FILE_ONE_REF)
+        return;
+    if (at_exit) {
+        u64 files = read_ptr(bpf_get_current_task() + OFF_TASK_FILES);
+        u32 users = 0;
+        bpf_probe_read_kernel(&users, sizeof(users), (void *)(files + OFF_FILES_COUNT));
+        if (users != 1)
+            return;  // another thread still uses the fd table
+    }
+    struct rec_buf *r = stage();
+    if (!r)
+        return;
+    fill_identity(&r->h);
+    r->h.kind = REC_GROUP_GONE;
+    r->h.group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
+    r->h.fd = fd;
+    r->h.ret = at_exit;
+    r->h.listener = KIND_FANOTIFY;
+    r->h.total = 0;
+    r->h.offset = 0;
+    submit(r, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 *fd = perm_readers.lookup(&tgid);
+    if (!fd || *fd != (u32)args->fd)
+        return 0;  // the common case: one hash lookup
+    check_group_gone(tgid, args->fd, 0);
+    return 0;
+}
+
 // ---- process table feed ---------------------------------------------------
 
 // raw tracepoint: args[0] = parent task, args[1] = child task. The classic
@@ -490,7 +591,15 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
-    if ((u32)id != (id >> 32))
+    u32 tgid = id >> 32;
+    // before exit_files(): a permission listener dying without answering
+    u32 *pfd = perm_readers.lookup(&tgid);
+    if (pfd) {
+        check_group_gone(tgid, *pfd, 1);
+        if ((u32)id == tgid)
+            perm_readers.delete(&tgid);
+    }
+    if ((u32)id != tgid)
         return 0;  // a thread, not the leader
     struct rec_buf *r = stage();
     if (!r)
@@ -502,3 +611,4 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     submit(r, 0);
     return 0;
 }
+

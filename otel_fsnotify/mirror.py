@@ -16,14 +16,15 @@ import ctypes.util
 import os
 import struct
 import time
+from bisect import bisect_left
 from collections import deque
 
 from .listeners import Watch
 
 FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_NOTIF = 0x1, 0x2, 0x0
 FAN_UNLIMITED_QUEUE = 0x10
-FAN_REPORT_FID, FAN_REPORT_DIR_FID, FAN_REPORT_NAME = 0x200, 0x400, 0x800
-FAN_MARK_ADD = 0x1
+FAN_REPORT_TID, FAN_REPORT_FID, FAN_REPORT_DIR_FID, FAN_REPORT_NAME = 0x100, 0x200, 0x400, 0x800
+FAN_MARK_ADD, FAN_MARK_REMOVE = 0x1, 0x2
 FAN_EVENT_ON_CHILD, FAN_ONDIR, FAN_Q_OVERFLOW = 0x08000000, 0x40000000, 0x4000
 FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_DFID = 1, 2, 3
 # inotify and fanotify share these event bits (IN_ACCESS .. IN_MOVE_SELF)
@@ -33,9 +34,25 @@ O_RDONLY, O_PATH, O_LARGEFILE = 0, 0o10000000, 0o100000
 
 METADATA = struct.Struct("=IBBHQii")
 INFO_HDR = struct.Struct("=BBH")
+HANDLE_HDR = struct.Struct("=Ii")
+_U32 = struct.Struct("=I")
+NO_MATCH = (0, 0, 0)
+_U64 = struct.Struct("=Q")
+
+# Where file handles keep the inode number, by encoder: u32 first
+# (FILEID_INO32_GEN: ext2/3/4, the generic exportfs encoder); u64 first
+# (FILEID_INO64_GEN); generation first then the inode as two u32 (tmpfs).
+# A filesystem's layout is recognised from a watched object whose inode is
+# known from fdinfo; handles of other encoders yield no inode (0).
+HANDLE_LAYOUTS = (
+    lambda h: _U32.unpack_from(h, 0)[0],
+    lambda h: _U64.unpack_from(h, 0)[0],
+    lambda h: _U32.unpack_from(h, 4)[0] | (_U32.unpack_from(h, 8)[0] << 32),
+)
 
 WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
 MAX_HITS = 200_000  # bound on remembered mirror events
+MAX_MARKS = 65_536  # bound on mirror marks (more are refused, counted as mirror_mark_limit)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
@@ -63,18 +80,61 @@ def mounts_by_dev() -> dict[int, str]:
     return found
 
 
-class Hit:
-    __slots__ = ("when", "pid", "consumers")
+_BITS: dict[int, tuple[int, ...]] = {}
 
-    def __init__(self, when: float, pid: int):
-        self.when = when
-        self.pid = pid
-        self.consumers: set = set()
+
+def bits_of(mask: int) -> tuple[int, ...]:
+    """The shared event bits set in mask, low first (cached per mask)."""
+    bits = _BITS.get(mask)
+    if bits is None:
+        bits = tuple(1 << i for i in range(12) if mask & (1 << i))
+        if len(_BITS) < 4096:
+            _BITS[mask] = bits
+    return bits
+
+
+class Series:
+    """Mirror events of one (object inode, name, event bit), oldest first.
+
+    Each consumer (tracer pid, fd) has a cursor: the sequence number of the
+    next event it may match, so matching is FIFO per consumer and O(log n)
+    even when one file gets thousands of events inside the window.
+    """
+
+    __slots__ = ("seqs", "pids", "tids", "inos", "start", "cursors")
+
+    def __init__(self):
+        self.seqs: list[int] = []
+        self.pids: list[int] = []
+        self.tids: list[int] = []
+        self.inos: list[int] = []  # the child's inode when known, else 0
+        self.start = 0  # entries before start have expired
+        self.cursors: dict = {}
+
+    def match(self, consumer) -> int:
+        """Index of the oldest entry this consumer has not matched, -1 if none."""
+        i = bisect_left(self.seqs, self.cursors.get(consumer, 0), self.start)
+        if i >= len(self.seqs):
+            return -1
+        self.cursors[consumer] = self.seqs[i] + 1
+        return i
+
+    def drop_oldest(self) -> bool:
+        """Expire the oldest entry; True when the series is empty."""
+        self.start += 1
+        if self.start >= len(self.seqs):
+            return True
+        if self.start > 512 and self.start * 2 > len(self.seqs):
+            for lst in (self.seqs, self.pids, self.tids, self.inos):
+                del lst[: self.start]
+            self.start = 0
+        return False
 
 
 class Mirror:
-    def __init__(self):
-        fd = _libc.fanotify_init(FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_NOTIF | FAN_UNLIMITED_QUEUE
+    def __init__(self, report_tid: bool = False):
+        self.report_tid = report_tid
+        fd = _libc.fanotify_init((FAN_REPORT_TID if report_tid else 0) | FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_NOTIF | FAN_UNLIMITED_QUEUE
                                  | FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME,
                                  O_RDONLY | O_LARGEFILE)
         if fd < 0:
@@ -85,10 +145,15 @@ class Mirror:
         # (handle_type, handle bytes) -> (ino, path of the watched object)
         self._objects: dict[tuple[int, bytes], tuple[int, str]] = {}
         self._marked: dict[tuple[int, int], int] = {}  # (sdev, ino) -> mask marked
-        # (ino of watched object, name, event bit) -> deque of Hit
-        self._hits: dict[tuple[int, str, int], deque] = {}
-        self._order: deque = deque()  # (when, key) for expiry
-        self.counters = {"mirror_overflow": 0, "mirror_mark_failed": 0, "mirror_events": 0}
+        # (sdev, ino) -> {listener key: wd}: who needs the mark
+        self._owners: dict[tuple[int, int], dict] = {}
+        # (ino of watched object, name, event bit) -> Series
+        self._hits: dict[tuple[int, str, int], Series] = {}
+        self._order: deque = deque()  # (when, key) per Series entry, for expiry
+        self._seq = 0
+        self.counters = {"mirror_overflow": 0, "mirror_mark_failed": 0, "mirror_events": 0,
+                         "mirror_mark_limit": 0, "mirror_marks_added": 0,
+                         "mirror_marks_removed": 0, "mirror_marks_gone": 0}
 
     def close(self) -> None:
         for mfd in self._mount_fds.values():
@@ -113,38 +178,86 @@ class Mirror:
         obj = self._objects.get((watch.handle_type, watch.handle))
         return obj[1] if obj else ""
 
-    def mark(self, watch: Watch) -> bool:
-        """Mirror one inotify watch; False (and counted) if it cannot be mirrored."""
+    def _open_object(self, watch: Watch) -> int:
+        """An O_PATH fd of the watched object, from its file handle."""
+        mfd = self._mount_fd(watch.sdev)
+        fh = struct.pack("=Ii", len(watch.handle), watch.handle_type) + watch.handle
+        buf = ctypes.create_string_buffer(fh, len(fh))
+        ofd = _libc.open_by_handle_at(mfd, buf, O_PATH)
+        if ofd < 0:
+            raise _err("open_by_handle_at")
+        return ofd
+
+    def _fanotify_mark(self, flags: int, mask: int, ofd: int) -> None:
+        # through the /proc magic link: with a NULL path fanotify_mark wants a
+        # non-O_PATH dirfd, and opening the object for real would itself be an
+        # open event for other listeners
+        if _libc.fanotify_mark(self.fd, flags, mask, -100, f"/proc/self/fd/{ofd}".encode()) < 0:
+            raise _err("fanotify_mark")
+
+    def mark(self, watch: Watch, owner=None) -> bool:
+        """Mirror one inotify watch for owner (a listener key); False (and
+        counted) if it cannot be mirrored."""
         mask = (watch.mask & SHARED_EVENTS) | FAN_EVENT_ON_CHILD | FAN_ONDIR
         key = (watch.sdev, watch.ino)
-        if self._marked.get(key, 0) & mask == mask:
+        owners = self._owners.get(key)
+        if owners is not None and owners.get(owner, -1) == watch.wd \
+                and self._marked.get(key, 0) & mask == mask:
             return True
         if not watch.handle:
             self.counters["mirror_mark_failed"] += 1
             return False
-        try:
-            mfd = self._mount_fd(watch.sdev)
-            fh = struct.pack("=Ii", len(watch.handle), watch.handle_type) + watch.handle
-            buf = ctypes.create_string_buffer(fh, len(fh))
-            ofd = _libc.open_by_handle_at(mfd, buf, O_PATH)
-            if ofd < 0:
-                raise _err("open_by_handle_at")
+        if key not in self._marked and len(self._marked) >= MAX_MARKS:
+            self.counters["mirror_mark_limit"] += 1
+            return False
+        if self._marked.get(key, 0) & mask != mask:
             try:
-                path = os.readlink(f"/proc/self/fd/{ofd}")
-                # through the /proc magic link: with a NULL path fanotify_mark
-                # wants a non-O_PATH dirfd, and opening the object for real
-                # would itself be an open event for other listeners
-                if _libc.fanotify_mark(self.fd, FAN_MARK_ADD, mask, -100,
-                                       f"/proc/self/fd/{ofd}".encode()) < 0:
-                    raise _err(f"fanotify_mark {path}")
+                ofd = self._open_object(watch)
+                try:
+                    path = os.readlink(f"/proc/self/fd/{ofd}")
+                    self._fanotify_mark(FAN_MARK_ADD, mask, ofd)
+                finally:
+                    os.close(ofd)
+            except OSError:
+                self.counters["mirror_mark_failed"] += 1
+                return False
+            if key not in self._marked:
+                self.counters["mirror_marks_added"] += 1
+            self._objects[(watch.handle_type, watch.handle)] = (
+                watch.ino, path, self._layout(watch.handle, watch.ino))
+            self._marked[key] = self._marked.get(key, 0) | mask
+        self._owners.setdefault(key, {})[owner] = watch.wd
+        return True
+
+    def unmark(self, watch: Watch, owner=None) -> None:
+        """owner no longer watches this object: remove the mirror mark when
+        nobody does (a mark the kernel already dropped with its deleted object
+        is forgotten, counted as mirror_marks_gone)."""
+        key = (watch.sdev, watch.ino)
+        owners = self._owners.get(key)
+        if owners is None or owners.get(owner, -1) != watch.wd:
+            return
+        del owners[owner]
+        if owners:
+            return
+        del self._owners[key]
+        self._marked.pop(key, None)
+        self._objects.pop((watch.handle_type, watch.handle), None)
+        try:
+            ofd = self._open_object(watch)
+            try:
+                self._fanotify_mark(FAN_MARK_REMOVE,
+                                    SHARED_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR, ofd)
             finally:
                 os.close(ofd)
         except OSError:
-            self.counters["mirror_mark_failed"] += 1
-            return False
-        self._objects[(watch.handle_type, watch.handle)] = (watch.ino, path)
-        self._marked[key] = self._marked.get(key, 0) | mask
-        return True
+            self.counters["mirror_marks_gone"] += 1
+            return
+        self.counters["mirror_marks_removed"] += 1
+
+    def marks(self) -> int:
+        """Mirror marks in place now."""
+        return len(self._marked)
 
     # -- events -----------------------------------------------------------------
     def drain(self) -> int:
@@ -177,55 +290,94 @@ class Mirror:
 
     def _record(self, now: float, mask: int, pid: int, info: bytes) -> None:
         keys = []
+        child = None
+        layout, layout_type = -1, 0
         pos = 0
+        objects = self._objects
         while pos + INFO_HDR.size <= len(info):
             itype, _pad, ilen = INFO_HDR.unpack_from(info, pos)
             if ilen < INFO_HDR.size:
                 break
-            rec = info[pos: pos + ilen]
-            pos += ilen
+            rec_end = pos + ilen
             # header(4) fsid(8) handle_bytes(4) handle_type(4) f_handle[] [name\0]
-            if len(rec) < 20:
-                continue
-            hbytes, htype = struct.unpack_from("=Ii", rec, 12)
-            handle = bytes(rec[20: 20 + hbytes])
-            obj = self._objects.get((htype, handle))
-            if obj is None:
-                continue
-            name = ""
-            if itype == FAN_EVENT_INFO_TYPE_DFID_NAME:
-                name = rec[20 + hbytes:].split(b"\0", 1)[0].decode(errors="surrogateescape")
-                if name == ".":
+            if ilen >= 20:
+                hbytes, htype = HANDLE_HDR.unpack_from(info, pos + 12)
+                handle = info[pos + 20: pos + 20 + hbytes]
+                if itype == FAN_EVENT_INFO_TYPE_FID:
+                    child = (htype, handle)
+                obj = objects.get((htype, handle))
+                if obj is not None:
+                    layout, layout_type = obj[2], htype
                     name = ""
-            keys.append((obj[0], name))
-        for ino, name in dict.fromkeys(keys):
-            bit = 1
-            while bit <= SHARED_EVENTS:
-                if mask & bit:
-                    key = (ino, name, bit)
-                    self._hits.setdefault(key, deque()).append(Hit(now, pid))
-                    self._order.append((now, key))
-                bit <<= 1
+                    if itype == FAN_EVENT_INFO_TYPE_DFID_NAME:
+                        name = info[pos + 20 + hbytes: rec_end].split(b"\0", 1)[0].decode(
+                            errors="surrogateescape")
+                        if name == ".":
+                            name = ""
+                    keys.append((obj[0], name))
+            pos = rec_end
+        if not keys:
+            return
+        if len(keys) > 1:
+            keys = list(dict.fromkeys(keys))
+        # the child's inode, decoded with the layout that gave the watched
+        # object's own handle its known inode (same filesystem, same encoder)
+        child_ino = 0
+        if child is not None and layout >= 0 and child[0] == layout_type:
+            try:
+                child_ino = HANDLE_LAYOUTS[layout](child[1])
+            except struct.error:
+                child_ino = 0
+        seq = self._seq
+        self._seq = seq + 1
+        hits, order = self._hits, self._order
+        tid = pid if self.report_tid else 0
+        for ino, name in keys:
+            # the child's inode belongs to events naming a child only
+            ino_child = child_ino if name else 0
+            for bit in bits_of(mask):
+                key = (ino, name, bit)
+                series = hits.get(key)
+                if series is None:
+                    series = hits[key] = Series()
+                series.seqs.append(seq)
+                series.pids.append(pid)
+                series.tids.append(tid)
+                series.inos.append(ino_child)
+                order.append((now, key))
+
+    @staticmethod
+    def _layout(handle: bytes, ino: int) -> int:
+        """Which HANDLE_LAYOUTS entry decodes this handle to ino (-1: none)."""
+        for i, decode in enumerate(HANDLE_LAYOUTS):
+            try:
+                if decode(handle) == ino:
+                    return i
+            except struct.error:
+                pass
+        return -1
 
     def expire(self) -> None:
-        now = time.monotonic()
-        while self._order and (now - self._order[0][0] > WINDOW_S or len(self._order) > MAX_HITS):
-            when, key = self._order.popleft()
-            hits = self._hits.get(key)
-            if hits and hits[0].when == when:
-                hits.popleft()
-                if not hits:
-                    del self._hits[key]
+        order = self._order
+        if not order:
+            return
+        limit = time.monotonic() - WINDOW_S
+        hits = self._hits
+        while order and (order[0][0] < limit or len(order) > MAX_HITS):
+            _when, key = order.popleft()
+            series = hits.get(key)
+            if series is not None and series.drop_oldest():
+                del hits[key]
 
-    def match(self, ino: int, name: str, mask: int, consumer) -> int:
-        """The pid of the oldest mirror event of (ino, name, any bit of mask) this
-        consumer (tracer pid, fd) has not matched yet; 0 if none."""
-        bit = 1
-        while bit <= SHARED_EVENTS:
-            if mask & bit:
-                for hit in self._hits.get((ino, name, bit), ()):
-                    if consumer not in hit.consumers:
-                        hit.consumers.add(consumer)
-                        return hit.pid
-            bit <<= 1
-        return 0
+    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[int, int, int]:
+        """(pid, tid, child inode) of the oldest mirror event of (ino, name, any
+        bit of mask) this consumer (tracer pid, fd) has not matched yet;
+        (0, 0, 0) if none. tid and child inode are 0 when unknown."""
+        hits = self._hits
+        for bit in bits_of(mask):
+            series = hits.get((ino, name, bit))
+            if series is not None:
+                i = series.match(consumer)
+                if i >= 0:
+                    return series.pids[i], series.tids[i], series.inos[i]
+        return NO_MATCH

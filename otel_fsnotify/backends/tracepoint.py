@@ -17,15 +17,20 @@ moment the tracee generated the event); fa_resp: when the response was written.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import struct
 import time
+from collections import deque
+
+import msgspec
 
 from .. import listeners, masks, procfs
 from ..btf import Btf, BtfError, offset_macros
 from ..event import Event
 from ..mirror import Mirror
 from ..proctable import ProcTable
+from ..ringbuf import RingReader
 from .base import Backend, BackendUnavailable, Filters
 
 SOURCE = "fsnotify_tracepoint.bpf.c"
@@ -60,10 +65,17 @@ OFFSETS = {
     "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
     "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
     "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
+    "OFF_TASK_PENDING_SIGNAL": ("task_struct", "pending.signal"),
+    "OFF_FILES_COUNT": ("files_struct", "count"),
 }
+# the file's reference count, by kernel version: file_ref_t f_ref (6.13+,
+# stores count - 1, so one reference reads 0) or atomic_long_t f_count
+FILE_REF_MEMBERS = (("f_ref", 0), ("f_count", 1))
+RINGBUF_PAGES = 2048  # 8 MiB (BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES))
 
 KIND_INOTIFY, KIND_FANOTIFY = 1, 2
-REC_READ, REC_RESPONSE, REC_ADD_WATCH, REC_FORK, REC_EXEC, REC_EXIT, REC_FAN_PATH = range(1, 8)
+(REC_READ, REC_RESPONSE, REC_ADD_WATCH, REC_FORK, REC_EXEC, REC_EXIT, REC_FAN_PATH, REC_KILLED,
+ REC_GROUP_GONE) = range(1, 10)
 LOSS_NAMES = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep")
 
 # struct rec_hdr in the BPF source
@@ -79,6 +91,10 @@ FAN_Q_OVERFLOW = 0x4000
 FAN_PERM_EVENTS = 0x00010000 | 0x00020000 | 0x00040000 | 0x00100000
 FAN_REPORT_FID_BITS = 0x200 | 0x400 | 0x800 | 0x1000 | 0x4000
 IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the BPF source)
+MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
+KILLED_KEEP_S = 2.0  # a killed tracee's pid is remembered this long
 # an inotify event read by a tracer whose mirror event is not in yet waits this long
 MATCH_WAIT_S = 0.3
 
@@ -87,15 +103,18 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-class _Read:
-    """One read(2) of a listener, reassembled from ring buffer chunks."""
+_IN_NAMES: dict[int, list[str]] = {}
+_FAN_NAMES: dict[int, list[str]] = {}
 
-    __slots__ = ("hdr", "data", "paths")
 
-    def __init__(self, hdr):
-        self.hdr = hdr
-        self.data = bytearray(hdr[H_TOTAL])  # total
-        self.paths: dict[int, list[str]] = {}  # event offset -> components, leaf first
+def _names(cache: dict, fn, mask: int) -> list[str]:
+    """Mask names, one list per distinct mask (shared: never mutate it)."""
+    names = cache.get(mask)
+    if names is None:
+        names = fn(mask)
+        if len(cache) < 4096:
+            cache[mask] = names
+    return names
 
 
 class TracepointBackend(Backend):
@@ -107,18 +126,27 @@ class TracepointBackend(Backend):
         super().__init__(filters, emit, log)
         self.bpf = None
         self.mirror: Mirror | None = None
+        self._ring: RingReader | None = None
         self.procs = ProcTable()
         self._self = os.getpid()
-        self._reads: dict[int, _Read] = {}  # tid -> read being reassembled
-        self._done: list[_Read] = []
-        self._waiting: list[tuple[float, Event, int, tuple]] = []  # unmatched inotify events
+        self._chunks: dict[int, tuple] = {}  # tid -> (hdr, bytearray) of a multi-chunk read
+        self._paths: dict[int, dict[int, str]] = {}  # tid -> {event offset: path} for its next read
+        self._waiting: deque = deque()  # (deadline, tracer template, fields, key): unmatched inotify
         self._listeners: dict[tuple[int, int], listeners.Listener] = {}
-        self._fan_pending: dict[tuple[int, int], Event] = {}  # (tracer pid, event fd) -> event
+        self._listener_pids: set[int] = set()
+        # (tracer pid, event fd) -> (fanotify Event, group) of a permission event not answered yet
+        self._fan_pending: dict[tuple[int, int], tuple[Event, int]] = {}
+        self._killed: dict[int, float] = {}  # pid/tid killed out of a wait -> when (monotonic)
+        self._answered_late: set[tuple[int, int]] = set()  # pending resolved as interrupted
+        self._tracers: dict[tuple, Event] = {}  # tracer identity -> Event template
+        self._tracees: dict[int, dict] = {}  # pid -> tracee fields
         self._clock_offset = time.time_ns() - time.monotonic_ns()
         self._learn_fds: list[int] = []
+        self._polls = 0
         self.stats = {
             "emitted": 0, "inotify_inferred": 0, "inotify_unmatched": 0, "filtered_tracee": 0,
             "fanotify_path_unresolved": 0, "response_unmatched": 0, "response_failed": 0,
+            "response_interrupted": 0, "response_after_interrupt": 0,
             "watch_unknown": 0, "decode_errors": 0,
         }
 
@@ -146,7 +174,14 @@ class TracepointBackend(Backend):
         f = self.filters
         if f.inotify_only and f.fanotify_only:
             raise BackendUnavailable("--inotify-only and --fanotify-only exclude each other")
+        for member, one in FILE_REF_MEMBERS:
+            if btf.has_member("file", member):
+                flags += [f"-DOFF_FILE_REF={btf.offsetof('file', member)}", f"-DFILE_ONE_REF={one}ULL"]
+                break
+        else:
+            raise BackendUnavailable("struct file has neither f_ref nor f_count in this kernel's BTF")
         flags += [
+            f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
             f"-DSELF_TGID={self._self}",
             f"-DFILTER_TRACER_PIDS={1 if f.tracer_pids else 0}",
             f"-DTRACER_GROUP={f.tracer_group}ULL",
@@ -174,7 +209,10 @@ class TracepointBackend(Backend):
                 raise BackendUnavailable(f"cannot create the fanotify mirror group: {exc}") from None
         for listener in listeners.scan(skip_pid=self._self):
             self._add_listener(listener)
-        b["events"].open_ring_buffer(self._on_record)
+        try:
+            self._ring = RingReader(b["events"].map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
+        except (OSError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot map the ring buffer: {exc}") from None
 
     def _learn_listener_fops(self) -> None:
         """Teach the BPF program the f_op of inotify and fanotify files (see the
@@ -215,6 +253,9 @@ class TracepointBackend(Backend):
         if self.bpf is not None:
             self.flush()  # inotify events still waiting for a mirror match go out as "unknown"
             self._final = self.counters()  # the kernel's loss counters die with the maps
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
             self.bpf.cleanup()
             self.bpf = None
         if self.mirror is not None:
@@ -223,10 +264,27 @@ class TracepointBackend(Backend):
 
     # -- listeners and mirror marks ---------------------------------------------------
     def _add_listener(self, listener: listeners.Listener) -> None:
-        self._listeners[(listener.pid, listener.fd)] = listener
-        if listener.kind == "inotify" and self.mirror is not None:
-            for watch in listener.watches.values():
-                self.mirror.mark(watch)
+        key = (listener.pid, listener.fd)
+        old = self._listeners.get(key)
+        self._listeners[key] = listener
+        self._listener_pids.add(listener.pid)
+        if listener.kind != "inotify" or self.mirror is None:
+            return
+        for watch in listener.watches.values():
+            self.mirror.mark(watch, key)
+        if old is not None:  # watches gone since the last look (inotify_rm_watch...)
+            for wd, watch in old.watches.items():
+                if wd not in listener.watches:
+                    self.mirror.unmark(watch, key)
+
+    def _drop_listeners(self, pid: int) -> None:
+        """A process exited: its inotify watches no longer need mirror marks."""
+        self._listener_pids.discard(pid)
+        for key in [k for k in self._listeners if k[0] == pid]:
+            listener = self._listeners.pop(key)
+            if self.mirror is not None:
+                for watch in listener.watches.values():
+                    self.mirror.unmark(watch, key)
 
     def _refresh(self, pid: int, fd: int) -> listeners.Listener | None:
         listener = listeners.read_listener(pid, fd)
@@ -236,26 +294,28 @@ class TracepointBackend(Backend):
 
     # -- polling --------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> None:
+        buf, recs = self._ring.read(timeout_ms)
+        # after the ring: every mirror event behind a read in this batch was
+        # queued before that read, so it is in the mirror queue by now
         if self.mirror:
             self.mirror.drain()
-        self.bpf.ring_buffer_poll(timeout_ms)
-        if self.mirror:
-            self.mirror.drain()
-        done, self._done = self._done, []
-        for rd in done:
-            self._finish_read(rd)
-        self._retry_waiting()
-        self.procs.expire()
+        if recs:
+            self._process(buf, recs)
+        if self._waiting:
+            self._retry_waiting()
+        self._polls += 1
+        if self._polls & 63 == 0:
+            self.procs.expire()
+            self._expire_killed()
 
     def flush(self) -> None:
         """Emit everything still waiting for a mirror match (at exit)."""
-        if self.bpf is not None:
-            self.bpf.ring_buffer_consume()
-        if self.mirror:
-            self.mirror.drain()
-        done, self._done = self._done, []
-        for rd in done:
-            self._finish_read(rd)
+        if self._ring is not None:
+            buf, recs = self._ring.read(0)
+            if self.mirror:
+                self.mirror.drain()
+            if recs:
+                self._process(buf, recs)
         self._retry_waiting(final=True)
 
     def counters(self) -> dict[str, int]:
@@ -266,66 +326,103 @@ class TracepointBackend(Backend):
                 out[name] = sum(self.bpf["losses"][ctypes.c_int(i)])
         if self.mirror:
             out.update(self.mirror.counters)
+            out["mirror_marks"] = self.mirror.marks()
         out["proc_unknown"] = self.procs.misses
         return out
 
     # -- ring buffer records -----------------------------------------------------------
-    def _on_record(self, ctx, data, size) -> None:
-        raw = ctypes.string_at(data, size)
-        hdr = HDR.unpack_from(raw, 0)
-        body = raw[HDR.size: HDR.size + hdr[H_LEN]]
-        kind = hdr[H_KIND]
-        if kind == REC_READ:
-            tid = hdr[H_TID]
-            rd = self._reads.get(tid)
-            if hdr[H_OFFSET] == 0 or rd is None:
-                rd = _Read(hdr)
-                self._reads[tid] = rd
-                self._done.append(rd)
-            off = hdr[H_OFFSET]
-            rd.data[off: off + len(body)] = body
-        elif kind == REC_FAN_PATH:
-            rd = self._reads.get(hdr[H_TID])
-            if rd is not None:
-                rd.paths.setdefault(hdr[H_TOTAL], []).append(_cstr(body))
-        elif kind == REC_RESPONSE:
-            # the read that delivered the permission event came earlier in the
-            # ring buffer: decode it first so the response finds its tracee
-            done, self._done = self._done, []
-            for rd in done:
-                self._finish_read(rd)
-            self._on_response(hdr, body)
-        elif kind == REC_ADD_WATCH:
-            self._refresh(hdr[H_TGID], hdr[H_FD])
-        elif kind == REC_FORK:
-            self.procs.fork(hdr[H_TGID], hdr[H_PPID], _cstr(hdr[H_COMM]), hdr[H_UID], hdr[H_GID], hdr[H_MNTNS])
-        elif kind == REC_EXEC:
-            self.procs.exec(hdr[H_TGID], hdr[H_PPID], _cstr(hdr[H_COMM]), hdr[H_UID], hdr[H_GID], hdr[H_MNTNS], _cstr(body))
-        elif kind == REC_EXIT:
-            self.procs.exit(hdr[H_TGID])
+    def _process(self, buf: bytes, recs) -> None:
+        unpack = HDR.unpack_from
+        hsize = HDR.size
+        for off, _size in recs:
+            h = unpack(buf, off)
+            kind = h[H_KIND]
+            doff = off + hsize
+            if kind == REC_READ:
+                total, o, ln = h[H_TOTAL], h[H_OFFSET], h[H_LEN]
+                if o == 0 and ln >= total:  # the whole read in one record
+                    self._finish_read(h, buf[doff: doff + total])
+                    continue
+                tid = h[H_TID]
+                if o == 0:
+                    self._chunks[tid] = (h, bytearray(total))
+                ent = self._chunks.get(tid)
+                if ent is None:
+                    self.stats["decode_errors"] += 1
+                    continue
+                ent[1][o: o + ln] = buf[doff: doff + ln]
+                if o + CHUNK >= min(total, MAX_READ):  # the last chunk
+                    del self._chunks[tid]
+                    self._finish_read(ent[0], bytes(ent[1]))
+            elif kind == REC_FAN_PATH:
+                n = h[H_OFFSET]
+                comps = buf[doff: doff + h[H_LEN]].split(b"\0")[:n]
+                if h[H_PAD]:  # complete: the walk reached the root
+                    comps.reverse()
+                    path = "/" + b"/".join(comps).decode(errors="replace")
+                else:
+                    path = ""
+                self._paths.setdefault(h[H_TID], {})[h[H_TOTAL]] = path
+            elif kind == REC_RESPONSE:
+                self._on_response(h, buf[doff: doff + h[H_LEN]])
+            elif kind == REC_ADD_WATCH:
+                self._refresh(h[H_TGID], h[H_FD])
+            elif kind == REC_FORK:
+                self._tracees.pop(h[H_TGID], None)
+                self.procs.fork(h[H_TGID], h[H_PPID], _cstr(h[H_COMM]), h[H_UID], h[H_GID], h[H_MNTNS])
+            elif kind == REC_EXEC:
+                pid = h[H_TGID]
+                self._tracees.pop(pid, None)
+                if self._tracers:
+                    self._tracers.clear()  # a tracer's exe/comm may have changed
+                self.procs.exec(pid, h[H_PPID], _cstr(h[H_COMM]), h[H_UID], h[H_GID], h[H_MNTNS],
+                                _cstr(buf[doff: doff + h[H_LEN]]))
+            elif kind == REC_EXIT:
+                pid = h[H_TGID]
+                self.procs.exit(pid)
+                if pid in self._listener_pids:
+                    self._drop_listeners(pid)
+            elif kind == REC_KILLED:
+                self._on_killed(h)
+            elif kind == REC_GROUP_GONE:
+                self._on_group_gone(h)
 
     def _ts(self, mono_ns: int) -> int:
         return mono_ns + self._clock_offset
 
-    def _tracer_fields(self, hdr) -> dict:
-        pid = hdr[H_TGID]
-        proc = self.procs.get(pid)
-        parent = self.procs.get(hdr[H_PPID])
-        return dict(
-            timestamp=self._ts(hdr[H_TS]), tracer_pid=pid, tracer_tid=hdr[H_TID], tracer_ppid=hdr[H_PPID],
-            tracer_uid=hdr[H_UID], tracer_gid=hdr[H_GID], tracer_mntns_id=hdr[H_MNTNS], tracer_comm=_cstr(hdr[H_COMM]),
-            tracer_pcomm=parent.comm if parent else "", tracer_exe=proc.exe if proc else "",
-            prio=hdr[H_PRIO])
+    def _tracer(self, h) -> Event:
+        """An Event template holding the tracer's fields (cached per identity)."""
+        key = h[H_TGID: H_TS] + (h[H_PRIO], h[H_COMM])
+        tmpl = self._tracers.get(key)
+        if tmpl is None:
+            pid = h[H_TGID]
+            proc = self.procs.get(pid)
+            parent = self.procs.get(h[H_PPID])
+            tmpl = Event(tracer_pid=pid, tracer_tid=h[H_TID], tracer_ppid=h[H_PPID],
+                         tracer_uid=h[H_UID], tracer_gid=h[H_GID], tracer_mntns_id=h[H_MNTNS],
+                         tracer_comm=_cstr(h[H_COMM]), tracer_pcomm=parent.comm if parent else "",
+                         tracer_exe=proc.exe if proc else "", prio=h[H_PRIO])
+            if len(self._tracers) > 4096:
+                self._tracers.clear()
+            self._tracers[key] = tmpl
+        return tmpl
 
     def _tracee_fields(self, pid: int) -> dict:
+        fields = self._tracees.get(pid)
+        if fields is not None:
+            return fields
         proc = self.procs.get(pid)
         if proc is None:
-            return dict(tracee_pid=pid)
+            return {"tracee_pid": pid}  # not cached: /proc may know it next time
         parent = self.procs.get(proc.ppid)
-        return dict(tracee_pid=pid, tracee_ppid=proc.ppid, tracee_uid=proc.uid, tracee_gid=proc.gid,
-                    tracee_mntns_id=proc.mntns, tracee_comm=proc.comm,
-                    tracee_pcomm=parent.comm if parent else "", tracee_exe=proc.exe,
-                    tracee_container_id=proc.container_id)
+        fields = dict(tracee_pid=pid, tracee_ppid=proc.ppid, tracee_uid=proc.uid, tracee_gid=proc.gid,
+                      tracee_mntns_id=proc.mntns, tracee_comm=proc.comm,
+                      tracee_pcomm=parent.comm if parent else "", tracee_exe=proc.exe,
+                      tracee_container_id=proc.container_id)
+        if len(self._tracees) > 65536:
+            self._tracees.clear()
+        self._tracees[pid] = fields
+        return fields
 
     def _emit(self, ev: Event) -> None:
         if self.filters.tracee_pids and ev.tracee_pid not in self.filters.tracee_pids:
@@ -334,125 +431,143 @@ class TracepointBackend(Backend):
         self.stats["emitted"] += 1
         self.emit(ev)
 
-    def _finish_read(self, rd: _Read) -> None:
-        self._reads.pop(rd.hdr[H_TID], None)
+    def _finish_read(self, h, data: bytes) -> None:
         try:
-            if rd.hdr[H_LISTENER] == KIND_INOTIFY:
-                self._inotify_read(rd)
+            if h[H_LISTENER] == KIND_INOTIFY:
+                self._inotify_read(h, data)
             else:
-                self._fanotify_read(rd)
+                self._fanotify_read(h, data)
         except (struct.error, ValueError):
             self.stats["decode_errors"] += 1
 
     # inotify: struct inotify_event { int wd; u32 mask, cookie, len; char name[]; }
-    def _inotify_read(self, rd: _Read) -> None:
-        hdr, data = rd.hdr, bytes(rd.data)
-        pid, fd = hdr[H_TGID], hdr[H_FD]
-        base = self._tracer_fields(hdr)
+    def _inotify_read(self, h, data: bytes) -> None:
+        pid, fd = h[H_TGID], h[H_FD]
+        consumer = (pid, fd)
+        tmpl = self._tracer(h)
+        ts = h[H_TS] + self._clock_offset
+        mirror = self.mirror
+        listener = self._listeners.get(consumer)
+        unpack = INOTIFY_EVENT.unpack_from
+        end = len(data)
         off = 0
-        while off + INOTIFY_EVENT.size <= len(data):
-            wd, mask, cookie, nlen = INOTIFY_EVENT.unpack_from(data, off)
-            name = _cstr(data[off + 16: off + 16 + nlen])
+        while off + 16 <= end:
+            wd, mask, cookie, nlen = unpack(data, off)
+            name = _cstr(data[off + 16: off + 16 + nlen]) if nlen else ""
             off += 16 + nlen
-            ev = Event(type="inotify", i_wd=wd, i_mask=mask, i_cookie=cookie,
-                       i_mask_names=masks.inotify_mask_names(mask), name=name, **base)
+            fields = dict(timestamp=ts, type="inotify", i_wd=wd, i_mask=mask, i_cookie=cookie,
+                          i_mask_names=_names(_IN_NAMES, masks.inotify_mask_names, mask), name=name)
             if mask & IN_Q_OVERFLOW:
-                self._emit(ev)  # no tracee: the kernel dropped the events themselves
+                # no tracee: the kernel dropped the events themselves
+                self._emit(msgspec.structs.replace(tmpl, **fields))
                 continue
-            watch = self._watch(pid, fd, wd)
+            watch = listener.watches.get(wd) if listener is not None else None
+            if watch is None:
+                listener = self._refresh(pid, fd) if not mask & IN_IGNORED else listener
+                watch = listener.watches.get(wd) if listener is not None else None
             if watch is not None:
-                wpath = self.mirror.path_of(watch) if self.mirror else ""
-                ev.path = os.path.join(wpath, name) if wpath and name else wpath
+                wpath = mirror.path_of(watch) if mirror else ""
+                fields["path"] = (wpath + "/" + name if wpath != "/" else "/" + name) if wpath and name else wpath
                 if name:
-                    ev.i_ino_dir = watch.ino
+                    fields["i_ino_dir"] = watch.ino
                 else:
-                    ev.i_ino = watch.ino
+                    fields["i_ino"] = watch.ino
+                if mask & IN_IGNORED and listener is not None:
+                    # the watch is gone (inotify_rm_watch, IN_ONESHOT, object
+                    # deleted or unmounted): so is the need for its mirror mark
+                    listener.watches = {k: v for k, v in listener.watches.items() if k != wd}
+                    if mirror:
+                        mirror.unmark(watch, consumer)
             else:
                 self.stats["watch_unknown"] += 1
-            key = (watch.ino if watch else 0, name, mask, (pid, fd))
-            if not self._try_match(ev, key):
-                self._waiting.append((time.monotonic() + MATCH_WAIT_S, ev, key))
+            key = (watch.ino if watch else 0, name, mask, consumer)
+            if not self._try_match(tmpl, fields, key):
+                self._waiting.append((time.monotonic() + MATCH_WAIT_S, tmpl, fields, key))
 
-    def _watch(self, pid: int, fd: int, wd: int):
-        listener = self._listeners.get((pid, fd))
-        if listener is None or wd not in listener.watches:
-            listener = self._refresh(pid, fd)
-        return listener.watches.get(wd) if listener else None
-
-    def _try_match(self, ev: Event, key) -> bool:
+    def _try_match(self, tmpl: Event, fields: dict, key) -> bool:
         ino, name, mask, consumer = key
         if not ino or self.mirror is None:
             return False
-        pid = self.mirror.match(ino, name, mask, consumer)
+        pid, tid, child_ino = self.mirror.match(ino, name, mask, consumer)
         if not pid:
             return False
-        for k, v in self._tracee_fields(pid).items():
-            setattr(ev, k, v)
-        ev.attribution = "inferred"
+        if child_ino and name:
+            fields["i_ino"] = child_ino
+        if tid:
+            fields["tracee_tid"] = tid
         self.stats["inotify_inferred"] += 1
-        self._emit(ev)
+        self._emit(msgspec.structs.replace(tmpl, **fields, **self._tracee_fields(pid),
+                                           attribution="inferred"))
         return True
 
     def _retry_waiting(self, final: bool = False) -> None:
-        if not self._waiting:
-            return
         now = time.monotonic()
-        still = []
-        for deadline, ev, key in self._waiting:
-            if self._try_match(ev, key):
+        still = deque()
+        for item in self._waiting:
+            deadline, tmpl, fields, key = item
+            if self._try_match(tmpl, fields, key):
                 continue
             if final or now >= deadline:
                 self.stats["inotify_unmatched"] += 1
-                self._emit(ev)  # attribution "unknown", tracee fields 0 / ""
+                self._emit(msgspec.structs.replace(tmpl, **fields))  # "unknown", tracee 0 / ""
             else:
-                still.append((deadline, ev, key))
+                still.append(item)
         self._waiting = still
 
     # fanotify: struct fanotify_event_metadata + optional info records
-    def _fanotify_read(self, rd: _Read) -> None:
-        hdr, data = rd.hdr, bytes(rd.data)
-        pid, fd = hdr[H_TGID], hdr[H_FD]
-        base = self._tracer_fields(hdr)
+    def _fanotify_read(self, h, data: bytes) -> None:
+        pid, fd = h[H_TGID], h[H_FD]
+        tmpl = self._tracer(h)
+        ts = h[H_TS] + self._clock_offset
         listener = self._listeners.get((pid, fd)) or self._refresh(pid, fd)
         fan_flags = listener.fan_flags if listener else 0
+        f_flags = listener.fan_event_flags if listener else 0
+        paths = self._paths.pop(h[H_TID], None) or {}
+        group = h[H_GROUP]
+        unpack = FAN_META.unpack_from
         off = 0
         while off + FAN_META.size <= len(data):
-            event_len, _v, _r, mlen, mask, efd, apid = FAN_META.unpack_from(data, off)
+            event_len, _v, _r, mlen, mask, efd, apid = unpack(data, off)
             if event_len < FAN_META.size:
                 break
-            ev = Event(type="fanotify", fa_mask=mask, fa_mask_names=masks.fanotify_mask_names(mask),
-                       fa_pid=apid, fa_flags=fan_flags,
-                       fa_f_flags=listener.fan_event_flags if listener else 0, **base)
+            fields = dict(timestamp=ts, type="fanotify", fa_mask=mask,
+                          fa_mask_names=_names(_FAN_NAMES, masks.fanotify_mask_names, mask),
+                          fa_pid=apid, fa_flags=fan_flags, fa_f_flags=f_flags)
+            perm = False
             if mask & FAN_Q_OVERFLOW:
-                ev.fa_type = "FANOTIFY_EVENT_TYPE_OVERFLOW"
+                fields["fa_type"] = "FANOTIFY_EVENT_TYPE_OVERFLOW"
+                ev = msgspec.structs.replace(tmpl, **fields)
             else:
-                if mask & FAN_PERM_EVENTS:
-                    ev.fa_type = "FANOTIFY_EVENT_TYPE_PATH_PERM"
+                perm = bool(mask & FAN_PERM_EVENTS)
+                if perm:
+                    fields["fa_type"] = "FANOTIFY_EVENT_TYPE_PATH_PERM"
                 elif fan_flags & FAN_REPORT_FID_BITS:
-                    ev.fa_type = "FANOTIFY_EVENT_TYPE_FID_NAME" if fan_flags & 0x800 else "FANOTIFY_EVENT_TYPE_FID"
+                    fields["fa_type"] = ("FANOTIFY_EVENT_TYPE_FID_NAME" if fan_flags & 0x800
+                                         else "FANOTIFY_EVENT_TYPE_FID")
                 else:
-                    ev.fa_type = "FANOTIFY_EVENT_TYPE_PATH"
+                    fields["fa_type"] = "FANOTIFY_EVENT_TYPE_PATH"
+                if fan_flags & 0x100:  # FAN_REPORT_TID: the event carries the tid
+                    fields["tracee_tid"] = apid
+                path = paths.get(off)
+                if not path:
+                    if efd >= 0:
+                        try:
+                            path = os.readlink(f"/proc/{pid}/fd/{efd}")
+                        except OSError:
+                            path = ""
+                            self.stats["fanotify_path_unresolved"] += 1
+                    else:
+                        path = self._fid_name(data[off + mlen: off + event_len])
+                fields["path"] = fields["name"] = path
                 # fanotify reports the tgid (or the tid with FAN_REPORT_TID)
-                ev.attribution = "exact"
-                for k, v in self._tracee_fields(apid).items():
-                    setattr(ev, k, v)
-                if fan_flags & 0x100:  # FAN_REPORT_TID
-                    ev.tracee_tid = apid
-                comps = rd.paths.get(off)
-                if comps and comps[-1] == "":
-                    ev.path = "/" + "/".join(reversed(comps[:-1]))
-                elif efd >= 0:
-                    try:
-                        ev.path = os.readlink(f"/proc/{pid}/fd/{efd}")
-                    except OSError:
-                        self.stats["fanotify_path_unresolved"] += 1
-                else:
-                    ev.path = self._fid_name(data[off + mlen: off + event_len])
-                ev.name = ev.path
-                if mask & FAN_PERM_EVENTS and efd >= 0:
-                    self._fan_pending[(pid, efd)] = ev
+                ev = msgspec.structs.replace(tmpl, **fields, **self._tracee_fields(apid),
+                                             attribution="exact")
             off += event_len
             self._emit(ev)
+            if perm and efd >= 0:
+                self._fan_pending[(pid, efd)] = (ev, group)
+                if apid in self._killed:  # killed before its listener's read was seen
+                    self._interrupted((pid, efd), ev.timestamp)
 
     @staticmethod
     def _fid_name(info: bytes) -> str:
@@ -468,23 +583,66 @@ class TracepointBackend(Backend):
             pos += ilen
         return ""
 
-    def _on_response(self, hdr, body: bytes) -> None:
-        if hdr[H_RET] < 0:
+    def _on_response(self, h, body: bytes) -> None:
+        if h[H_RET] < 0:
             self.stats["response_failed"] += 1
             return
         efd, response = FAN_RESPONSE.unpack_from(body, 0)
-        orig = self._fan_pending.pop((hdr[H_TGID], efd), None)
-        if orig is None:
+        key = (h[H_TGID], efd)
+        pending = self._fan_pending.pop(key, None)
+        if pending is None:
+            if key in self._answered_late:
+                # the kernel had already settled it (tracee killed): the
+                # listener's answer changed nothing, and was reported as such
+                self._answered_late.discard(key)
+                self.stats["response_after_interrupt"] += 1
+                return
             self.stats["response_unmatched"] += 1
-            tracee = {}
-            fields = dict(fa_mask=0, path="", name="", fa_type="", fa_flags=0, fa_f_flags=0,
-                          fa_pid=0, attribution="unknown")
+            ev = msgspec.structs.replace(self._tracer(h), attribution="unknown")
         else:
-            tracee = {k: getattr(orig, k) for k in Event.__struct_fields__ if k.startswith("tracee_")}
-            fields = dict(fa_mask=orig.fa_mask, path=orig.path, name=orig.name, fa_type=orig.fa_type,
-                          fa_flags=orig.fa_flags, fa_f_flags=orig.fa_f_flags, fa_pid=orig.fa_pid,
-                          attribution="exact")
-        ev = Event(type="fa_resp", fa_response=masks.fa_response_name(response),
-                   fa_mask_names=masks.fanotify_mask_names(fields["fa_mask"]),
-                   **fields, **tracee, **self._tracer_fields(hdr))
+            ev = pending[0]
+        ev = msgspec.structs.replace(
+            ev, type="fa_resp", timestamp=h[H_TS] + self._clock_offset,
+            fa_response=masks.fa_response_name(response), **self._tracer_identity(h))
         self._emit(ev)
+
+    def _tracer_identity(self, h) -> dict:
+        t = self._tracer(h)
+        return dict(tracer_pid=t.tracer_pid, tracer_tid=t.tracer_tid, tracer_ppid=t.tracer_ppid,
+                    tracer_uid=t.tracer_uid, tracer_gid=t.tracer_gid,
+                    tracer_mntns_id=t.tracer_mntns_id, tracer_comm=t.tracer_comm,
+                    tracer_pcomm=t.tracer_pcomm, tracer_exe=t.tracer_exe, prio=t.prio)
+
+    # -- verdicts the listener never gave ------------------------------------------------
+    def _interrupted(self, key: tuple[int, int], ts: int) -> None:
+        """The kernel settled this permission event without the listener's answer."""
+        ev, _group = self._fan_pending.pop(key)
+        self._answered_late.add(key)
+        if len(self._answered_late) > 4096:
+            self._answered_late.clear()
+        self.stats["response_interrupted"] += 1
+        self._emit(msgspec.structs.replace(ev, type="fa_resp", timestamp=ts,
+                                           fa_response="interrupted"))
+
+    def _on_killed(self, h) -> None:
+        """A task left a syscall with SIGKILL pending: if it is the tracee of a
+        permission event still unanswered, that wait was interrupted."""
+        tgid, tid = h[H_TGID], h[H_TID]
+        ts = h[H_TS] + self._clock_offset
+        self._killed[tgid] = self._killed[tid] = time.monotonic()
+        for key, (ev, _group) in list(self._fan_pending.items()):
+            if ev.fa_pid in (tgid, tid):
+                self._interrupted(key, ts)
+
+    def _on_group_gone(self, h) -> None:
+        """The last reference to a permission listener's fanotify file is going
+        (close(2) or exit): the kernel allows every event still pending."""
+        group, ts = h[H_GROUP], h[H_TS] + self._clock_offset
+        for key, (_ev, g) in list(self._fan_pending.items()):
+            if g == group:
+                self._interrupted(key, ts)
+
+    def _expire_killed(self) -> None:
+        limit = time.monotonic() - KILLED_KEEP_S
+        for pid in [p for p, t in self._killed.items() if t < limit]:
+            del self._killed[pid]
