@@ -46,7 +46,10 @@ ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 extra=""
 (( with_test )) && extra="[test]"
 step "pip install -e .$extra"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
+# (this machine's pip.conf names local mirrors that may be absent: hide that noise)
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; }
+[[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "install.sh: pip install failed" >&2; exit 1; }
 
 .venv/bin/python -c 'import bcc, msgspec, opentelemetry.sdk' \
     || { echo "install.sh: the venv cannot import bcc/msgspec/opentelemetry" >&2; exit 1; }
