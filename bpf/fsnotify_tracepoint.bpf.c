@@ -10,7 +10,9 @@
 //   * tracee side is NOT visible here (no fsnotify hooks without kprobes):
 //     fanotify records carry the actor's pid; for inotify user space mirrors
 //     the watches with its own fanotify group (mirror.py);
-//   * a process table feed: fork / exec / exit.
+//   * a process table feed: fork / exec / exit;
+//   * permission verdicts nobody gave: a tracee killed while waiting
+//     (signal_deliver), a permission listener's last close or exit.
 //
 // Portability: every kernel struct field is read at an offset passed in as a
 // -D macro, resolved from the running kernel's BTF (otel_fsnotify/btf.py),
@@ -36,14 +38,14 @@
 #define REC_EXEC 5        // process exec'd: comm, exe, creds, mntns
 #define REC_EXIT 6        // process (thread group leader) exited
 #define REC_FAN_PATH 7    // the path of a fanotify event's file (components leaf first)
-#define REC_KILLED 8      // a syscall returned an error with SIGKILL pending (a
+#define REC_KILLED 8      // a task takes SIGKILL leaving a failed syscall (a
                           // tracee killed out of a permission wait, among others)
 #define REC_GROUP_GONE 9  // the last reference to a permission-capable fanotify
                           // file is being dropped (close(2) or exit)
 
 #define CHUNK 4096        // bytes copied per ring buffer record
 #define MAX_CHUNKS 16     // 64 KiB per read; more is counted as truncated
-#define MAX_FAN_PATHS 8   // fanotify events per read whose path is walked in kernel
+#define MAX_FAN_PATHS 32  // fanotify events per read whose path is walked in kernel
 #define MAX_DEPTH 24      // path components walked per fanotify event
 #define NAME_MAX_Z 256    // a path component with its NUL
 
@@ -481,20 +483,21 @@ TRACEPOINT_PROBE(syscalls, sys_exit_inotify_add_watch) {
 
 // ---- verdicts nobody gave: interrupted permission events --------------------
 
-// raw tracepoint sys_exit: args[0] = struct pt_regs *, args[1] = return value.
-// A task killed while waiting for a permission verdict (the wait in
-// fanotify_get_response is TASK_KILLABLE) leaves its syscall with an error and
-// SIGKILL in its own pending set (complete_signal() adds it to every thread of
-// a dying group). Most syscalls return >= 0: they leave after one compare.
-RAW_TRACEPOINT_PROBE(sys_exit) {
-    long ret = (long)ctx->args[1];
+// signal_deliver fires when a task takes a signal on its way back to user
+// space; a task of a dying group takes SIGKILL there (get_signal()). A task
+// killed while waiting for a permission verdict (the wait in
+// fanotify_get_response is TASK_KILLABLE) comes here from the syscall that
+// waited, whose return value (an error: -ERESTARTSYS) is still in the saved
+// user registers' ax. Rare by nature: no cost on ordinary syscalls.
+TRACEPOINT_PROBE(signal, signal_deliver) {
+    if (args->sig != 9)  // SIGKILL
+        return 0;
+    u64 regs = user_regs();
+    if (!regs)
+        return 0;
+    long ret = read_ptr(regs + OFF_PT_REGS_AX);
     if (ret >= 0)
-        return 0;
-    u64 task = bpf_get_current_task();
-    u64 sig = 0;
-    bpf_probe_read_kernel(&sig, sizeof(sig), (void *)(task + OFF_TASK_PENDING_SIGNAL));
-    if (!(sig & (1ULL << (9 - 1))))  // SIGKILL
-        return 0;
+        return 0;  // not leaving a failed (interrupted) syscall
     struct rec_buf *r = stage();
     if (!r)
         return 0;

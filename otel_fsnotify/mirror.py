@@ -24,6 +24,7 @@ from .listeners import Watch
 FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_NOTIF = 0x1, 0x2, 0x0
 FAN_UNLIMITED_QUEUE = 0x10
 FAN_REPORT_TID, FAN_REPORT_FID, FAN_REPORT_DIR_FID, FAN_REPORT_NAME = 0x100, 0x200, 0x400, 0x800
+FAN_REPORT_TARGET_FID = 0x1000
 FAN_MARK_ADD, FAN_MARK_REMOVE = 0x1, 0x2
 FAN_EVENT_ON_CHILD, FAN_ONDIR, FAN_Q_OVERFLOW = 0x08000000, 0x40000000, 0x4000
 FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_DFID = 1, 2, 3
@@ -134,9 +135,14 @@ class Series:
 class Mirror:
     def __init__(self, report_tid: bool = False):
         self.report_tid = report_tid
-        fd = _libc.fanotify_init((FAN_REPORT_TID if report_tid else 0) | FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_NOTIF | FAN_UNLIMITED_QUEUE
-                                 | FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME,
-                                 O_RDONLY | O_LARGEFILE)
+        flags = ((FAN_REPORT_TID if report_tid else 0) | FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_NOTIF
+                 | FAN_UNLIMITED_QUEUE | FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME)
+        # FAN_REPORT_TARGET_FID (5.17+) adds the child's file handle to create,
+        # delete and move events, for i_ino; older kernels refuse it (EINVAL)
+        fd = _libc.fanotify_init(flags | FAN_REPORT_TARGET_FID, O_RDONLY | O_LARGEFILE)
+        self.target_fid = fd >= 0
+        if fd < 0:
+            fd = _libc.fanotify_init(flags, O_RDONLY | O_LARGEFILE)
         if fd < 0:
             raise _err("fanotify_init (mirror group)")
         self.fd = fd

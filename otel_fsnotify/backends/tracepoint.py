@@ -65,7 +65,7 @@ OFFSETS = {
     "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
     "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
     "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
-    "OFF_TASK_PENDING_SIGNAL": ("task_struct", "pending.signal"),
+    "OFF_PT_REGS_AX": ("pt_regs", "ax"),
     "OFF_FILES_COUNT": ("files_struct", "count"),
 }
 # the file's reference count, by kernel version: file_ref_t f_ref (6.13+,

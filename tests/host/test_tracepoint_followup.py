@@ -1,0 +1,140 @@
+"""Tracepoint backend: verdicts nobody gave, the child's inode, mirror marks
+that follow watches away. Real listeners, real actors, this host's kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.host.agent_proc import Agent, start_inotifywait, start_listener, stop
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tpf")
+    a = Agent(work)
+    yield a
+    print("agent stats:", a.stop())
+
+
+def _blocked_cat(path) -> subprocess.Popen:
+    """A cat whose open(2) waits for a verdict (the listener never answers)."""
+    cat = subprocess.Popen(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    assert cat.poll() is None, "cat was not held by the stalled listener"
+    return cat
+
+
+def test_tracee_killed_while_waiting_is_interrupted(agent, tmp_path):
+    f = tmp_path / "held"
+    f.write_text("h")
+    listener = start_listener("stall", str(f))
+    try:
+        cat = _blocked_cat(f)
+        # the listener read the event: it is pending now
+        assert agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracee_pid"] == cat.pid)
+        cat.kill()
+        cat.wait()
+        resp = agent.wait_for(lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == cat.pid)
+        assert [e["fa_response"] for e in resp] == ["interrupted"], resp
+        e = resp[0]
+        assert e["tracee_comm"] == "cat" and e["attribution"] == "exact"
+        assert e["tracer_pid"] == listener.pid
+        assert e["fa_mask_names"] == ["FAN_OPEN_PERM"] and e["path"] == str(f)
+    finally:
+        stop(listener)
+
+
+def test_listener_gone_without_answer_is_interrupted(agent, tmp_path):
+    f = tmp_path / "orphan"
+    f.write_text("o")
+    listener = start_listener("stall", str(f))
+    cat = _blocked_cat(f)
+    assert agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracee_pid"] == cat.pid)
+    stop(listener)  # exits without answering: the kernel allows the open itself
+    assert cat.wait(10) == 0
+    resp = agent.wait_for(lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == cat.pid)
+    assert [e["fa_response"] for e in resp] == ["interrupted"], resp
+    assert resp[0]["tracer_pid"] == listener.pid
+
+
+def test_answered_verdict_is_not_interrupted(agent, tmp_path):
+    """A deny answered, then the tracee killed afterwards: still one deny."""
+    f = tmp_path / "denied"
+    f.write_text("d")
+    listener = start_listener("perm-deny", str(f))
+    try:
+        cat = subprocess.run(["cat", str(f)], capture_output=True)
+        assert cat.returncode != 0
+        time.sleep(1)
+        resp = [e for e in agent.events() if e["type"] == "fa_resp" and e["path"] == str(f)]
+        assert [e["fa_response"] for e in resp] == ["deny"], resp
+    finally:
+        stop(listener)
+
+
+def test_inotify_child_inode_from_the_mirror(agent, tmp_path):
+    d = tmp_path / "ino"
+    d.mkdir()
+    iw = start_inotifywait(str(d), tmp_path / "iw.log")
+    try:
+        time.sleep(0.5)
+        f = d / "child"
+        f.write_text("c")  # IN_CREATE, IN_MODIFY, IN_CLOSE_WRITE; the file stays
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == iw.pid and e["name"] == "child", n=3)
+        assert evs
+        ino = f.stat().st_ino
+        for e in evs:
+            assert e["attribution"] == "inferred", e
+            assert e["i_ino_dir"] == d.stat().st_ino
+            assert e["i_ino"] == ino, e
+    finally:
+        stop(iw)
+
+
+def _agent_marked_inodes(pid: int) -> set[int]:
+    """Inodes carrying a fanotify mark of the agent's (from its fdinfo)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("fanotify ino:"):
+                found.add(int(line.split()[1].split(":")[1], 16))
+    return found
+
+
+def test_mirror_marks_removed_with_the_watch(tmp_path):
+    """A listener that exits, and a watch the kernel removes (IN_IGNORED after
+    its directory is deleted): the agent's mirror marks go away with them."""
+    a = Agent(tmp_path)
+    try:
+        dirs = [tmp_path / f"m{i}" for i in range(3)]
+        for d in dirs:
+            d.mkdir()
+        inos = [d.stat().st_ino for d in dirs]
+        iws = [start_inotifywait(str(d), tmp_path / f"iw{i}.log") for i, d in enumerate(dirs)]
+        time.sleep(1)
+        assert set(inos) <= _agent_marked_inodes(a.proc.pid)
+        dirs[0].rmdir()  # IN_DELETE_SELF then IN_IGNORED (the kernel drops the mark too)
+        stop(iws[1])  # exits: its watch goes with it
+        time.sleep(1)
+        marked = _agent_marked_inodes(a.proc.pid)
+        assert inos[0] not in marked and inos[1] not in marked, marked
+        assert inos[2] in marked  # still watched
+        stop(iws[2])
+        time.sleep(1)
+        assert inos[2] not in _agent_marked_inodes(a.proc.pid)
+        stop(iws[0])
+    finally:
+        stats = a.stop()
+    assert stats["mirror_marks_removed"] >= 2, stats
