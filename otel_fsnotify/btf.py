@@ -86,20 +86,21 @@ class Btf:
         kind, _n, vlen, kflag, _s, extra = self._types[type_id]
         for i in range(vlen):
             name_off, mtype, off = struct.unpack_from("<III", self._data, extra + 12 * i)
-            bit_off = off & 0xFFFFFF if kflag else off
-            yield (self._str(name_off) if name_off else ""), mtype, bit_off
+            bit_off, bit_size = (off & 0xFFFFFF, off >> 24) if kflag else (off, 0)
+            yield (self._str(name_off) if name_off else ""), mtype, bit_off, bit_size
 
     def _find_member(self, type_id: int, name: str):
-        """(type_id, bit offset) of a member, looking inside anonymous members."""
-        for mname, mtype, bit_off in self._members(type_id):
+        """(type_id, bit offset, bitfield size or 0) of a member, looking
+        inside anonymous members."""
+        for mname, mtype, bit_off, bit_size in self._members(type_id):
             if mname == name:
-                return mtype, bit_off
+                return mtype, bit_off, bit_size
             if not mname:
                 inner = self._resolve(mtype)
                 if self._types[inner][0] in (KIND_STRUCT, KIND_UNION):
                     found = self._find_member(inner, name)
                     if found:
-                        return found[0], bit_off + found[1]
+                        return found[0], bit_off + found[1], found[2]
         return None
 
     def struct_id(self, name: str) -> int:
@@ -124,11 +125,21 @@ class Btf:
             if found is None:
                 raise BtfError(f"{self.source}: struct {struct_name} has no member "
                                f"{member_path} in this kernel")
-            tid, bit_off = found
-            if bit_off % 8:
+            tid, bit_off, bit_size = found
+            if bit_off % 8 or bit_size:
                 raise BtfError(f"{struct_name}.{member_path} is a bitfield")
             total += bit_off // 8
         return total
+
+    def bitfield(self, struct_name: str, member: str) -> tuple[int, int]:
+        """(bit offset, bit width) of a bitfield member such as fanotify_event.type."""
+        found = self._find_member(self._resolve(self.struct_id(struct_name)), member)
+        if found is None:
+            raise BtfError(f"{self.source}: struct {struct_name} has no member {member} in this kernel")
+        _tid, bit_off, bit_size = found
+        if not bit_size:
+            raise BtfError(f"{struct_name}.{member} is not a bitfield")
+        return bit_off, bit_size
 
     def has_member(self, struct_name: str, member_path: str) -> bool:
         try:

@@ -100,13 +100,11 @@ class KernelLayout:
 
     def fa_type_bits(self) -> tuple[int, int, int]:
         """(byte offset of the 32-bit word, shift, mask) of fanotify_event.type,
-        a bitfield. btf.offsetof refuses bitfields, so this reads BTF members."""
-        btf = self.btf
-        found = btf._find_member(btf._resolve(btf.struct_id("fanotify_event")), "type")
-        if not found:
-            raise BtfError("struct fanotify_event has no member type in this kernel")
-        _tid, bit_off = found
-        return (bit_off // 32) * 4, bit_off % 32, 0x7
+        a bitfield (`enum fanotify_event_type type:3` since 5.7)."""
+        bit_off, bit_size = self.btf.bitfield("fanotify_event", "type")
+        if bit_off % 32 + bit_size > 32:
+            raise BtfError("fanotify_event.type straddles a 32-bit word in this kernel")
+        return (bit_off // 32) * 4, bit_off % 32, (1 << bit_size) - 1
 
     def cflags(self) -> list[str]:
         flags = offset_macros(self.btf, OFFSETS)
