@@ -35,7 +35,15 @@ def make_output(cfg: AgentConfig, backend_name: str):
     import os
 
     settings = OtlpSettings.from_env(os.environ, **cfg.otlp)
-    return OtlpOutput(settings, build_resource(backend=backend_name), log)
+    try:
+        return OtlpOutput(settings, build_resource(backend=backend_name), log)
+    except OSError as exc:
+        raise SpoolUnusable(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror} "
+                            "(set --spool-dir or [otlp] spool_dir to a writable directory)") from None
+
+
+class SpoolUnusable(RuntimeError):
+    """The OTLP spool directory cannot be created or written."""
 
 
 class _Stop:
@@ -57,7 +65,11 @@ def run(cfg: AgentConfig) -> int:
 
     backend = backends.choose(cfg.backend, filters_of(cfg), emit, log)
     log.info("backend %s started", backend.name)
-    output = make_output(cfg, backend.name)
+    try:
+        output = make_output(cfg, backend.name)
+    except BaseException:
+        backend.close()
+        raise
     sink.append(output)
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)

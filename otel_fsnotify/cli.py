@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="otel-fsnotify: %(levelname)s: %(message)s", stream=sys.stderr)
 
+    from .agent import SpoolUnusable
     from .backends.base import BackendUnavailable
     from .bccenv import BccError
     from .btf import BtfError
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:  # OtlpSettings: a bad endpoint/protocol/header value
         return _fail(str(exc), EXIT_USAGE)
-    except (BackendUnavailable, BccError, BtfError) as exc:
+    except (BackendUnavailable, BccError, BtfError, SpoolUnusable) as exc:
         return _fail(str(exc), EXIT_RUNTIME)
     except PermissionError as exc:
         return _fail(f"{exc.filename or 'operation'}: permission denied (run as root)", EXIT_RUNTIME)

@@ -105,3 +105,12 @@ def test_non_root_gets_one_line_about_privileges():
                    user=65534, group=65534, env={**os.environ, "HOME": "/tmp"})
     assert proc.returncode == 1
     assert "needs root or CAP_BPF" in one_error_line(proc)
+
+
+def test_unwritable_spool_dir_is_one_line_not_a_traceback():
+    proc = run_cli("run", "--output", "otlp", "--spool-dir", "/proc/otel-fsnotify-spool",
+                   "--endpoint", "http://127.0.0.1:9", "--duration", "1")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("otel-fsnotify: error: spool_dir /proc/otel-fsnotify-spool")
