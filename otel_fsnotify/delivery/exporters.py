@@ -179,35 +179,7 @@ class SdkExporter(Exporter):
 
     @staticmethod
     def _make(s: OtlpSettings):
-        url = s.logs_url()
-        headers = dict(s.headers) or None
-        if s.protocol == "grpc":
-            import grpc
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-            kw: dict[str, Any] = {}
-            if url.startswith("https://"):
-                def read(p):
-                    if not p:
-                        return None
-                    with open(p, "rb") as fh:
-                        return fh.read()
-                kw["credentials"] = grpc.ssl_channel_credentials(
-                    read(s.certificate), read(s.client_key), read(s.client_certificate))
-            return OTLPLogExporter(
-                endpoint=url, insecure=url.startswith("http://"), headers=headers,
-                timeout=s.timeout,
-                compression=grpc.Compression.Gzip if s.compression == "gzip" else grpc.Compression.NoCompression,
-                **kw)
-        from opentelemetry.exporter.otlp.proto.http import Compression
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-
-        return OTLPLogExporter(
-            endpoint=url, headers=headers, timeout=s.timeout,
-            certificate_file=s.certificate or None,
-            client_key_file=s.client_key or None,
-            client_certificate_file=s.client_certificate or None,
-            compression=Compression.Gzip if s.compression == "gzip" else Compression.NoCompression)
+        return sdk_exporter(s, "logs")
 
     def to_sdk(self, e: SpoolEntry):
         from opentelemetry._logs import LogRecord, SeverityNumber
@@ -243,6 +215,43 @@ class SdkExporter(Exporter):
             self._exporter.shutdown()
         except Exception:  # noqa: BLE001 - shutting down anyway
             pass
+
+
+def sdk_exporter(s: OtlpSettings, signal: str):
+    """The SDK's OTLP exporter for `signal` ("logs" or "metrics") over s.protocol
+    (grpc or http/protobuf), with the settings' TLS, headers, timeout, gzip."""
+    url = s.logs_url() if signal == "logs" else s.metrics_url()
+    headers = dict(s.headers) or None
+    gzip_on = s.compression == "gzip"
+    if s.protocol == "grpc":
+        import grpc
+
+        if signal == "logs":
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as cls
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as cls
+        kw: dict[str, Any] = {}
+        if url.startswith("https://"):
+            def read(path):
+                if not path:
+                    return None
+                with open(path, "rb") as fh:
+                    return fh.read()
+            kw["credentials"] = grpc.ssl_channel_credentials(
+                read(s.certificate), read(s.client_key), read(s.client_certificate))
+        return cls(endpoint=url, insecure=url.startswith("http://"), headers=headers, timeout=s.timeout,
+                   compression=grpc.Compression.Gzip if gzip_on else grpc.Compression.NoCompression, **kw)
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    if signal == "logs":
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as cls
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as cls
+    return cls(endpoint=url, headers=headers, timeout=s.timeout,
+               certificate_file=s.certificate or None,
+               client_key_file=s.client_key or None,
+               client_certificate_file=s.client_certificate or None,
+               compression=Compression.Gzip if gzip_on else Compression.NoCompression)
 
 
 def make_exporter(settings: OtlpSettings, resource: dict[str, Any]) -> Exporter:

@@ -19,35 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from .exporters import sdk_exporter
 from .settings import OtlpSettings
 
 GAUGES = {"spool_pending": "otel_fsnotify.spool.pending", "spool_bytes": "otel_fsnotify.spool.bytes"}
-
-
-def _metric_exporter(s: OtlpSettings):
-    url = s.metrics_url()
-    headers = dict(s.headers) or None
-    if s.protocol == "grpc":
-        import grpc
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        kw: dict[str, Any] = {}
-        if url.startswith("https://"):
-            def read(p):
-                if not p:
-                    return None
-                with open(p, "rb") as fh:
-                    return fh.read()
-            kw["credentials"] = grpc.ssl_channel_credentials(
-                read(s.certificate), read(s.client_key), read(s.client_certificate))
-        return OTLPMetricExporter(endpoint=url, insecure=url.startswith("http://"),
-                                  headers=headers, timeout=s.timeout, **kw)
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-    return OTLPMetricExporter(endpoint=url, headers=headers, timeout=s.timeout,
-                              certificate_file=s.certificate or None,
-                              client_key_file=s.client_key or None,
-                              client_certificate_file=s.client_certificate or None)
 
 
 class AgentMetrics:
@@ -61,7 +36,7 @@ class AgentMetrics:
         self.log = log or logging.getLogger("otel_fsnotify.metrics")
         self._stats = stats
         reader = PeriodicExportingMetricReader(
-            _metric_exporter(settings),
+            sdk_exporter(settings, "metrics"),
             export_interval_millis=max(1.0, settings.metrics_interval * 1000.0))
         self.provider = MeterProvider(resource=Resource(resource), metric_readers=[reader])
         meter = self.provider.get_meter("otel_fsnotify")
