@@ -63,6 +63,13 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
         raise ConfigError(f"{where}: stats_interval = {cfg.stats_interval}: must be >= 0 seconds")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log_level = {cfg.log_level!r}: expected debug, info, warning or error")
+    if cfg.otlp:
+        from .delivery.settings import OtlpSettings
+
+        try:  # the file's/flags' own keys, without the environment's
+            OtlpSettings.from_env({}, **cfg.otlp)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     f = cfg.filters
     if f.inotify_only and f.fanotify_only:
         raise ConfigError(f"{where}: inotify_only and fanotify_only exclude each other")

@@ -45,6 +45,8 @@ def test_config_file_values_and_flag_override(tmp_path):
     ('fields = ["tracer_comm", "nope"]\n', "unknown field 'nope'"),
     ('[filters]\ninotify_only = true\nfanotify_only = true\n', "exclude each other"),
     ('backend = \n', "not valid TOML"),
+    ('[otlp]\nprotocl = "grpc"\n', "otlp.protocl: unknown setting"),
+    ('[otlp]\nprotocol = "udp"\n', "otlp.protocol: 'udp' is not one of"),
 ])
 def test_bad_config_gives_one_line_naming_the_key_and_exit_2(tmp_path, text, needle):
     path = write(tmp_path, text)
