@@ -217,3 +217,12 @@ def test_spool_full_refuses_and_one_owner_only(tmp_path):
     with pytest.raises(ValueError, match="in use"):
         Spool(str(tmp_path), 64 * 1024, 4096)
     sp.close()
+
+
+def test_unknown_tid_is_left_out_not_copied_from_the_pid():
+    from otel_fsnotify.event import Event
+    from otel_fsnotify.otel_map import attributes
+
+    a = attributes(Event(type="inotify", tracee_pid=10, tracer_pid=20, tracer_tid=21, name="x"))
+    assert "fsnotify.tracee.tid" not in a
+    assert a["fsnotify.watcher.tid"] == 21
