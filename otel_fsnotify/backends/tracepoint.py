@@ -92,8 +92,10 @@ FAN_PERM_EVENTS = 0x00010000 | 0x00020000 | 0x00040000 | 0x00100000
 FAN_REPORT_FID_BITS = 0x200 | 0x400 | 0x800 | 0x1000 | 0x4000
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
+FAN_CLASS_PERM_BITS = 0x4 | 0x8  # FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT
 CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the BPF source)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
+MAX_WAIT_MS = 25  # longest wait for the ring between looks (the kernel wakes us for bulk only)
 KILLED_KEEP_S = 2.0  # a killed tracee's pid is remembered this long
 # an inotify event read by a tracer whose mirror event is not in yet waits this long
 MATCH_WAIT_S = 0.3
@@ -268,6 +270,9 @@ class TracepointBackend(Backend):
         old = self._listeners.get(key)
         self._listeners[key] = listener
         self._listener_pids.add(listener.pid)
+        if listener.kind == "fanotify" and listener.fan_flags & FAN_CLASS_PERM_BITS and self.bpf:
+            # a permission listener running before the agent: its answers count
+            self.bpf["perm_readers"][ctypes.c_uint32(listener.pid)] = ctypes.c_uint32(listener.fd)
         if listener.kind != "inotify" or self.mirror is None:
             return
         for watch in listener.watches.values():
@@ -294,7 +299,9 @@ class TracepointBackend(Backend):
 
     # -- polling --------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> None:
-        buf, recs = self._ring.read(timeout_ms)
+        # the kernel side wakes us only when WAKEUP_BYTES are waiting: look at
+        # least every MAX_WAIT_MS so a lone event is not held longer than that
+        buf, recs = self._ring.read(min(timeout_ms, MAX_WAIT_MS))
         # after the ring: every mirror event behind a read in this batch was
         # queued before that read, so it is in the mirror queue by now
         if self.mirror:

@@ -138,3 +138,22 @@ def test_mirror_marks_removed_with_the_watch(tmp_path):
     finally:
         stats = a.stop()
     assert stats["mirror_marks_removed"] >= 2, stats
+
+
+def test_permission_listener_started_before_agent(tmp_path):
+    """Its answers are seen although its first read(2) predates the agent."""
+    f = tmp_path / "early_perm"
+    f.write_text("e")
+    listener = start_listener("perm-deny", str(f))
+    try:
+        a = Agent(tmp_path)
+        try:
+            cat = subprocess.run(["cat", str(f)], capture_output=True)
+            assert cat.returncode != 0
+            resp = a.wait_for(lambda e: e["type"] == "fa_resp" and e["tracer_pid"] == listener.pid)
+            assert [e["fa_response"] for e in resp] == ["deny"], resp
+            assert resp[0]["tracee_comm"] == "cat"
+        finally:
+            a.stop()
+    finally:
+        stop(listener)
