@@ -36,10 +36,11 @@
 #include <uapi/linux/ptrace.h>
 
 #ifndef PATH_DEPTH
-#define PATH_DEPTH 16      /* dentry components kept for fanotify paths */
+#define PATH_DEPTH 24      /* dentry components kept for fanotify paths */
 #endif
-#define COMPONENT_LEN 64   /* bytes kept per component (exact.py flags truncation) */
-#define NAME_LEN 256       /* inotify name copied from the event */
+#define COMPONENT_MAX 256  /* a dentry name is at most 255 bytes + NUL: never truncated */
+#define TAIL_MAX 4096      /* bytes of name/path after the fixed header (power of two) */
+#define NAME_LEN 256       /* inotify name copied from the event (NAME_MAX + NUL) */
 #define TASK_COMM 16
 
 #define KIND_INOTIFY 1
@@ -67,7 +68,7 @@ struct proc_id {
     char pcomm[TASK_COMM];
 };
 
-/* What the tracee side knows; kept in `pending` until the event is freed. */
+/* The fixed part of what the tracee side knows (mirrored by exact.py REC). */
 struct record {
     u64 ts_boot;          /* bpf_ktime_get_boot_ns() when queued */
     u64 group;            /* struct fsnotify_group * */
@@ -78,22 +79,34 @@ struct record {
     u32 prio;
     u32 i_wd, i_mask, i_cookie;
     u32 fa_type, fa_mask, fa_pid, fa_flags, fa_f_flags;
-    u32 read;             /* 1 once a tracer has read it */
+    u32 name_len;         /* bytes of pending.name used, NUL included (0: no name) */
+    u32 _pad;
+};
+
+/* Kept in `pending` from insertion until the event is freed. */
+struct pending_rec {
+    struct record rec;
     char name[NAME_LEN];
 };
 
-/* What goes to user space. */
+/* What goes to user space: the fixed header, then tail_len bytes of tail only
+ * (variable-size records: an inotify event without a name is the header alone). */
 struct out_event {
     struct record rec;
     u64 ts_now;           /* bpf_ktime_get_boot_ns() when emitted (fa_resp time) */
     u32 rtype;            /* REC_* */
     u32 response;         /* fanotify_perm_event.response */
     u32 state;            /* fanotify_perm_event.state */
-    u32 path_depth;       /* components filled in path[] (leaf first) */
+    u32 path_depth;       /* fanotify: path components in tail (leaf first, each NUL-ended) */
     u32 path_complete;    /* 1 if the walk reached the root of the namespace */
-    u32 _pad;
-    char path[PATH_DEPTH][COMPONENT_LEN];
+    u32 tail_len;         /* bytes of tail sent */
+    /* inotify: the name (NUL-ended); fanotify: the path components. The extra
+     * COMPONENT_MAX lets the verifier see every write at offset & (TAIL_MAX-1)
+     * in bounds. */
+    char tail[TAIL_MAX + COMPONENT_MAX];
 };
+_Static_assert(__builtin_offsetof(struct out_event, tail) == OUT_HDR_SIZE,
+               "struct out_event header does not match exact.py");
 
 /* insert_ctx: tid -> what the handle_event entry saw (inodes, kind). Linked with
  * FN_INSERT_EVENT on the same thread. */
@@ -102,8 +115,9 @@ struct insert_ctx {
     u32 kind;
 };
 BPF_HASH(insert_ctx, u32, struct insert_ctx, 4096);
-/* pending: struct fsnotify_event * -> record. Bounded: MAX_PENDING entries. */
-BPF_HASH(pending, u64, struct record, MAX_PENDING);
+/* pending: struct fsnotify_event * -> record + name. Bounded: MAX_PENDING entries
+ * of sizeof(struct pending_rec) (~450 bytes). */
+BPF_HASH(pending, u64, struct pending_rec, MAX_PENDING);
 /* remove_ctx: tid -> struct fsnotify_group * between the two halves of
  * fsnotify_remove_first_event (kprobe backend only needs it; fexit has args). */
 BPF_HASH(remove_ctx, u32, u64, 4096);
@@ -114,7 +128,7 @@ BPF_HASH(tracer_pids, u32, u8, 64);
 BPF_HASH(tracee_pids, u32, u8, 64);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct out_event, 1);
-BPF_PERCPU_ARRAY(rec_scratch, struct record, 1);
+BPF_PERCPU_ARRAY(rec_scratch, struct pending_rec, 1);
 BPF_PERCPU_ARRAY(counters, u64, CNT_SLOTS);
 
 static __always_inline void count(u32 slot)
@@ -228,9 +242,10 @@ static __always_inline int on_insert(u64 group, u64 event)
     if (!kind)
         return 0;   /* another fsnotify backend (dnotify, audit...) */
     u32 zero = 0;
-    struct record *r = rec_scratch.lookup(&zero);
-    if (!r)
+    struct pending_rec *p = rec_scratch.lookup(&zero);
+    if (!p)
         return 0;
+    struct record *r = &p->rec;
     __builtin_memset(r, 0, sizeof(*r));
     r->ts_boot = bpf_ktime_get_boot_ns();
     r->group = group;
@@ -250,11 +265,14 @@ static __always_inline int on_insert(u64 group, u64 event)
         r->i_wd = read_u32(event + OFF_INOTIFY_EVENT_WD);
         r->i_cookie = read_u32(event + OFF_INOTIFY_EVENT_COOKIE);
         u32 len = read_u32(event + OFF_INOTIFY_EVENT_NAME_LEN);
-        if (len)
-            bpf_probe_read_kernel_str(r->name, sizeof(r->name), (void *)(event + OFF_INOTIFY_EVENT_NAME));
+        if (len) {
+            /* name[] is a flexible array member: inline in the event */
+            long n = bpf_probe_read_kernel_str(p->name, sizeof(p->name), (void *)(event + OFF_INOTIFY_EVENT_NAME));
+            r->name_len = n > 0 ? n : 0;
+        }
     } else {
         /* struct fanotify_event embeds struct fsnotify_event first; `type` is a
-         * 3-bit field inside an anonymous struct: read its 32-bit word and shift */
+         * bitfield: read its 32-bit word and shift (position from BTF) */
         r->fa_mask = read_u32(event + OFF_FANOTIFY_EVENT_MASK);
         r->fa_type = (read_u32(event + FA_TYPE_WORD) >> FA_TYPE_SHIFT) & FA_TYPE_MASK;
         u64 pid = read_ptr(event + OFF_FANOTIFY_EVENT_PID);
@@ -264,7 +282,7 @@ static __always_inline int on_insert(u64 group, u64 event)
         r->fa_f_flags = read_u32(group + OFF_GROUP_FAN_F_FLAGS);
     }
     group_kind.update(&group, &kind);
-    if (pending.update(&event, r) != 0)
+    if (pending.update(&event, p) != 0)
         count(CNT_MAP_FULL);
     return 0;
 }
@@ -272,11 +290,12 @@ static __always_inline int on_insert(u64 group, u64 event)
 /* ---- tracer side ------------------------------------------------------- */
 
 /* Walk dentries leaf to root, crossing mounts (struct mount embeds the vfsmount
- * at OFF_MOUNT_MNT). Components land in out->path[], leaf first. */
+ * at OFF_MOUNT_MNT). Components land in out->tail back to back, leaf first,
+ * each NUL-ended; out->tail_len says how many bytes. */
 static __always_inline void walk_path(struct out_event *out, u64 dentry, u64 vfsmnt)
 {
     u64 mnt = vfsmnt - OFF_MOUNT_MNT;
-    u32 depth = 0;
+    u32 depth = 0, off = 0;
 #pragma unroll
     for (int i = 0; i < PATH_DEPTH + 4; i++) {
         u64 mnt_root = read_ptr(vfsmnt + OFF_VFSMOUNT_ROOT);
@@ -293,14 +312,18 @@ static __always_inline void walk_path(struct out_event *out, u64 dentry, u64 vfs
             vfsmnt = mnt + OFF_MOUNT_MNT;
             continue;
         }
-        if (depth >= PATH_DEPTH)
+        if (depth >= PATH_DEPTH || off > TAIL_MAX - COMPONENT_MAX)
             break;
         u64 name = read_ptr(dentry + OFF_DENTRY_NAME);
-        bpf_probe_read_kernel_str(out->path[depth], COMPONENT_LEN, (void *)name);
+        long n = bpf_probe_read_kernel_str(&out->tail[off & (TAIL_MAX - 1)], COMPONENT_MAX, (void *)name);
+        if (n <= 0)
+            break;
+        off += n;
         depth++;
         dentry = parent;
     }
     out->path_depth = depth;
+    out->tail_len = off;
 }
 
 static __always_inline struct out_event *new_out(struct record *r, u32 rtype)
@@ -316,12 +339,18 @@ static __always_inline struct out_event *new_out(struct record *r, u32 rtype)
     out->state = 0;
     out->path_depth = 0;
     out->path_complete = 0;
+    out->tail_len = 0;
     return out;
 }
 
+/* Send the header and tail_len bytes of tail: most records are a few hundred
+ * bytes, not sizeof(struct out_event). */
 static __always_inline void submit(struct out_event *out)
 {
-    if (events.ringbuf_output(out, sizeof(*out), 0) != 0)
+    u64 size = OUT_HDR_SIZE + (u64)out->tail_len;
+    if (size > sizeof(*out))
+        size = sizeof(*out);
+    if (events.ringbuf_output(out, size, 0) != 0)
         count(CNT_RINGBUF_LOST);
     else
         count(CNT_EMITTED);
@@ -344,13 +373,14 @@ static __always_inline int on_remove_exit(u64 group, u64 event)
         count(CNT_FLUSHED_ON_CLOSE);
         return 0;
     }
-    struct record *r = pending.lookup(&event);
-    if (!r) {
+    struct pending_rec *p = pending.lookup(&event);
+    if (!p) {
         if (event == read_ptr(group + OFF_GROUP_OVERFLOW_EVENT)) {
             u32 zero = 0;
-            struct record *o = rec_scratch.lookup(&zero);
-            if (!o)
+            struct pending_rec *op = rec_scratch.lookup(&zero);
+            if (!op)
                 return 0;
+            struct record *o = &op->rec;
             __builtin_memset(o, 0, sizeof(*o));
             o->group = group;
             o->ts_boot = bpf_ktime_get_boot_ns();
@@ -368,8 +398,8 @@ static __always_inline int on_remove_exit(u64 group, u64 event)
         count(CNT_UNMATCHED);
         return 0;
     }
+    struct record *r = &p->rec;
     fill_proc(&r->tracer);
-    r->read = 1;
     if (!passes_filters(r)) {
         count(CNT_FILTERED);
         return 0;
@@ -377,7 +407,12 @@ static __always_inline int on_remove_exit(u64 group, u64 event)
     struct out_event *out = new_out(r, REC_EVENT);
     if (!out)
         return 0;
-    if (r->kind == KIND_FANOTIFY && (r->fa_type == FA_TYPE_PATH || r->fa_type == FA_TYPE_PATH_PERM)) {
+    if (r->kind == KIND_INOTIFY) {
+        if (r->name_len) {
+            __builtin_memcpy(out->tail, p->name, NAME_LEN);
+            out->tail_len = r->name_len;
+        }
+    } else if (r->fa_type == FA_TYPE_PATH || r->fa_type == FA_TYPE_PATH_PERM) {
         /* struct fanotify_path_event / fanotify_perm_event: struct path after fae */
         u64 path = event + (r->fa_type == FA_TYPE_PATH ? OFF_FA_PATH_EVENT_PATH : OFF_FA_PERM_EVENT_PATH);
         u64 vfsmnt = read_ptr(path + OFF_PATH_MNT);
@@ -395,9 +430,10 @@ static __always_inline int on_remove_exit(u64 group, u64 event)
  * waiting: state INIT or CANCELED). */
 static __always_inline int on_destroy(u64 group, u64 event)
 {
-    struct record *r = pending.lookup(&event);
-    if (!r)
+    struct pending_rec *p = pending.lookup(&event);
+    if (!p)
         return 0;
+    struct record *r = &p->rec;
     if (r->kind == KIND_FANOTIFY && r->fa_type == FA_TYPE_PATH_PERM && passes_filters(r)) {
         struct out_event *out = new_out(r, REC_RESPONSE);
         if (out) {

@@ -13,21 +13,29 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
+import mmap
 import os
+import struct
 import time
 
 from .. import bccenv, masks, procfs
 from ..btf import Btf, BtfError, KIND_FUNC, offset_macros
 from ..event import Event
+from ..ringbuf import RingReader
+from ..watchpath import WatchPaths
 from .base import Backend, BackendUnavailable
 
 SOURCE = "fsnotify_exact.bpf.c"
+# Bounded kernel memory per agent: the ring buffer (RINGBUF_PAGES pages = 32 MiB)
+# + `pending` (MAX_PENDING x ~450 B = 7 MiB) + small per-tid/group maps.
 MAX_PENDING = 16384     # events queued in kernel and not yet freed (all groups)
-RINGBUF_PAGES = 1024    # 4 MiB ring buffer
-PATH_DEPTH = 16
-COMPONENT_LEN = 64
-NAME_LEN = 256
+RINGBUF_PAGES = 8192    # 32 MiB: ~130,000 inotify records of ~250 B wait for the reader
+PATH_DEPTH = 24
+
+# struct out_event's fixed header (struct record + emission fields), in order;
+# the BPF program asserts its size (OUT_HDR_SIZE). Variable tail follows.
+_PROC = "6I16s16s"
+HDR = struct.Struct("=4Q" + _PROC + _PROC + "12I" + "Q6I")
 
 KIND_INOTIFY, KIND_FANOTIFY = 1, 2
 REC_EVENT, REC_RESPONSE, REC_OVERFLOW = 1, 2, 3
@@ -206,33 +214,6 @@ def probe_fentry_load(func: str = "fsnotify_destroy_event") -> str | None:
         os.close(fd)
 
 
-# ---- the record coming out of the ring buffer (mirror of struct out_event) --
-
-class _ProcId(ctypes.Structure):
-    _fields_ = [("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32), ("ppid", ctypes.c_uint32),
-                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mntns", ctypes.c_uint32),
-                ("comm", ctypes.c_char * 16), ("pcomm", ctypes.c_char * 16)]
-
-
-class _Record(ctypes.Structure):
-    _fields_ = [("ts_boot", ctypes.c_uint64), ("group", ctypes.c_uint64),
-                ("i_ino", ctypes.c_uint64), ("i_ino_dir", ctypes.c_uint64),
-                ("tracee", _ProcId), ("tracer", _ProcId),
-                ("kind", ctypes.c_uint32), ("prio", ctypes.c_uint32),
-                ("i_wd", ctypes.c_uint32), ("i_mask", ctypes.c_uint32), ("i_cookie", ctypes.c_uint32),
-                ("fa_type", ctypes.c_uint32), ("fa_mask", ctypes.c_uint32), ("fa_pid", ctypes.c_uint32),
-                ("fa_flags", ctypes.c_uint32), ("fa_f_flags", ctypes.c_uint32),
-                ("read", ctypes.c_uint32), ("name", ctypes.c_char * NAME_LEN)]
-
-
-class _OutEvent(ctypes.Structure):
-    _fields_ = [("rec", _Record), ("ts_now", ctypes.c_uint64), ("rtype", ctypes.c_uint32),
-                ("response", ctypes.c_uint32), ("state", ctypes.c_uint32),
-                ("path_depth", ctypes.c_uint32), ("path_complete", ctypes.c_uint32),
-                ("_pad", ctypes.c_uint32),
-                ("path", (ctypes.c_char * COMPONENT_LEN) * PATH_DEPTH)]
-
-
 def boot_to_epoch_offset() -> int:
     """ns to add to CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) to get Unix time."""
     best = None
@@ -246,7 +227,7 @@ def boot_to_epoch_offset() -> int:
 
 
 def _s(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")
+    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
 class _ExeCache:
@@ -279,9 +260,12 @@ class _ExactBackend(Backend):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._bpf = None
+        self._ring: RingReader | None = None
         self._layout: KernelLayout | None = None
         self._offset = boot_to_epoch_offset()
         self._exe = _ExeCache()
+        self._paths = WatchPaths()
+        self._str: dict[bytes, str] = {}
         self._decode_errors = 0
         self._final_counters: dict[str, int] | None = None
 
@@ -292,7 +276,7 @@ class _ExactBackend(Backend):
         flags = layout.cflags() + [
             f"-DUSE_FENTRY={1 if self.use_fentry else 0}",
             f"-DMAX_PENDING={MAX_PENDING}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
-            f"-DPATH_DEPTH={PATH_DEPTH}",
+            f"-DPATH_DEPTH={PATH_DEPTH}", f"-DOUT_HDR_SIZE={HDR.size}",
             f"-DFILTER_INOTIFY_ONLY={int(f.inotify_only)}",
             f"-DFILTER_FANOTIFY_ONLY={int(f.fanotify_only)}",
             f"-DFILTER_GROUP={f.tracer_group}ULL" if f.tracer_group else "-DFILTER_GROUP=0",
@@ -332,13 +316,28 @@ class _ExactBackend(Backend):
             t = b[table]
             for pid in pids:
                 t[t.Key(pid)] = t.Leaf(1)
-        b["events"].open_ring_buffer(self._on_ring)
+        try:
+            # read the ring through its mmap, a batch at a time (no per-record
+            # ctypes callback)
+            self._ring = RingReader(b["events"].map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
+        except (OSError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot map the ring buffer: {exc}") from None
         self.log.info("%s backend attached (%s, %s)", self.name, self._layout.inotify_handle,
                       self._layout.insert_event)
 
     def poll(self, timeout_ms: int) -> None:
-        if self._bpf is not None:
-            self._bpf.ring_buffer_poll(timeout_ms)
+        if self._ring is None:
+            return
+        buf, recs = self._ring.read(timeout_ms)
+        emit, decode = self.emit, self.decode
+        for off, size in recs:
+            try:
+                ev = decode(buf, off, size)
+            except Exception:  # never let one bad record stop the stream; counted
+                self._decode_errors += 1
+                self.log.exception("cannot decode an event")
+                continue
+            emit(ev)
 
     def counters(self) -> dict[str, int]:
         if self._bpf is None and self._final_counters is not None:
@@ -349,50 +348,59 @@ class _ExactBackend(Backend):
             for i, name in enumerate(COUNTERS):
                 out[name] = int(sum(table[ctypes.c_int(i)]))
         out["decode_errors"] = self._decode_errors
+        out["inotify_path_unresolved"] = self._paths.unresolved
         return out
 
     def close(self) -> None:
         if self._bpf is not None:
             self._final_counters = self.counters()
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
             self._bpf.cleanup()
             self._bpf = None
+        self._paths.close()
 
     # -- decoding ------------------------------------------------------------
-    def _on_ring(self, _ctx, data, size) -> int:
-        try:
-            raw = ctypes.cast(data, ctypes.POINTER(_OutEvent)).contents
-            self.emit(self.decode(raw))
-        except Exception:  # never let one bad record stop the stream; counted
-            self._decode_errors += 1
-            self.log.exception("cannot decode an event")
-        return 0
+    def _text(self, raw: bytes) -> str:
+        """comm bytes (NUL-padded) -> str, memoised: a few distinct values repeat."""
+        s = self._str.get(raw)
+        if s is None:
+            s = _s(raw)
+            if len(self._str) < 4096:
+                self._str[raw] = s
+        return s
 
-    def decode(self, raw: _OutEvent) -> Event:
-        rec = raw.rec
-        tracer, tracee = rec.tracer, rec.tracee
-        tracer_exe, _ = self._exe.get(tracer.pid)
-        tracee_exe, tracee_cid = self._exe.get(tracee.pid)
-        path = ""
-        if raw.path_depth:
-            parts = [_s(raw.path[i].value) for i in range(min(raw.path_depth, PATH_DEPTH))]
-            path = "/" + "/".join(reversed(parts))
-            if not raw.path_complete:
-                path = "..." + path  # deeper than PATH_DEPTH: the head is unknown
-        fanotify = rec.kind == KIND_FANOTIFY
+    def decode(self, buf: bytes, off: int = 0, size: int | None = None) -> Event:
+        """One ring record (HDR + tail) at buf[off:off+size] -> Event."""
+        (ts_boot, _group, i_ino, i_ino_dir,
+         ee_pid, ee_tid, ee_ppid, ee_uid, ee_gid, ee_mntns, ee_comm, ee_pcomm,
+         er_pid, er_tid, er_ppid, er_uid, er_gid, er_mntns, er_comm, er_pcomm,
+         kind, prio, i_wd, i_mask, i_cookie, fa_type, fa_mask, fa_pid, fa_flags, fa_f_flags,
+         _name_len, _pad, ts_now, rtype, verdict, state, path_depth, path_complete,
+         tail_len) = HDR.unpack_from(buf, off)
+        if size is None:
+            size = HDR.size + tail_len
+        tail = buf[off + HDR.size: off + min(size, HDR.size + tail_len)]
+        text = self._text
+        tracer_exe, _ = self._exe.get(er_pid)
+        tracee_exe, tracee_cid = self._exe.get(ee_pid)
+        fanotify = kind == KIND_FANOTIFY
+        answered = rtype == REC_RESPONSE
         ev = Event(
-            timestamp=(raw.ts_now if raw.rtype == REC_RESPONSE else rec.ts_boot) + self._offset,
-            type="fa_resp" if raw.rtype == REC_RESPONSE else ("fanotify" if fanotify else "inotify"),
-            tracer_pid=tracer.pid, tracer_tid=tracer.tid, tracer_ppid=tracer.ppid,
-            tracer_uid=tracer.uid, tracer_gid=tracer.gid, tracer_mntns_id=tracer.mntns,
-            tracer_comm=_s(tracer.comm), tracer_pcomm=_s(tracer.pcomm), tracer_exe=tracer_exe,
-            tracee_pid=tracee.pid, tracee_tid=tracee.tid, tracee_ppid=tracee.ppid,
-            tracee_uid=tracee.uid, tracee_gid=tracee.gid, tracee_mntns_id=tracee.mntns,
-            tracee_comm=_s(tracee.comm), tracee_pcomm=_s(tracee.pcomm), tracee_exe=tracee_exe,
+            timestamp=(ts_now if answered else ts_boot) + self._offset,
+            type="fa_resp" if answered else ("fanotify" if fanotify else "inotify"),
+            tracer_pid=er_pid, tracer_tid=er_tid, tracer_ppid=er_ppid,
+            tracer_uid=er_uid, tracer_gid=er_gid, tracer_mntns_id=er_mntns,
+            tracer_comm=text(er_comm), tracer_pcomm=text(er_pcomm), tracer_exe=tracer_exe,
+            tracee_pid=ee_pid, tracee_tid=ee_tid, tracee_ppid=ee_ppid,
+            tracee_uid=ee_uid, tracee_gid=ee_gid, tracee_mntns_id=ee_mntns,
+            tracee_comm=text(ee_comm), tracee_pcomm=text(ee_pcomm), tracee_exe=tracee_exe,
             tracee_container_id=tracee_cid,
-            prio=rec.prio,
-            attribution="exact" if tracee.pid else "unknown",
+            prio=prio,
+            attribution="exact" if ee_pid else "unknown",
         )
-        if raw.rtype == REC_OVERFLOW:
+        if rtype == REC_OVERFLOW:
             if fanotify:
                 ev.type, ev.fa_mask, ev.fa_mask_names = "fanotify", 0x4000, ["FAN_Q_OVERFLOW"]
                 ev.fa_type = "FANOTIFY_EVENT_TYPE_OVERFLOW"
@@ -401,27 +409,37 @@ class _ExactBackend(Backend):
             ev.attribution = "unknown"
             return ev
         if fanotify:
-            ev.fa_type = self._layout.fa_types.get(rec.fa_type, masks.fanotify_event_type_name(rec.fa_type))
-            ev.fa_mask = rec.fa_mask
-            ev.fa_mask_names = masks.fanotify_mask_names(rec.fa_mask)
-            ev.fa_pid = rec.fa_pid
-            ev.fa_flags = rec.fa_flags
-            ev.fa_f_flags = rec.fa_f_flags
+            path = ""
+            if path_depth:
+                parts = tail.split(b"\0")[:path_depth]
+                path = "/" + "/".join(_s(p) for p in reversed(parts))
+                if not path_complete:
+                    path = "..." + path  # deeper than PATH_DEPTH: the head is unknown
+            ev.fa_type = self._layout.fa_types.get(fa_type, masks.fanotify_event_type_name(fa_type))
+            ev.fa_mask = fa_mask
+            ev.fa_mask_names = masks.fanotify_mask_names(fa_mask)
+            ev.fa_pid = fa_pid
+            ev.fa_flags = fa_flags
+            ev.fa_f_flags = fa_f_flags
             ev.name = path
-            ev.path = path if raw.path_complete else ""
-            if raw.rtype == REC_RESPONSE:
-                if raw.state != FAN_EVENT_ANSWERED:
+            ev.path = path if path_complete else ""
+            if answered:
+                if state != FAN_EVENT_ANSWERED:
                     ev.fa_response = "interrupted"
                 else:
-                    ev.fa_response = masks.fa_response_name(raw.response)
+                    ev.fa_response = masks.fa_response_name(verdict)
         else:
-            ev.i_wd = rec.i_wd
-            ev.i_mask = rec.i_mask
-            ev.i_mask_names = masks.inotify_mask_names(rec.i_mask)
-            ev.i_cookie = rec.i_cookie
-            ev.i_ino = rec.i_ino
-            ev.i_ino_dir = rec.i_ino_dir
-            ev.name = _s(rec.name)
+            name = _s(tail) if tail else ""
+            ev.i_wd = i_wd
+            ev.i_mask = i_mask
+            ev.i_mask_names = masks.inotify_mask_names(i_mask)
+            ev.i_cookie = i_cookie
+            ev.i_ino = i_ino
+            ev.i_ino_dir = i_ino_dir
+            ev.name = name
+            watched = self._paths.dir_path(er_pid, i_wd, i_ino_dir, i_ino) if er_pid else ""
+            if watched:
+                ev.path = f"{watched}/{name}" if name else watched
         return ev
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,13 @@ class Agent:
                 raise RuntimeError(f"agent {self.backend} did not start: {self.err.read_text()[-2000:]}")
             time.sleep(0.2)
         return self
+
+    def stderr(self) -> str:
+        """The agent's stderr so far (last 3000 characters), for failure messages."""
+        try:
+            return self.err.read_text(errors="replace")[-3000:]
+        except FileNotFoundError:
+            return ""
 
     def events(self) -> list[dict]:
         try:
@@ -125,3 +133,37 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+TRACEFS = "/sys/kernel/tracing"
+_PROBE = "otelfsn_group"
+
+
+def group_of(tracer_pid: int, trigger) -> int:
+    """The struct fsnotify_group address a tracer reads from, as the kernel shows it.
+
+    A tracefs kprobe event on fsnotify_remove_first_event(group) records its first
+    argument; `trigger()` makes the tracer read one event. No BPF, no agent: an
+    independent witness of the address that --tracer-group filters on.
+    """
+    events = Path(TRACEFS, "kprobe_events")
+    with open(events, "a") as fh:
+        fh.write(f"p:{_PROBE} fsnotify_remove_first_event group=%di:x64\n")
+    enable = Path(TRACEFS, "events/kprobes", _PROBE, "enable")
+    try:
+        Path(TRACEFS, "trace").write_text("")  # clear the trace buffer
+        enable.write_text("1")
+        trigger()
+        deadline = time.monotonic() + 20
+        pattern = re.compile(rf"-{tracer_pid}\s+\[.*{_PROBE}:.*group=(0x[0-9a-f]+)")
+        while time.monotonic() < deadline:
+            m = pattern.search(Path(TRACEFS, "trace").read_text())
+            if m:
+                return int(m.group(1), 16)
+            time.sleep(0.2)
+        raise RuntimeError(f"no {_PROBE} hit for pid {tracer_pid}: "
+                           + Path(TRACEFS, "trace").read_text()[-1500:])
+    finally:
+        enable.write_text("0")
+        with open(events, "a") as fh:
+            fh.write(f"-:{_PROBE}\n")

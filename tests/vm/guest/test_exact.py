@@ -32,6 +32,8 @@ def test_inotifywait_touch(agent, wdir):
         assert e["attribution"] == "exact"
         assert e["i_wd"] == 1
         assert e["i_ino_dir"] == os.stat(wdir).st_ino
+        # the watched directory's path (from the tracer's watch) joined with the name
+        assert e["path"] == f"{wdir}/ABCDE", e
         assert before <= e["timestamp"] <= after + 1_000_000, (before, e["timestamp"], after)
     create = next(e for e in evs if e["i_mask"] == IN_CREATE)
     assert create["i_mask_names"] == ["IN_CREATE"]
@@ -135,3 +137,21 @@ def test_tracee_in_other_mount_namespace(agent, wdir):
     assert ns != own
     assert evs and all(e["tracee_mntns_id"] == ns for e in evs), (ns, evs)
     assert all(e["tracer_mntns_id"] == own for e in evs)
+
+
+def test_inotify_path_of_watched_file_and_nested_dir(agent, wdir):
+    """path = the watched object's own path when the event is on it (no name),
+    and the full path of a nested watched directory joined with the name."""
+    nested = wdir / "a" / "b c"
+    nested.mkdir(parents=True)
+    target = wdir / "watched-file"
+    target.write_text("x")
+    on_file, on_dir = start_inotifywait(target), start_inotifywait(nested)
+    try:
+        subprocess.run(["touch", str(target), str(nested / "leaf")], check=True)
+        file_evs = agent.wait_for(lambda e: e["tracer_pid"] == on_file.pid, n=3)
+        dir_evs = agent.wait_for(lambda e: e["tracer_pid"] == on_dir.pid and e["name"] == "leaf", n=4)
+    finally:
+        stop(on_file), stop(on_dir)
+    assert file_evs and all(e["name"] == "" and e["path"] == str(target) for e in file_evs), file_evs
+    assert dir_evs and all(e["path"] == f"{nested}/leaf" for e in dir_evs), dir_evs

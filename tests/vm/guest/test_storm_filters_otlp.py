@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, REPO, Agent, start_inotifywait, start_listener, stop
+from conftest import BACKENDS, REPO, Agent, group_of, start_inotifywait, start_listener, stop
 
 sys.path.insert(0, str(REPO))
 from tests.collector import Rotel  # noqa: E402
@@ -69,15 +69,19 @@ def filtered(request, tmp_path_factory):
     ino = start_inotifywait(wdir)
     fan = start_listener("notify", str(wdir))
     tracee = subprocess.Popen(["sh", "-c", f"read x; exec touch {wdir}/fromS"], stdin=subprocess.PIPE)
+    # the inotifywait's group address, witnessed by a tracefs kprobe (before any agent runs)
+    group = group_of(ino.pid, lambda: (wdir / "probe").touch())
     rotel = Rotel(base / "rotel")
     rotel.start()
     agents = {
+        "group": Agent(backend, base / "a-group", "--tracer-group", hex(group)),
         "tracer": Agent(backend, base / "a-tracer", "--tracer-pid", str(ino.pid)),
         "tracee": Agent(backend, base / "a-tracee", "--tracee-pid", str(tracee.pid)),
         "inotify": Agent(backend, base / "a-inotify", "--inotify-only"),
         "fanotify": Agent(backend, base / "a-fanotify", "--fanotify-only"),
+        # the default spool dir (/var/lib/...) is read-only in the VM
         "otlp": Agent(backend, base / "a-otlp", "--endpoint", rotel.grpc_endpoint, "--protocol", "grpc",
-                      output="otlp"),
+                      "--spool-dir", str(base / "spool"), output="otlp"),
     }
     for a in agents.values():
         a.wait_started(600)
@@ -86,7 +90,8 @@ def filtered(request, tmp_path_factory):
     tracee.wait(30)
     subprocess.run(["touch", str(wdir / "other")], check=True)
     time.sleep(3)
-    yield {"agents": agents, "ino": ino, "fan": fan, "tracee": tracee, "rotel": rotel, "wdir": wdir}
+    yield {"agents": agents, "ino": ino, "fan": fan, "tracee": tracee, "rotel": rotel, "wdir": wdir,
+           "group": group}
     for a in agents.values():
         a.stop()
     stop(ino), stop(fan)
@@ -121,18 +126,45 @@ def test_filter_fanotify_only(filtered):
     assert {e["tracer_pid"] for e in evs} == {filtered["fan"].pid}
 
 
+def test_filter_tracer_group(filtered):
+    a = filtered["agents"]["group"]
+    evs = _wait(a, 8)
+    assert evs, a.stderr()
+    # only what the inotifywait's group queued: not the fanotify listener's copies
+    assert {e["tracer_pid"] for e in evs} == {filtered["ino"].pid}, (hex(filtered["group"]), evs[:4])
+    assert {e["name"] for e in evs} == {"fromS", "other"}
+    assert {e["type"] for e in evs} == {"inotify"}
+
+
 def test_otlp_export_to_rotel(filtered):
     rotel = filtered["rotel"]
+    agent = filtered["agents"]["otlp"]
+    wdir = filtered["wdir"]
+    recs = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         recs = [r for r in rotel.records() if r.event_name == "fsnotify.inotify"
                 and r.attributes.get("file.name") == "fromS"]
-        if recs:
+        if len(recs) >= 4 or agent.proc.poll() is not None:
             break
         time.sleep(1)
-    assert recs, [r.event_name for r in rotel.records()][:20]
-    r = recs[0]
-    assert r.attributes["process.pid"] == filtered["tracee"].pid
-    assert r.attributes["process.executable.name"] == "touch"
-    assert r.attributes["fsnotify.watcher.pid"] in (filtered["ino"].pid,)
-    assert r.attributes["fsnotify.attribution"] == "exact"
+    assert recs, (f"rotel got {[r.event_name for r in rotel.records()][:20]}; agent "
+                  f"{'exited ' + str(agent.proc.returncode) if agent.proc.poll() is not None else 'running'}"
+                  f", its stderr:\n{agent.stderr()}")
+    tracee, ino = filtered["tracee"], filtered["ino"]
+    for r in recs:
+        a = r.attributes
+        assert a["process.pid"] == tracee.pid
+        assert a["process.parent_pid"] == os.getpid()
+        assert a["process.executable.name"] == "touch"
+        assert a["process.executable.path"] == "/usr/bin/touch" or not a.get("process.executable.path")
+        assert a["fsnotify.watcher.pid"] == ino.pid
+        assert a["fsnotify.watcher.executable.name"] == "inotifywait"
+        assert a["fsnotify.attribution"] == "exact"
+        assert a["fsnotify.type"] == "inotify"
+        assert a["file.path"] == f"{wdir}/fromS" and a["file.directory"] == str(wdir)
+        assert r.timestamp > 0
+    by_action = {r.attributes["fsnotify.action"]: r for r in recs}
+    assert "create" in by_action, sorted(by_action)
+    assert by_action["create"].attributes["fsnotify.mask.names"] == ["IN_CREATE"]
+    assert by_action["create"].attributes["file.inode"] == str(os.stat(wdir / "fromS").st_ino)
