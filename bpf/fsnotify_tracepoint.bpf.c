@@ -40,6 +40,7 @@
 #define REC_FAN_PATH 7    // the path of a fanotify event's file (components leaf first)
 #define REC_KILLED 8      // a task takes SIGKILL leaving a failed syscall (a
                           // tracee killed out of a permission wait, among others)
+#define REC_THREAD 10     // a new thread (tid, tgid)
 #define REC_GROUP_GONE 9  // the last reference to a permission-capable fanotify
                           // file is being dropped (close(2) or exit)
 
@@ -576,8 +577,20 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
     u32 pid = 0, tgid = 0;
     bpf_probe_read_kernel(&pid, 4, (void *)(child + OFF_TASK_PID));
     bpf_probe_read_kernel(&tgid, 4, (void *)(child + OFF_TASK_TGID));
-    if (pid != tgid)
-        return 0;  // a new thread, not a process
+    if (pid != tgid) {
+        // a new thread: user space maps its tid to the process (the agent's
+        // mirror group reports tids, FAN_REPORT_TID)
+        struct rec_buf *t = stage();
+        if (!t)
+            return 0;
+        t->h.kind = REC_THREAD;
+        t->h.tgid = tgid;
+        t->h.tid = pid;
+        t->h.total = 0;
+        t->h.offset = 0;
+        submit(t, 0);
+        return 0;
+    }
     u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
     u32 *pfd = perm_readers.lookup(&parent_tgid);
     if (pfd) {

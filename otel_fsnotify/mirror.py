@@ -102,23 +102,22 @@ class Series:
     even when one file gets thousands of events inside the window.
     """
 
-    __slots__ = ("seqs", "pids", "tids", "inos", "start", "cursors")
+    __slots__ = ("seqs", "hits", "start", "cursors")
 
     def __init__(self):
         self.seqs: list[int] = []
-        self.pids: list[int] = []
-        self.tids: list[int] = []
-        self.inos: list[int] = []  # the child's inode when known, else 0
+        self.hits: list[tuple[int, int, int]] = []  # (pid, tid, child inode), 0 when unknown
         self.start = 0  # entries before start have expired
         self.cursors: dict = {}
 
-    def match(self, consumer) -> int:
-        """Index of the oldest entry this consumer has not matched, -1 if none."""
-        i = bisect_left(self.seqs, self.cursors.get(consumer, 0), self.start)
-        if i >= len(self.seqs):
-            return -1
-        self.cursors[consumer] = self.seqs[i] + 1
-        return i
+    def match(self, consumer) -> tuple[int, int, int] | None:
+        """The oldest entry this consumer has not matched yet, None if none."""
+        seqs = self.seqs
+        i = bisect_left(seqs, self.cursors.get(consumer, 0), self.start)
+        if i >= len(seqs):
+            return None
+        self.cursors[consumer] = seqs[i] + 1
+        return self.hits[i]
 
     def drop_oldest(self) -> bool:
         """Expire the oldest entry; True when the series is empty."""
@@ -126,8 +125,8 @@ class Series:
         if self.start >= len(self.seqs):
             return True
         if self.start > 512 and self.start * 2 > len(self.seqs):
-            for lst in (self.seqs, self.pids, self.tids, self.inos):
-                del lst[: self.start]
+            del self.seqs[: self.start]
+            del self.hits[: self.start]
             self.start = 0
         return False
 
@@ -338,18 +337,17 @@ class Mirror:
         self._seq = seq + 1
         hits, order = self._hits, self._order
         tid = pid if self.report_tid else 0
+        bits = bits_of(mask)
         for ino, name in keys:
             # the child's inode belongs to events naming a child only
-            ino_child = child_ino if name else 0
-            for bit in bits_of(mask):
+            hit = (pid, tid, child_ino if name else 0)
+            for bit in bits:
                 key = (ino, name, bit)
                 series = hits.get(key)
                 if series is None:
                     series = hits[key] = Series()
                 series.seqs.append(seq)
-                series.pids.append(pid)
-                series.tids.append(tid)
-                series.inos.append(ino_child)
+                series.hits.append(hit)
                 order.append((now, key))
 
     @staticmethod
@@ -383,7 +381,7 @@ class Mirror:
         for bit in bits_of(mask):
             series = hits.get((ino, name, bit))
             if series is not None:
-                i = series.match(consumer)
-                if i >= 0:
-                    return series.pids[i], series.tids[i], series.inos[i]
+                hit = series.match(consumer)
+                if hit is not None:
+                    return hit
         return NO_MATCH

@@ -15,6 +15,7 @@ from . import procfs
 
 GRACE_S = 30.0  # keep exited processes this long
 MAX_EXITED = 65536  # bound on remembered exited processes
+MAX_THREADS = 65536  # bound on remembered tid -> tgid (oldest forgotten first)
 
 
 class Proc(msgspec.Struct):
@@ -34,6 +35,7 @@ class ProcTable:
         self._procs: dict[int, Proc] = {}
         self._exited: list[tuple[float, int]] = []
         self.misses = 0  # lookups of pids nobody knew (counted, reported)
+        self._threads: dict[int, int] = {}  # tid -> tgid of threads (not leaders)
 
     def seed(self) -> None:
         """Load every process running now."""
@@ -74,6 +76,31 @@ class ProcTable:
         cid = (old.container_id if old else "") or procfs.container_id(pid)
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns=mntns, comm=comm,
                                 exe=exe, container_id=cid)
+
+    def thread(self, tid: int, tgid: int) -> None:
+        """A new thread (from the sched fork tracepoint)."""
+        self._threads.pop(tid, None)
+        self._threads[tid] = tgid
+        if len(self._threads) > MAX_THREADS:
+            del self._threads[next(iter(self._threads))]
+
+    def tgid_of(self, tid: int) -> int:
+        """The process a thread id belongs to; 0 if unknown."""
+        if tid <= 0:
+            return 0
+        tgid = self._threads.get(tid)
+        if tgid is not None:
+            return tgid
+        if tid in self._procs:
+            return tid  # a process's main thread
+        st = procfs.status(tid)  # /proc/<tid> answers for any live thread
+        try:
+            tgid = int(st.get("Tgid", "0"))
+        except ValueError:
+            tgid = 0
+        if tgid and tgid != tid:
+            self.thread(tid, tgid)
+        return tgid
 
     def exit(self, pid: int) -> None:
         proc = self._procs.get(pid)

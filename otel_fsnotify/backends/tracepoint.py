@@ -75,7 +75,7 @@ RINGBUF_PAGES = 2048  # 8 MiB (BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES))
 
 KIND_INOTIFY, KIND_FANOTIFY = 1, 2
 (REC_READ, REC_RESPONSE, REC_ADD_WATCH, REC_FORK, REC_EXEC, REC_EXIT, REC_FAN_PATH, REC_KILLED,
- REC_GROUP_GONE) = range(1, 10)
+ REC_GROUP_GONE, REC_THREAD) = range(1, 11)
 LOSS_NAMES = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep")
 
 # struct rec_hdr in the BPF source
@@ -149,7 +149,7 @@ class TracepointBackend(Backend):
             "emitted": 0, "inotify_inferred": 0, "inotify_unmatched": 0, "filtered_tracee": 0,
             "fanotify_path_unresolved": 0, "response_unmatched": 0, "response_failed": 0,
             "response_interrupted": 0, "response_after_interrupt": 0,
-            "watch_unknown": 0, "decode_errors": 0,
+            "watch_unknown": 0, "decode_errors": 0, "tracee_tgid_unknown": 0,
         }
 
     # -- lifecycle ------------------------------------------------------------------
@@ -206,7 +206,7 @@ class TracepointBackend(Backend):
         self.procs.seed()
         if not self.filters.fanotify_only:
             try:
-                self.mirror = Mirror()
+                self.mirror = Mirror(report_tid=True)
             except OSError as exc:
                 raise BackendUnavailable(f"cannot create the fanotify mirror group: {exc}") from None
         for listener in listeners.scan(skip_pid=self._self):
@@ -393,6 +393,8 @@ class TracepointBackend(Backend):
                 self._on_killed(h)
             elif kind == REC_GROUP_GONE:
                 self._on_group_gone(h)
+            elif kind == REC_THREAD:
+                self.procs.thread(h[H_TID], h[H_TGID])
 
     def _ts(self, mono_ns: int) -> int:
         return mono_ns + self._clock_offset
@@ -500,11 +502,15 @@ class TracepointBackend(Backend):
             return False
         if child_ino and name:
             fields["i_ino"] = child_ino
-        if tid:
+        if tid:  # the mirror reports thread ids: find the process
             fields["tracee_tid"] = tid
+            pid = self.procs.tgid_of(tid)
+            if not pid:
+                self.stats["tracee_tgid_unknown"] += 1
+                fields["tracee_pid"] = 0
         self.stats["inotify_inferred"] += 1
-        self._emit(msgspec.structs.replace(tmpl, **fields, **self._tracee_fields(pid),
-                                           attribution="inferred"))
+        tracee = self._tracee_fields(pid) if pid else {}
+        self._emit(msgspec.structs.replace(tmpl, **fields, **tracee, attribution="inferred"))
         return True
 
     def _retry_waiting(self, final: bool = False) -> None:

@@ -157,3 +157,31 @@ def test_permission_listener_started_before_agent(tmp_path):
             a.stop()
     finally:
         stop(listener)
+
+
+def test_inotify_tracee_tid_of_a_thread(agent, tmp_path):
+    """A file written by a second thread: tracee_tid is that thread, tracee_pid
+    its process (the mirror reports thread ids)."""
+    d = tmp_path / "thr"
+    d.mkdir()
+    iw = start_inotifywait(str(d), tmp_path / "iw.log")
+    try:
+        time.sleep(0.5)
+        code = ("import threading, os, sys\n"
+                "def work():\n"
+                "    print(threading.get_native_id(), flush=True)\n"
+                f"    open({str(d / 'by_thread')!r}, 'w').close()\n"
+                "t = threading.Thread(target=work); t.start(); t.join()\n")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        out, _ = proc.communicate(10)
+        assert proc.returncode == 0
+        tid = int(out.strip())
+        assert tid != proc.pid
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == iw.pid and e["name"] == "by_thread", n=3)
+        assert evs
+        for e in evs:
+            assert e["attribution"] == "inferred", e
+            assert e["tracee_tid"] == tid, e
+            assert e["tracee_pid"] == proc.pid and e["tracee_comm"].startswith("python"), e
+    finally:
+        stop(iw)
