@@ -47,6 +47,10 @@ mount -t tracefs tracefs /newroot/sys/kernel/tracing
 mount -t debugfs debugfs /newroot/sys/kernel/debug
 mount -t bpf bpf /newroot/sys/fs/bpf
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+repo=$(sed -n 's/.*vmrepo=\([^ ]*\).*/\1/p' /proc/cmdline)
+# the repository again, on its own share: it may live under a directory the
+# tmpfs mounts above just hid (a clone in /tmp)
+mkdir -p /newroot$repo && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 repo /newroot$repo || echo "vm-init: repo mount failed"
 mkdir -p /newroot/tmp/vmresults
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /newroot/tmp/vmresults || echo "vm-init: results mount failed"
 script=$(sed -n 's/.*vmscript=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -106,6 +110,8 @@ def run(script: str, results_dir: str, timeout: float, memory_mb: int = 3072,
     the guest with /tmp/vmresults = results_dir, and return its exit status."""
     if not shutil.which("qemu-system-x86_64"):
         raise VmError("qemu-system-x86_64 missing: apt-get install qemu-system-x86")
+    if any(c.isspace() for c in REPO + script):
+        raise VmError(f"the repository path must not contain spaces (kernel command line): {REPO}")
     release = kernel_release()
     initrd = build_initramfs(release)
     os.makedirs(results_dir, exist_ok=True)
@@ -119,10 +125,11 @@ def run(script: str, results_dir: str, timeout: float, memory_mb: int = 3072,
         "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=multi",
         "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
         "-kernel", f"/boot/vmlinuz-{release}", "-initrd", initrd,
-        "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 vmscript={script}",
+        "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 vmscript={script} vmrepo={REPO}",
         "-display", "none", "-no-reboot", "-nic", "none",
         "-serial", f"file:{serial}", "-monitor", "none",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={REPO},mount_tag=repo,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none",
     ]
     start = time.monotonic()

@@ -146,9 +146,16 @@ def group_of(tracer_pid: int, trigger) -> int:
     argument; `trigger()` makes the tracer read one event. No BPF, no agent: an
     independent witness of the address that --tracer-group filters on.
     """
-    events = Path(TRACEFS, "kprobe_events")
-    with open(events, "a") as fh:
-        fh.write(f"p:{_PROBE} fsnotify_remove_first_event group=%di:x64\n")
+    def define(line: str) -> None:
+        # O_APPEND without O_TRUNC: truncating would remove every kprobe event
+        # (tracefs refuses the seek of Python's "a" mode with EINVAL)
+        fd = os.open(f"{TRACEFS}/kprobe_events", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    define(f"p:{_PROBE} fsnotify_remove_first_event group=%di:x64\n")
     enable = Path(TRACEFS, "events/kprobes", _PROBE, "enable")
     try:
         Path(TRACEFS, "trace").write_text("")  # clear the trace buffer
@@ -165,5 +172,4 @@ def group_of(tracer_pid: int, trigger) -> int:
                            + Path(TRACEFS, "trace").read_text()[-1500:])
     finally:
         enable.write_text("0")
-        with open(events, "a") as fh:
-            fh.write(f"-:{_PROBE}\n")
+        define(f"-:{_PROBE}\n")
