@@ -185,3 +185,42 @@ def test_inotify_tracee_tid_of_a_thread(agent, tmp_path):
             assert e["tracee_pid"] == proc.pid and e["tracee_comm"].startswith("python"), e
     finally:
         stop(iw)
+
+
+CLOSING_LISTENER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+fd = libc.fanotify_init(0x4, os.O_RDONLY)  # FAN_CLASS_CONTENT
+assert fd >= 0 and libc.fanotify_mark(fd, 0x1, 0x10000, -100, sys.argv[1].encode()) == 0
+print("READY", flush=True)
+buf = os.read(fd, 4096)  # the FAN_OPEN_PERM event, never answered
+print("GOT", flush=True)
+sys.stdin.readline()
+os.close(fd)  # last reference: the kernel allows the pending open
+print("CLOSED", flush=True)
+time.sleep(30)
+"""
+
+
+def test_listener_closing_its_fd_is_interrupted(agent, tmp_path):
+    """close(2) of the fanotify fd by a listener that keeps running."""
+    f = tmp_path / "closing"
+    f.write_text("c")
+    listener = subprocess.Popen([sys.executable, "-c", CLOSING_LISTENER, str(f)], text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert listener.stdout.readline().strip() == "READY"
+        cat = subprocess.Popen(["cat", str(f)], stdout=subprocess.DEVNULL)
+        assert listener.stdout.readline().strip() == "GOT"
+        assert agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracee_pid"] == cat.pid)
+        listener.stdin.write("\n")
+        listener.stdin.flush()
+        assert listener.stdout.readline().strip() == "CLOSED"
+        assert cat.wait(10) == 0
+        resp = agent.wait_for(lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == cat.pid)
+        assert [e["fa_response"] for e in resp] == ["interrupted"], resp
+        assert listener.poll() is None  # it did not exit: the close(2) did it
+    finally:
+        listener.kill()
+        listener.wait()
