@@ -98,6 +98,7 @@ CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the BPF source)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
 MAX_WAIT_MS = 25  # longest wait for the ring between looks (the kernel wakes us for bulk only)
 KILLED_KEEP_S = 2.0
+MAX_PENDING_PERM = 65_536  # permission events awaiting an answer (oldest forgotten, counted)
 GC_GEN0 = 50_000  # allocations between young-generation collections (see start())  # a killed tracee's pid is remembered this long
 # an inotify event read by a tracer whose mirror event is not in yet waits this long
 MATCH_WAIT_S = 0.3
@@ -152,6 +153,7 @@ class TracepointBackend(Backend):
             "fanotify_path_unresolved": 0, "response_unmatched": 0, "response_failed": 0,
             "response_interrupted": 0, "response_after_interrupt": 0,
             "watch_unknown": 0, "decode_errors": 0, "tracee_tgid_unknown": 0,
+            "response_pending_dropped": 0,
         }
 
     # -- lifecycle ------------------------------------------------------------------
@@ -588,7 +590,11 @@ class TracepointBackend(Backend):
             off += event_len
             self._emit(ev)
             if perm and efd >= 0:
-                self._fan_pending[(pid, efd)] = (ev, group)
+                pending = self._fan_pending
+                if len(pending) >= MAX_PENDING_PERM:  # listeners that never answer
+                    del pending[next(iter(pending))]
+                    self.stats["response_pending_dropped"] += 1
+                pending[(pid, efd)] = (ev, group)
                 if apid in self._killed:  # killed before its listener's read was seen
                     self._interrupted((pid, efd), ev.timestamp)
 
