@@ -381,7 +381,11 @@ class TracepointBackend(Backend):
                     path = "/" + b"/".join(comps).decode(errors="replace")
                 else:
                     path = ""
-                self._paths.setdefault(h[H_TID], {})[h[H_TOTAL]] = path
+                seq = h[H_TOTAL]  # the event's offset in its read
+                if seq == 0:  # a new read's first event: forget leftovers of a lost read
+                    self._paths[h[H_TID]] = {0: path}
+                else:
+                    self._paths.setdefault(h[H_TID], {})[seq] = path
             elif kind == REC_RESPONSE:
                 self._on_response(h, buf[doff: doff + h[H_LEN]])
             elif kind == REC_ADD_WATCH:
