@@ -72,11 +72,16 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
 
 
+def append_json_line(event: Event, buf: bytearray) -> None:
+    """Encode one event as a JSON line at the end of `buf` (no intermediate bytes)."""
+    _encoder.encode_into(event, buf, -1)
+    buf += b"\n"
+
+
 def to_json_line(event: Event) -> bytes:
     """Encode one event as a JSON line (with trailing newline)."""
     buf = bytearray()
-    _encoder.encode_into(event, buf)
-    buf += b"\n"
+    append_json_line(event, buf)
     return bytes(buf)
 
 

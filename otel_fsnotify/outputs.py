@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import IO, Protocol
 
-from .event import Event, to_json_line
+from .event import Event, append_json_line
 
 MASK_FIELDS = {"i_mask", "fa_mask"}
 WIDE_FIELDS = {"name", "path", "tracer_exe", "tracee_exe"}
@@ -27,22 +27,32 @@ def _open(path: str, binary: bool) -> IO:
 
 
 class JsonlOutput:
-    """One Event per line, exactly the schema `replay` reads back."""
+    """One Event per line, exactly the schema `replay` reads back.
+
+    A poll's events are encoded into one buffer and written with one call."""
+
+    FLUSH_BYTES = 1 << 20
 
     def __init__(self, path: str = ""):
         self._fh = _open(path, binary=True)
         self._own = bool(path and path != "-")
+        self._buf = bytearray()
         self.written = 0
 
     def write(self, event: Event) -> None:
-        self._fh.write(to_json_line(event))
+        append_json_line(event, self._buf)
         self.written += 1
+        if len(self._buf) >= self.FLUSH_BYTES:
+            self.flush()
 
     def flush(self) -> None:
+        if self._buf:
+            self._fh.write(self._buf)
+            self._buf.clear()
         self._fh.flush()
 
     def close(self) -> None:
-        self._fh.flush()
+        self.flush()
         if self._own:
             self._fh.close()
 

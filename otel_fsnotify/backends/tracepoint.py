@@ -17,7 +17,6 @@ moment the tracee generated the event); fa_resp: when the response was written.
 from __future__ import annotations
 
 import ctypes
-import gc
 import mmap
 import os
 import struct
@@ -97,9 +96,8 @@ FAN_CLASS_PERM_BITS = 0x4 | 0x8  # FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT
 CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the BPF source)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
 MAX_WAIT_MS = 25  # longest wait for the ring between looks (the kernel wakes us for bulk only)
-KILLED_KEEP_S = 2.0
+KILLED_KEEP_S = 2.0  # a killed tracee's pid is remembered this long
 MAX_PENDING_PERM = 65_536  # permission events awaiting an answer (oldest forgotten, counted)
-GC_GEN0 = 50_000  # allocations between young-generation collections (see start())  # a killed tracee's pid is remembered this long
 # an inotify event read by a tracer whose mirror event is not in yet waits this long
 MATCH_WAIT_S = 0.3
 
@@ -215,14 +213,6 @@ class TracepointBackend(Backend):
                 raise BackendUnavailable(f"cannot create the fanotify mirror group: {exc}") from None
         for listener in listeners.scan(skip_pid=self._self):
             self._add_listener(listener)
-        # Per event the decoder allocates a few small containers, and keeps
-        # up to MAX_HITS mirror entries alive for matching: with the default
-        # thresholds the cyclic GC ran every ~700 allocations and rescanned
-        # that heap often (a fifth of the agent's CPU in a storm). None of
-        # these objects form cycles; collect far less often.
-        gc.freeze()
-        gen0, gen1, gen2 = gc.get_threshold()
-        gc.set_threshold(max(gen0, GC_GEN0), max(gen1, 20), max(gen2, 20))
         try:
             self._ring = RingReader(b["events"].map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
         except (OSError, ValueError) as exc:
