@@ -281,7 +281,8 @@ static __always_inline int on_insert(u64 group, u64 event)
         r->fa_flags = read_u32(group + OFF_GROUP_FAN_FLAGS);
         r->fa_f_flags = read_u32(group + OFF_GROUP_FAN_F_FLAGS);
     }
-    group_kind.update(&group, &kind);
+    if (!group_kind.lookup(&group))   /* a lookup is cheaper than an update per event */
+        group_kind.update(&group, &kind);
     if (pending.update(&event, p) != 0)
         count(CNT_MAP_FULL);
     return 0;

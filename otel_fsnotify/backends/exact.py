@@ -7,6 +7,12 @@ is known exactly. They differ only in how the hooks attach.
 Everything that depends on the kernel version is decided in `kernel_layout()`:
 function names, struct offsets (from the running kernel's BTF, never from the
 headers bcc compiles with) and fanotify constants.
+
+Records reach user space through a BPF ring buffer read via its mmap
+(otel_fsnotify/ringbuf.py), a batch per poll: a fixed 224-byte header (HDR)
+plus only the bytes of name (inotify) or path components (fanotify) the event
+has. The inotify `path` (watched object's path + name) is resolved here, from
+the tracer's watch in /proc/<pid>/fdinfo (otel_fsnotify/watchpath.py).
 """
 
 from __future__ import annotations
@@ -266,6 +272,7 @@ class _ExactBackend(Backend):
         self._exe = _ExeCache()
         self._paths = WatchPaths()
         self._str: dict[bytes, str] = {}
+        self._mask_names: dict[tuple[bool, int], list[str]] = {}
         self._decode_errors = 0
         self._final_counters: dict[str, int] | None = None
 
@@ -371,6 +378,15 @@ class _ExactBackend(Backend):
                 self._str[raw] = s
         return s
 
+    def _names(self, fanotify: bool, mask: int) -> list[str]:
+        """Mask names, memoised per mask (a copy: an Event's list is its own)."""
+        names = self._mask_names.get((fanotify, mask))
+        if names is None:
+            names = masks.fanotify_mask_names(mask) if fanotify else masks.inotify_mask_names(mask)
+            if len(self._mask_names) < 4096:
+                self._mask_names[(fanotify, mask)] = names
+        return list(names)
+
     def decode(self, buf: bytes, off: int = 0, size: int | None = None) -> Event:
         """One ring record (HDR + tail) at buf[off:off+size] -> Event."""
         (ts_boot, _group, i_ino, i_ino_dir,
@@ -417,7 +433,7 @@ class _ExactBackend(Backend):
                     path = "..." + path  # deeper than PATH_DEPTH: the head is unknown
             ev.fa_type = self._layout.fa_types.get(fa_type, masks.fanotify_event_type_name(fa_type))
             ev.fa_mask = fa_mask
-            ev.fa_mask_names = masks.fanotify_mask_names(fa_mask)
+            ev.fa_mask_names = self._names(True, fa_mask)
             ev.fa_pid = fa_pid
             ev.fa_flags = fa_flags
             ev.fa_f_flags = fa_f_flags
@@ -432,7 +448,7 @@ class _ExactBackend(Backend):
             name = _s(tail) if tail else ""
             ev.i_wd = i_wd
             ev.i_mask = i_mask
-            ev.i_mask_names = masks.inotify_mask_names(i_mask)
+            ev.i_mask_names = self._names(False, i_mask)
             ev.i_cookie = i_cookie
             ev.i_ino = i_ino
             ev.i_ino_dir = i_ino_dir
