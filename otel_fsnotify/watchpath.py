@@ -33,10 +33,14 @@ O_PATH = 0o10000000
 class WatchPaths:
     TTL = 5.0          # seconds a resolved (or unresolvable) answer is reused
     MAX = 8192         # entries per cache; cleared when full (bounded memory)
+    RESCAN = 0.2       # a wd missing from a tracer's last scan: rescan if older than this
 
     def __init__(self):
         self._by_wd: dict[tuple[int, int, int], tuple[float, str]] = {}   # (pid, wd, hint ino)
         self._by_obj: dict[tuple[int, int], tuple[float, str]] = {}        # (sdev, ino)
+        # tracer pid -> (when scanned, {wd: [Watch, ...]}): one fdinfo scan serves
+        # every wd of a tracer with many watches
+        self._scans: dict[int, tuple[float, dict[int, list[listeners.Watch]]]] = {}
         self._mounts: dict[int, str] | None = None
         self._mount_fds: dict[int, int] = {}
         self.unresolved = 0
@@ -56,18 +60,28 @@ class WatchPaths:
         now = time.monotonic()
         hit = self._by_wd.get(key)
         if hit and now - hit[0] < self.TTL:
-            return hit[1]
-        path = self._resolve(tracer_pid, wd, (ino_dir, ino), now)
+            path = hit[1]
+        else:
+            path = self._resolve(tracer_pid, wd, (ino_dir, ino), now)
+            if len(self._by_wd) >= self.MAX:
+                self._by_wd.clear()
+            self._by_wd[key] = (now, path)
         if not path:
-            self.unresolved += 1
-        if len(self._by_wd) >= self.MAX:
-            self._by_wd.clear()
-        self._by_wd[key] = (now, path)
+            self.unresolved += 1  # events left without a path
         return path
 
     def _resolve(self, pid: int, wd: int, inos: tuple[int, int], now: float) -> str:
-        candidates = [w for lst in listeners.scan_pid(pid) if lst.kind == "inotify"
-                      for w in lst.watches.values() if w.wd == wd]
+        scan = self._scans.get(pid)
+        if scan is None or (wd not in scan[1] and now - scan[0] > self.RESCAN) or now - scan[0] > self.TTL:
+            by_wd: dict[int, list[listeners.Watch]] = {}
+            for lst in listeners.scan_pid(pid):
+                if lst.kind == "inotify":
+                    for w in lst.watches.values():
+                        by_wd.setdefault(w.wd, []).append(w)
+            if len(self._scans) >= self.MAX:
+                self._scans.clear()
+            scan = self._scans[pid] = (now, by_wd)
+        candidates = scan[1].get(wd, [])
         if len(candidates) > 1:
             candidates = [w for w in candidates if w.ino in inos] or candidates[:0]
         if not candidates:
