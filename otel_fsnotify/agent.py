@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -37,25 +38,27 @@ def _quiet_gc() -> None:
 
 
 def make_output(cfg: AgentConfig, backend_name: str):
-    if cfg.output == "jsonl":
-        return JsonlOutput(cfg.output_file)
-    if cfg.output == "table":
-        return TableOutput(cfg.fields, cfg.output_file)
+    """The configured output; OutputUnusable (one line) when it cannot be opened."""
+    if cfg.output in ("jsonl", "table"):
+        try:
+            if cfg.output == "jsonl":
+                return JsonlOutput(cfg.output_file)
+            return TableOutput(cfg.fields, cfg.output_file)
+        except OSError as exc:
+            raise OutputUnusable(f"output_file {cfg.output_file}: {exc.strerror}") from None
     from .delivery.settings import OtlpSettings
     from .otel_map import build_resource
-
-    import os
 
     settings = OtlpSettings.from_env(os.environ, **cfg.otlp)
     try:
         return OtlpOutput(settings, build_resource(backend=backend_name), log)
     except OSError as exc:
-        raise SpoolUnusable(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror} "
-                            "(set --spool-dir or [otlp] spool_dir to a writable directory)") from None
+        raise OutputUnusable(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror} "
+                             "(set --spool-dir or [otlp] spool_dir to a writable directory)") from None
 
 
-class SpoolUnusable(RuntimeError):
-    """The OTLP spool directory cannot be created or written."""
+class OutputUnusable(RuntimeError):
+    """The output file or the OTLP spool directory cannot be opened."""
 
 
 class _Stop:
@@ -75,13 +78,17 @@ def run(cfg: AgentConfig) -> int:
     def emit(event: Event) -> None:
         sink[0].write(event)
 
+    # A file output is opened before any BPF is loaded, so a bad path costs no
+    # compile; the OTLP resource names the backend, so that output comes after.
+    output = make_output(cfg, "") if cfg.output != "otlp" else None
     backend = backends.choose(cfg.backend, filters_of(cfg), emit, log)
     log.info("backend %s started", backend.name)
-    try:
-        output = make_output(cfg, backend.name)
-    except BaseException:
-        backend.close()
-        raise
+    if output is None:
+        try:
+            output = make_output(cfg, backend.name)
+        except BaseException:
+            backend.close()
+            raise
     sink.append(output)
     _quiet_gc()
     stop = _Stop()

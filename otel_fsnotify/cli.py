@@ -144,6 +144,8 @@ def _cmd_run(args) -> int:
         fields=fields, duration=args.duration, stats_interval=args.stats_interval,
         tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
         inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, **_otlp_flags(args))
+    if not args.verbose:
+        logging.getLogger().setLevel(cfg.log_level.upper())
     problem = _needs_bpf_privilege()
     if problem:
         return _fail(problem, EXIT_RUNTIME)
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="otel-fsnotify: %(levelname)s: %(message)s", stream=sys.stderr)
 
-    from .agent import SpoolUnusable
+    from .agent import OutputUnusable
+    from .delivery.spool import SpoolBusy
     from .backends.base import BackendUnavailable
     from .bccenv import BccError
     from .btf import BtfError
@@ -183,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _cmd_run(args)
         return _cmd_replay(args)
+    except SpoolBusy as exc:  # another agent or replay owns the spool: not a user typo
+        return _fail(str(exc), EXIT_RUNTIME)
     except (ConfigError, CaptureError, _UsageError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:  # OtlpSettings: a bad endpoint/protocol/header value
         return _fail(str(exc), EXIT_USAGE)
-    except (BackendUnavailable, BccError, BtfError, SpoolUnusable) as exc:
+    except (BackendUnavailable, BccError, BtfError, OutputUnusable) as exc:
         return _fail(str(exc), EXIT_RUNTIME)
     except PermissionError as exc:
         return _fail(f"{exc.filename or 'operation'}: permission denied (run as root)", EXIT_RUNTIME)

@@ -16,6 +16,7 @@ from .backends import CHOICES as BACKEND_CHOICES
 from .event import FIELD_NAMES
 
 OUTPUTS = ("otlp", "jsonl", "table")
+MAX_PID_FILTERS = 64  # entries of each backend's in-kernel pid filter map
 DEFAULT_TABLE_FIELDS = ("type", "tracer_comm", "tracer_pid", "tracee_comm", "tracee_pid",
                         "i_mask", "fa_mask", "fa_response", "attribution", "name")
 # The seed gadget's column names, accepted so its users' --fields carry over.
@@ -76,6 +77,9 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
     if f.tracer_group:
         parse_group(f.tracer_group, where)
     for key in ("tracer_pid", "tracee_pid"):
+        if len(getattr(f, key)) > MAX_PID_FILTERS:
+            raise ConfigError(f"{where}: filters.{key}: at most {MAX_PID_FILTERS} pids "
+                              "(the in-kernel filter map's size)")
         for pid in getattr(f, key):
             if pid <= 0:
                 raise ConfigError(f"{where}: filters.{key}: {pid} is not a pid")

@@ -86,6 +86,9 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     # the acting process (tracee): semantic conventions
     if ev.tracee_pid:
         a["process.pid"] = ev.tracee_pid
+    if ev.tracee_pid and ev.tracee_comm:
+        # uid/gid 0 is root only when the process's identity was actually read
+        # (comm comes with it); a bare pid leaves them unknown.
         a["process.user.id"] = ev.tracee_uid
         a["fsnotify.tracee.gid"] = ev.tracee_gid
     if ev.tracee_tid:  # unknown for some inotify events of the tracepoint backend: not invented
@@ -122,6 +125,7 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     # the watcher (tracer): no convention exists, so fsnotify.watcher.*
     if ev.tracer_pid:
         a["fsnotify.watcher.pid"] = ev.tracer_pid
+    if ev.tracer_pid and ev.tracer_comm:
         a["fsnotify.watcher.user.id"] = ev.tracer_uid
         a["fsnotify.watcher.group.id"] = ev.tracer_gid
     if ev.tracer_tid:

@@ -118,7 +118,7 @@ class OtlpOutput:
         pass  # the shipper batches on its own clock
 
     def close(self) -> None:
-        self.shipper.close(30.0)
+        self.shipper.close(self.shipper.settings.drain_timeout)
 
     def counters(self) -> dict[str, int]:
         return self.shipper.counters()

@@ -116,3 +116,18 @@ def test_unwritable_spool_dir_is_one_line_not_a_traceback():
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("otel-fsnotify: error: spool_dir /proc/otel-fsnotify-spool")
+
+
+def test_bad_output_file_is_one_line_before_any_bpf_is_loaded():
+    proc = run_cli("run", "--output", "jsonl", "--output-file", "/nonexistent/dir/x", "--duration", "1")
+    assert proc.returncode == 1
+    assert "output_file /nonexistent/dir/x: No such file or directory" in one_error_line(proc)
+
+
+def test_too_many_pid_filters():
+    args = []
+    for pid in range(1, 67):
+        args += ["--tracer-pid", str(pid)]
+    proc = run_cli("run", *args)
+    assert proc.returncode == 2
+    assert "at most 64 pids" in one_error_line(proc)

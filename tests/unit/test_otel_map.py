@@ -226,3 +226,14 @@ def test_unknown_tid_is_left_out_not_copied_from_the_pid():
     a = attributes(Event(type="inotify", tracee_pid=10, tracer_pid=20, tracer_tid=21, name="x"))
     assert "fsnotify.tracee.tid" not in a
     assert a["fsnotify.watcher.tid"] == 21
+
+
+def test_bare_pid_does_not_claim_root():
+    from otel_fsnotify.event import Event
+    from otel_fsnotify.otel_map import attributes
+
+    a = attributes(Event(type="fanotify", tracee_pid=77, name="/etc/x"))
+    assert a["process.pid"] == 77
+    assert "process.user.id" not in a and "fsnotify.tracee.gid" not in a
+    b = attributes(Event(type="fanotify", tracee_pid=77, tracee_comm="cat", name="/etc/x"))
+    assert b["process.user.id"] == 0  # identity read from the task: uid 0 is root
