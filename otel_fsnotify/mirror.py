@@ -11,31 +11,20 @@ object, name and event bit: attribution "inferred".
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import struct
 import time
 from bisect import bisect_left
 from collections import deque
 
+from .fanotify_abi import (
+    FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
+    FAN_EVENT_ON_CHILD, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_MARK_ADD, FAN_MARK_REMOVE,
+    FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
+    FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
+    O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc, open_by_handle_at)
 from .listeners import Watch
 
-FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_NOTIF = 0x1, 0x2, 0x0
-FAN_UNLIMITED_QUEUE = 0x10
-FAN_REPORT_TID, FAN_REPORT_FID, FAN_REPORT_DIR_FID, FAN_REPORT_NAME = 0x100, 0x200, 0x400, 0x800
-FAN_REPORT_TARGET_FID = 0x1000
-FAN_MARK_ADD, FAN_MARK_REMOVE = 0x1, 0x2
-FAN_EVENT_ON_CHILD, FAN_ONDIR, FAN_Q_OVERFLOW = 0x08000000, 0x40000000, 0x4000
-FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_DFID = 1, 2, 3
-# inotify and fanotify share these event bits (IN_ACCESS .. IN_MOVE_SELF)
-SHARED_EVENTS = 0x00000FFF
-IN_ISDIR = 0x40000000
-O_RDONLY, O_PATH, O_LARGEFILE = 0, 0o10000000, 0o100000
-
-METADATA = struct.Struct("=IBBHQii")
-INFO_HDR = struct.Struct("=BBH")
-HANDLE_HDR = struct.Struct("=Ii")
 _U32 = struct.Struct("=I")
 NO_MATCH = (0, 0, 0)
 _U64 = struct.Struct("=Q")
@@ -54,18 +43,6 @@ HANDLE_LAYOUTS = (
 WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
 MAX_HITS = 200_000  # bound on remembered mirror events
 MAX_MARKS = 65_536  # bound on mirror marks (more are refused, counted as mirror_mark_limit)
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
-_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
-                                ctypes.c_char_p]
-_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-
-
-def _err(what: str) -> OSError:
-    e = ctypes.get_errno()
-    return OSError(e, f"{what}: {os.strerror(e)}")
-
 
 def mounts_by_dev() -> dict[int, str]:
     """kernel dev_t (major << 20 | minor) -> a mount point of that filesystem."""
@@ -138,12 +115,12 @@ class Mirror:
                  | FAN_UNLIMITED_QUEUE | FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME)
         # FAN_REPORT_TARGET_FID (5.17+) adds the child's file handle to create,
         # delete and move events, for i_ino; older kernels refuse it (EINVAL)
-        fd = _libc.fanotify_init(flags | FAN_REPORT_TARGET_FID, O_RDONLY | O_LARGEFILE)
+        fd = libc.fanotify_init(flags | FAN_REPORT_TARGET_FID, O_RDONLY | O_LARGEFILE)
         self.target_fid = fd >= 0
         if fd < 0:
-            fd = _libc.fanotify_init(flags, O_RDONLY | O_LARGEFILE)
+            fd = libc.fanotify_init(flags, O_RDONLY | O_LARGEFILE)
         if fd < 0:
-            raise _err("fanotify_init (mirror group)")
+            raise errno_error("fanotify_init (mirror group)")
         self.fd = fd
         self._mounts = mounts_by_dev()
         self._mount_fds: dict[int, int] = {}
@@ -185,20 +162,14 @@ class Mirror:
 
     def _open_object(self, watch: Watch) -> int:
         """An O_PATH fd of the watched object, from its file handle."""
-        mfd = self._mount_fd(watch.sdev)
-        fh = struct.pack("=Ii", len(watch.handle), watch.handle_type) + watch.handle
-        buf = ctypes.create_string_buffer(fh, len(fh))
-        ofd = _libc.open_by_handle_at(mfd, buf, O_PATH)
-        if ofd < 0:
-            raise _err("open_by_handle_at")
-        return ofd
+        return open_by_handle_at(self._mount_fd(watch.sdev), watch.handle_type, watch.handle, O_PATH)
 
     def _fanotify_mark(self, flags: int, mask: int, ofd: int) -> None:
         # through the /proc magic link: with a NULL path fanotify_mark wants a
         # non-O_PATH dirfd, and opening the object for real would itself be an
         # open event for other listeners
-        if _libc.fanotify_mark(self.fd, flags, mask, -100, f"/proc/self/fd/{ofd}".encode()) < 0:
-            raise _err("fanotify_mark")
+        if libc.fanotify_mark(self.fd, flags, mask, -100, f"/proc/self/fd/{ofd}".encode()) < 0:
+            raise errno_error("fanotify_mark")
 
     def mark(self, watch: Watch, owner=None) -> bool:
         """Mirror one inotify watch for owner (a listener key); False (and
@@ -279,9 +250,9 @@ class Mirror:
                 break
             now = time.monotonic()
             off = 0
-            while off + METADATA.size <= len(buf):
-                event_len, _v, _r, mlen, mask, _fd, pid = METADATA.unpack_from(buf, off)
-                if event_len < METADATA.size:
+            while off + FAN_METADATA.size <= len(buf):
+                event_len, _v, _r, mlen, mask, _fd, pid = FAN_METADATA.unpack_from(buf, off)
+                if event_len < FAN_METADATA.size:
                     break
                 if mask & FAN_Q_OVERFLOW:
                     self.counters["mirror_overflow"] += 1
@@ -299,14 +270,14 @@ class Mirror:
         layout, layout_type = -1, 0
         pos = 0
         objects = self._objects
-        while pos + INFO_HDR.size <= len(info):
-            itype, _pad, ilen = INFO_HDR.unpack_from(info, pos)
-            if ilen < INFO_HDR.size:
+        while pos + FAN_INFO_HDR.size <= len(info):
+            itype, _pad, ilen = FAN_INFO_HDR.unpack_from(info, pos)
+            if ilen < FAN_INFO_HDR.size:
                 break
             rec_end = pos + ilen
             # header(4) fsid(8) handle_bytes(4) handle_type(4) f_handle[] [name\0]
             if ilen >= 20:
-                hbytes, htype = HANDLE_HDR.unpack_from(info, pos + 12)
+                hbytes, htype = FILE_HANDLE_HDR.unpack_from(info, pos + FAN_INFO_HANDLE_AT)
                 handle = info[pos + 20: pos + 20 + hbytes]
                 if itype == FAN_EVENT_INFO_TYPE_FID:
                     child = (htype, handle)

@@ -26,6 +26,11 @@ from collections import deque
 import msgspec
 
 from .. import listeners, masks, procfs
+from ..fanotify_abi import (
+    FAN_CLASS_PERM_BITS, FAN_CLOEXEC, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_METADATA,
+    FAN_NAME_INFO_TYPES, FAN_NONBLOCK, FAN_PERM_EVENTS, FAN_Q_OVERFLOW, FAN_REPORT_FID_BITS,
+    FAN_REPORT_NAME, FAN_REPORT_TID, FAN_RESPONSE, FILE_HANDLE_HDR, IN_IGNORED, IN_Q_OVERFLOW,
+    INOTIFY_EVENT, libc)
 from ..btf import Btf, BtfError, offset_macros
 from ..event import Event
 from ..mirror import Mirror
@@ -83,16 +88,6 @@ HDR = struct.Struct("=6IQQQiiIIIIII16s")
 # field indices in HDR.unpack()
 (H_KIND, H_TGID, H_TID, H_PPID, H_UID, H_GID, H_MNTNS, H_TS, H_GROUP, H_FD, H_RET, H_PRIO,
  H_LISTENER, H_TOTAL, H_OFFSET, H_LEN, H_PAD, H_COMM) = range(18)
-INOTIFY_EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len
-FAN_META = struct.Struct("=IBBHQii")
-FAN_RESPONSE = struct.Struct("=iI")
-FAN_NOFD = -1
-FAN_Q_OVERFLOW = 0x4000
-FAN_PERM_EVENTS = 0x00010000 | 0x00020000 | 0x00040000 | 0x00100000
-FAN_REPORT_FID_BITS = 0x200 | 0x400 | 0x800 | 0x1000 | 0x4000
-IN_Q_OVERFLOW = 0x4000
-IN_IGNORED = 0x8000
-FAN_CLASS_PERM_BITS = 0x4 | 0x8  # FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT
 CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the BPF source)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
 MAX_WAIT_MS = 25  # longest wait for the ring between looks (the kernel wakes us for bulk only)
@@ -221,11 +216,8 @@ class TracepointBackend(Backend):
     def _learn_listener_fops(self) -> None:
         """Teach the BPF program the f_op of inotify and fanotify files (see the
         comment on `listener_fops`): open one of each and read it once."""
-        import select  # noqa: F401  (read on a non-blocking fd returns EAGAIN at once)
-        from ..mirror import _libc as libc
-
         ino = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        fan = libc.fanotify_init(0x1 | 0x2, 0)  # FAN_CLOEXEC | FAN_NONBLOCK
+        fan = libc.fanotify_init(FAN_CLOEXEC | FAN_NONBLOCK, 0)
         if ino < 0 or fan < 0:
             raise BackendUnavailable("cannot create inotify/fanotify fds (needs root)")
         learn = self.bpf["learn_fds"]
@@ -543,11 +535,11 @@ class TracepointBackend(Backend):
         f_flags = listener.fan_event_flags if listener else 0
         paths = self._paths.pop(h[H_TID], None) or {}
         group = h[H_GROUP]
-        unpack = FAN_META.unpack_from
+        unpack = FAN_METADATA.unpack_from
         off = 0
-        while off + FAN_META.size <= len(data):
+        while off + FAN_METADATA.size <= len(data):
             event_len, _v, _r, mlen, mask, efd, apid = unpack(data, off)
-            if event_len < FAN_META.size:
+            if event_len < FAN_METADATA.size:
                 break
             fields = dict(timestamp=ts, type="fanotify", fa_mask=mask,
                           fa_mask_names=_names(_FAN_NAMES, masks.fanotify_mask_names, mask),
@@ -561,11 +553,11 @@ class TracepointBackend(Backend):
                 if perm:
                     fields["fa_type"] = "FANOTIFY_EVENT_TYPE_PATH_PERM"
                 elif fan_flags & FAN_REPORT_FID_BITS:
-                    fields["fa_type"] = ("FANOTIFY_EVENT_TYPE_FID_NAME" if fan_flags & 0x800
+                    fields["fa_type"] = ("FANOTIFY_EVENT_TYPE_FID_NAME" if fan_flags & FAN_REPORT_NAME
                                          else "FANOTIFY_EVENT_TYPE_FID")
                 else:
                     fields["fa_type"] = "FANOTIFY_EVENT_TYPE_PATH"
-                if fan_flags & 0x100:  # FAN_REPORT_TID: the event carries the tid
+                if fan_flags & FAN_REPORT_TID:  # the event carries the tid
                     fields["tracee_tid"] = apid
                 path = paths.get(off)
                 if not path:
@@ -596,13 +588,15 @@ class TracepointBackend(Backend):
     def _fid_name(info: bytes) -> str:
         """The name of a FAN_REPORT_DFID_NAME event (relative to its directory)."""
         pos = 0
-        while pos + 4 <= len(info):
-            itype, _p, ilen = struct.unpack_from("=BBH", info, pos)
-            if ilen < 4:
+        hdr = FAN_INFO_HDR
+        while pos + hdr.size <= len(info):
+            itype, _p, ilen = hdr.unpack_from(info, pos)
+            if ilen < hdr.size:
                 break
-            if itype in (2, 4, 5) and ilen >= 20:  # DFID_NAME, OLD_/NEW_DFID_NAME
-                hbytes = struct.unpack_from("=I", info, pos + 12)[0]
-                return _cstr(info[pos + 20 + hbytes: pos + ilen])
+            start = pos + FAN_INFO_HANDLE_AT + FILE_HANDLE_HDR.size
+            if itype in FAN_NAME_INFO_TYPES and ilen >= start - pos:
+                hbytes = FILE_HANDLE_HDR.unpack_from(info, pos + FAN_INFO_HANDLE_AT)[0]
+                return _cstr(info[start + hbytes: pos + ilen])
             pos += ilen
         return ""
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A real fanotify listener (ctypes, no dependencies) for the tests.
+"""A real fanotify listener (ctypes; the ABI from otel_fsnotify.fanotify_abi) for the tests.
 
 Modes:
   notify      FAN_OPEN|FAN_CLOSE_WRITE|FAN_CLOSE_NOWRITE|FAN_MODIFY (or --mask) notifications
@@ -17,38 +17,20 @@ Exits 0 on SIGTERM/SIGINT, or after --count events. Needs CAP_SYS_ADMIN.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import errno
 import os
 import signal
-import struct
 import sys
+from pathlib import Path
 
-FAN_CLOEXEC = 0x1
-FAN_CLASS_NOTIF = 0x0
-FAN_CLASS_CONTENT = 0x4
-FAN_MARK_ADD = 0x1
-FAN_MARK_MOUNT = 0x10
-FAN_MARK_FILESYSTEM = 0x100
+# run as a script: the repository root holds the otel_fsnotify package
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-FAN_ACCESS = 0x1
-FAN_MODIFY = 0x2
-FAN_CLOSE_WRITE = 0x8
-FAN_CLOSE_NOWRITE = 0x10
-FAN_OPEN = 0x20
-FAN_Q_OVERFLOW = 0x4000
-FAN_OPEN_PERM = 0x10000
-FAN_EVENT_ON_CHILD = 0x08000000
-FAN_ALLOW = 0x1
-FAN_DENY = 0x2
-FAN_NOFD = -1
-
-O_RDONLY = 0
-O_LARGEFILE = 0o100000
-
-METADATA = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
-RESPONSE = struct.Struct("=iI")  # struct fanotify_response
+from otel_fsnotify.fanotify_abi import (  # noqa: E402
+    FAN_ALLOW, FAN_CLASS_CONTENT, FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_CLOSE_NOWRITE,
+    FAN_CLOSE_WRITE, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_MARK_ADD, FAN_MARK_FILESYSTEM,
+    FAN_MARK_MOUNT, FAN_METADATA, FAN_MODIFY, FAN_NOFD, FAN_OPEN, FAN_OPEN_PERM, FAN_Q_OVERFLOW,
+    FAN_RESPONSE, fanotify_init, fanotify_mark)
 
 MODES = {
     "notify": (FAN_CLASS_NOTIF, FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_MODIFY),
@@ -56,28 +38,6 @@ MODES = {
     "perm-deny": (FAN_CLASS_CONTENT, FAN_OPEN_PERM),
     "stall": (FAN_CLASS_CONTENT, FAN_OPEN_PERM),
 }
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
-_libc.fanotify_init.restype = ctypes.c_int
-_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
-                                ctypes.c_char_p]
-_libc.fanotify_mark.restype = ctypes.c_int
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
-
-
-def fanotify_init(flags: int, event_f_flags: int = O_RDONLY | O_LARGEFILE) -> int:
-    return _check(_libc.fanotify_init(flags, event_f_flags), "fanotify_init")
-
-
-def fanotify_mark(fd: int, flags: int, mask: int, path: str, dirfd: int = -100) -> None:
-    _check(_libc.fanotify_mark(fd, flags, mask, dirfd, path.encode()), f"fanotify_mark {path}")
 
 
 def _fd_path(fd: int) -> str:
@@ -131,9 +91,9 @@ def main(argv=None) -> int:
             except InterruptedError:
                 continue
             off = 0
-            while off + METADATA.size <= len(buf):
-                event_len, _vers, _res, _mlen, emask, efd, pid = METADATA.unpack_from(buf, off)
-                off += event_len or METADATA.size
+            while off + FAN_METADATA.size <= len(buf):
+                event_len, _vers, _res, _mlen, emask, efd, pid = FAN_METADATA.unpack_from(buf, off)
+                off += event_len or FAN_METADATA.size
                 path = _fd_path(efd)
                 seen += 1
                 if not args.quiet:
@@ -141,7 +101,7 @@ def main(argv=None) -> int:
                     print(f"{tag} pid={pid} mask=0x{emask:x} fd={efd} path={path}", flush=True)
                 if emask & FAN_OPEN_PERM and args.mode != "stall":
                     verdict = FAN_DENY if args.mode == "perm-deny" else FAN_ALLOW
-                    os.write(fan, RESPONSE.pack(efd, verdict))
+                    os.write(fan, FAN_RESPONSE.pack(efd, verdict))
                     if not args.quiet:
                         print(f"RESPONSE pid={pid} response={'deny' if verdict == FAN_DENY else 'allow'} "
                               f"path={path}", flush=True)
