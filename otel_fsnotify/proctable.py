@@ -8,6 +8,7 @@ so events read after the exit still resolve.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import msgspec
 
@@ -33,7 +34,7 @@ class Proc(msgspec.Struct):
 class ProcTable:
     def __init__(self):
         self._procs: dict[int, Proc] = {}
-        self._exited: list[tuple[float, int]] = []
+        self._exited: deque[tuple[float, int]] = deque()  # (exit time, pid), oldest first
         self.misses = 0  # lookups of pids nobody knew (counted, reported)
         self._threads: dict[int, int] = {}  # tid -> tgid of threads (not leaders)
 
@@ -113,7 +114,7 @@ class ProcTable:
     def expire(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         while self._exited and (now - self._exited[0][0] > GRACE_S or len(self._exited) > MAX_EXITED):
-            _, pid = self._exited.pop(0)
+            _, pid = self._exited.popleft()
             proc = self._procs.get(pid)
             if proc and proc.exited_at and now - proc.exited_at >= 0:
                 del self._procs[pid]
