@@ -56,7 +56,10 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
       acknowledged it, so events survive a collector outage and an agent crash.
     - spool_max_bytes: bound on the spool's size on disk (default 1 GiB). When
       full, new events are dropped and counted as ``dropped_spool_full``.
-    - spool_segment_bytes: size at which a spool segment file is closed (4 MiB).
+    - spool_segment_bytes: size at which a spool segment file is closed
+      (4 MiB, or spool_max_bytes/4 when that is smaller; a value given that is
+      larger than spool_max_bytes/4 is refused: a segment only frees its room
+      once it is closed and fully acknowledged).
     - spool_fsync: fsync the spool after each batch written (survives power
       loss, not only a crash of the agent; slower). Default false.
     - batch_size: log records per export request (default 1000).
@@ -145,6 +148,10 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
             raw[key] = value
         try:
             settings = msgspec.convert(raw, cls, strict=False)
+            if "spool_segment_bytes" not in raw and isinstance(settings.spool_max_bytes, int):
+                # the default segment size follows a small spool down
+                settings.spool_segment_bytes = min(settings.spool_segment_bytes,
+                                                   max(4096, settings.spool_max_bytes // 4))
         except msgspec.ValidationError as exc:
             msg = str(exc)
             where = msg.rsplit("at `$.", 1)
@@ -176,6 +183,9 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
             raise SettingsError(f"otlp.spool_max_bytes: must be >= 65536, got {self.spool_max_bytes}")
         if self.spool_segment_bytes < 4096:
             raise SettingsError(f"otlp.spool_segment_bytes: must be >= 4096, got {self.spool_segment_bytes}")
+        if self.spool_segment_bytes > self.spool_max_bytes // 4:
+            raise SettingsError(f"otlp.spool_segment_bytes: must be <= spool_max_bytes/4 "
+                                f"({self.spool_max_bytes // 4}), got {self.spool_segment_bytes}")
         for key in ("certificate", "client_key", "client_certificate"):
             path = getattr(self, key)
             if path and not os.path.isfile(path):

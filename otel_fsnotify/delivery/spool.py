@@ -15,7 +15,9 @@ loses nothing that submit() accepted (the page cache keeps it); with
 power cut. On open, a torn frame at the end of a segment (power cut) is cut
 off and counted as ``spool_corrupt``. The bound (`spool_max_bytes`) counts
 whole segment files, so acknowledged frames free space when their segment is
-finished and deleted.
+finished and deleted; a write segment whose frames are all acknowledged is
+closed and deleted as soon as the writer needs its room (or rotates), so an
+empty spool never refuses events.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class SpoolEntry(msgspec.Struct, array_like=True):
     command_line: str = ""  # only filled when include_command_line is on
 
 
-class SpoolBusy(ValueError):
-    """Another process owns this spool directory."""
+class SpoolBusy(RuntimeError):
+    """Another process owns this spool directory (a runtime condition, not bad input)."""
 
 
 class Position(msgspec.Struct, frozen=True, order=True):
@@ -136,8 +138,9 @@ class Spool:
         except (OSError, msgspec.DecodeError):
             return Position(0, 0)
 
-    def _save_cursor(self, pos: Position) -> None:
-        tmp = os.path.join(self.dir, "cursor.tmp")
+    def _save_cursor(self, pos: Position, tmp_name: str = "cursor.tmp") -> None:
+        # the writer thread saves through its own temporary name (see _reclaim)
+        tmp = os.path.join(self.dir, tmp_name)
         with open(tmp, "wb") as fh:
             fh.write(msgspec.json.encode(pos))
             if self.fsync:
@@ -169,10 +172,14 @@ class Spool:
         with self._cv:
             if self._closed:
                 return False
-            if self.total_bytes + len(frame) > self.max_bytes:
-                return False
             if self._sizes[self._wseg] >= self.segment_bytes:
                 self._rotate()
+            if self.total_bytes + len(frame) > self.max_bytes:
+                # the write segment only frees its room by rotating: if every
+                # frame in it is acknowledged, reclaim it before refusing
+                if not self._reclaim_write_segment_locked() \
+                        or self.total_bytes + len(frame) > self.max_bytes:
+                    return False
             os.write(self._wfd, frame)
             self._sizes[self._wseg] += len(frame)
             self.total_bytes += len(frame)
@@ -184,9 +191,42 @@ class Spool:
         if self.fsync:
             os.fsync(self._wfd)
         os.close(self._wfd)
+        old = self._wseg
         self._wseg += 1
         self._sizes[self._wseg] = 0
         self._wfd = os.open(self._path(self._wseg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._drop_acked_segment_locked(old)
+
+    def _reclaim_write_segment_locked(self) -> bool:
+        """Writer side, lock held: if every frame of the write segment is
+        acknowledged (and nothing is in flight), rotate and delete it.
+        True if room was freed."""
+        end = Position(self._wseg, self._sizes[self._wseg])
+        if end.offset == 0 or self._acked != end:
+            return False
+        self._rotate()
+        return True
+
+    def _drop_acked_segment_locked(self, seg: int) -> None:
+        """Lock held, `seg` is no longer written: delete it if the reader has
+        acknowledged all of it, moving the cursor to the next segment. The
+        reader may be between read() calls only: nothing of `seg` is in flight
+        because _acked is at its end."""
+        if self._acked != Position(seg, self._sizes.get(seg, -1)):
+            return
+        nxt = Position(min(s for s in self._sizes if s > seg), 0)
+        fd = self._rfds.pop(seg, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self._path(seg))
+        except FileNotFoundError:
+            pass
+        self.total_bytes -= self._sizes.pop(seg)
+        self._acked = nxt
+        if self._read <= Position(seg, 1 << 62):
+            self._read = nxt
+        self._save_cursor(nxt, "cursor.wtmp")
 
     def sync(self) -> None:
         with self._cv:
