@@ -11,8 +11,9 @@ sends what its spool holds, then continues after the recorded line; anything
 sent twice carries the same uid, so the collector can drop the duplicate.
 
 Exit status: 0 when every event was delivered; 1 when some were lost
-(counted) or the collector stayed unreachable past `drain_timeout` (they
-stay in the spool for the next run); 2 for a bad capture or setting;
+(counted), the collector stayed unreachable past `drain_timeout` (they
+stay in the spool for the next run) or the spool is held by another
+process; 2 for a bad capture or setting;
 130 when interrupted.
 """
 
@@ -110,9 +111,9 @@ def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = N
     settings = _replay_settings(settings)
     try:
         shipper = Shipper(settings, build_resource(backend="replay"), log)
-    except SpoolBusy as exc:
+    except SpoolBusy as exc:  # another agent/replay holds the spool: not bad input
         _fail(str(exc))
-        return 2
+        return 1
     except OSError as exc:
         _fail(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror}")
         return 2

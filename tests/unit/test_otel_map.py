@@ -214,7 +214,7 @@ def test_spool_full_refuses_and_one_owner_only(tmp_path):
     results = [sp.append(_frame(i)) for i in range(2000)]
     assert results[0] and not results[-1]
     assert sp.total_bytes <= 64 * 1024
-    with pytest.raises(ValueError, match="in use"):
+    with pytest.raises(RuntimeError, match="in use"):
         Spool(str(tmp_path), 64 * 1024, 4096)
     sp.close()
 
