@@ -11,7 +11,9 @@ agent killed at any moment finds its unsent events there on the next start.
 The only places an event can be lost are counted (and logged, rate-limited):
 - dropped_spool_full: the spool reached spool_max_bytes;
 - rejected: the collector refused records for good (HTTP 4xx other than 429,
-  or OTLP partial success).
+  a non-retryable gRPC status, or OTLP partial success);
+- spool_corrupt: frames cut off as torn when the spool is opened, and frames
+  that no longer decode (e.g. written by another version of the Event schema).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import random
 import threading
 import time
 from typing import Any
+
+import msgspec
 
 from ..event import Event
 from .exporters import Exporter, make_exporter
@@ -107,7 +111,8 @@ class Shipper:
             "dropped_spool_full": 0,
             "rejected": 0,  # refused by the collector for good
             "recovered": self.spool.recovered,  # found unsent in the spool at start
-            "spool_corrupt": self.spool.corrupt,  # torn frames cut at start
+            "spool_corrupt": self.spool.corrupt,  # torn frames cut at start, undecodable frames
+            "sender_errors": 0,  # unexpected errors in the sender thread (it carries on)
         }
         if self.spool.recovered:
             self.log.info("spool %s: %d events from an earlier run will be sent first",
@@ -140,27 +145,71 @@ class Shipper:
 
     # ----------------------------------------------------------- sender side
     def _run(self) -> None:
-        s = self.settings
+        """The sender loop. It must never die: an unexpected error is logged
+        (rate-limited, with its traceback the first time), counted as
+        ``sender_errors``, and the batch is read again after a back-off."""
+        failures = 0
         while not self._abort.is_set():
-            self._idle.set()
-            if not self.spool.wait_for_data(0.2):
-                if self._stop.is_set():
+            try:
+                if self._step() is False:
                     return
-                continue
-            self._idle.clear()
-            self.spool.wait_for_frames(s.batch_size, s.batch_linger if not self._stop.is_set() else 0)
-            payloads, pos = self.spool.read(s.batch_size)
-            if not payloads:
-                continue
-            entries = [decode_entry(p) for p in payloads]
-            if s.spool_fsync:
-                self.spool.sync()
-            if self._deliver(entries):
-                self.spool.ack(pos, len(entries))
-            else:  # aborted: leave the batch in the spool for the next run
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - keep delivering whatever happens
+                failures += 1
+                with self._lock:
+                    self._c["sender_errors"] += 1
+                    first = self._c["sender_errors"] == 1
+                if first:
+                    self.log.exception("sender: unexpected error; retrying, events wait in the spool")
+                else:
+                    self._rl.warning("sender_error", "sender: unexpected error (%s: %s); retrying",
+                                     type(exc).__name__, exc)
                 self.spool.rewind()
-                return
+                delay = min(self.settings.max_backoff, 0.25 * (2 ** min(failures, 16)))
+                if self._abort.wait(delay):
+                    break
         self._idle.set()
+
+    def _step(self) -> bool | None:
+        """Read one batch from the spool, deliver it, acknowledge it.
+        False: stop the loop (stopped and empty, or aborted mid-delivery)."""
+        s = self.settings
+        self._idle.set()
+        if not self.spool.wait_for_data(0.2):
+            return False if self._stop.is_set() else None
+        self._idle.clear()
+        self.spool.wait_for_frames(s.batch_size, s.batch_linger if not self._stop.is_set() else 0)
+        payloads, pos = self.spool.read(s.batch_size)
+        if not payloads:
+            return None
+        entries = self._decode(payloads)
+        if s.spool_fsync:
+            self.spool.sync()
+        if not entries or self._deliver(entries):
+            self.spool.ack(pos, len(payloads))
+            return None
+        self.spool.rewind()  # aborted: leave the batch in the spool for the next run
+        return False
+
+    def _decode(self, payloads: list[bytes]) -> list[SpoolEntry]:
+        """Frames -> entries. A frame that does not decode (written by another
+        version of the Event schema, or damaged) cannot ever be sent: it is
+        counted as spool_corrupt, logged, and acknowledged past."""
+        entries = []
+        bad = 0
+        for p in payloads:
+            try:
+                entries.append(decode_entry(p))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                bad += 1
+                detail = str(exc)
+        if bad:
+            with self._lock:
+                self._c["spool_corrupt"] += bad
+                total = self._c["spool_corrupt"]
+            self._rl.warning("spool_corrupt", "spool %s: %d undecodable events skipped (%s); "
+                             "%d so far", self.spool.dir, bad, detail, total)
+        return entries
 
     def _deliver(self, entries: list[SpoolEntry]) -> bool:
         """Export until accepted or permanently refused. False only when aborted."""

@@ -92,3 +92,76 @@ def test_replay_into_a_spool_held_by_another_process_exits_1(tmp_path):
         assert run_replay(cap, s, progress=False) == 1
     finally:
         held.close()
+
+
+def _future_frame(uid: str) -> bytes:
+    """A spool frame as a later version of the agent could write it: its Event
+    has a field this version does not know (Event forbids unknown fields)."""
+    import struct
+    import zlib
+
+    ev = msgspec.to_builtins(next(sample_events(1)))
+    ev["field_from_the_future"] = 42
+    payload = msgspec.msgpack.encode([uid, 1, ev, ""])
+    return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+
+def test_frame_from_a_future_schema_is_counted_and_skipped_not_fatal(rotel, tmp_path):
+    spool_dir = str(tmp_path / "spool")
+    good = _frames(20)
+    sp = Spool(spool_dir, 1 << 20, 1 << 16)
+    for f in good[:10]:
+        assert sp.append(f)
+    assert sp.append(_future_frame("future-1"))
+    for f in good[10:]:
+        assert sp.append(f)
+    sp.close()
+    s = OtlpSettings.from_env({}, protocol="http/json", endpoint=rotel.http_endpoint,
+                              spool_dir=spool_dir, batch_size=5, batch_linger=0.01)
+    shipper = Shipper(s, build_resource(""), logging.getLogger("test"))
+    assert shipper.counters()["recovered"] == 21
+    assert shipper.flush(20), shipper.counters()
+    for ev in sample_events(7):  # the sender is still alive and delivering
+        shipper.submit(ev)
+    assert shipper.close(20)
+    c = shipper.counters()
+    assert c["spool_corrupt"] == 1 and c["delivered"] == 27 and c["spool_pending"] == 0
+    uids = rotel.wait_for_uids(27, 20)
+    assert {f"uid-{i}" for i in range(20)} <= uids and "future-1" not in uids
+
+
+class FailingOnceExporter:
+    """Test double: wraps the real http/json exporter and raises an unexpected
+    error (as a bug in encoding would) on its first `fail` calls."""
+
+    def __init__(self, real, fail: int):
+        self.real, self.fail, self.calls = real, fail, 0
+        self.protocol = real.protocol
+
+    def export(self, entries):
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise KeyError("boom")
+        return self.real.export(entries)
+
+    def shutdown(self):
+        self.real.shutdown()
+
+
+def test_unexpected_sender_error_is_logged_once_and_delivery_carries_on(rotel, tmp_path, caplog):
+    from otel_fsnotify.delivery.exporters import make_exporter
+
+    s = OtlpSettings.from_env({}, protocol="http/json", endpoint=rotel.http_endpoint,
+                              spool_dir=str(tmp_path / "spool"), batch_linger=0.01, max_backoff=0.5)
+    res = build_resource("")
+    exporter = FailingOnceExporter(make_exporter(s, res), fail=3)
+    with caplog.at_level(logging.WARNING, logger="test.sender"):
+        shipper = Shipper(s, res, logging.getLogger("test.sender"), exporter=exporter)
+        for ev in sample_events(50):
+            shipper.submit(ev)
+        assert shipper.close(20), shipper.counters()
+    c = shipper.counters()
+    assert c["sender_errors"] == 3 and c["delivered"] == 50
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1  # the first with its traceback, the rest rate-limited
+    assert len(rotel.wait_for_uids(50, 20)) == 50
