@@ -1,15 +1,22 @@
 """The three OTLP protocols behind one call: export(entries) -> Outcome.
 
-- grpc and http/protobuf: opentelemetry-exporter-otlp's OTLPLogExporter
-  classes, fed directly with our own batches (no BatchLogRecordProcessor,
-  whose queue evicts). Those exporters already retry transient failures within
-  their timeout (honouring Retry-After / gRPC RetryInfo); when they give up
-  they only say FAILURE, so the shipper treats that as retryable and keeps the
-  batch in the spool.
-- http/json: msgspec-encoded body sent by our own HTTP client (http.client:
-  keep-alive, TLS with CA and client certificate, headers, gzip). It knows the
-  status: 429/502/503/504 retry (Retry-After honoured), other 4xx are
-  permanent rejections, partial success counts rejected records.
+Every protocol tells the shipper what happened, so a permanent refusal is
+counted as ``rejected`` instead of being retried forever:
+
+- http/json and http/protobuf: one HTTP client (http.client: keep-alive, TLS
+  with CA and client certificate, headers, gzip, timeout). 2xx: accepted
+  (partialSuccess.rejectedLogRecords counted); 429/502/503/504: retry,
+  Retry-After honoured; any other status: permanent refusal. Bodies come from
+  otlp_json (msgspec) or otlp_proto (the OTLP protobuf messages).
+- grpc: the generated LogsServiceStub on our own channel (TLS/mTLS, metadata,
+  gzip, per-call deadline), so the status code is seen: CANCELLED,
+  DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
+  DATA_LOSS retry (a RetryInfo delay in the status details is honoured); any
+  other code is a permanent refusal; partial_success counts rejected records.
+
+The SDK's own OTLP exporters (SdkExporter) only say success or failure; they
+are kept for metrics (sdk_exporter) and as the reference the tests compare
+our encoders with.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import msgspec
 from .. import __version__
 from .. import otel_map
 from .otlp_json import JsonEncoder
+from .otlp_proto import ProtoEncoder
 from .settings import OtlpSettings
 from .spool import SpoolEntry
 
@@ -69,8 +77,11 @@ class Exporter:
 
 # ------------------------------------------------------------------ http/json
 
-class HttpJsonExporter(Exporter):
-    protocol = "http/json"
+class HttpExporter(Exporter):
+    """OTLP over HTTP: encode() makes the body, send() posts it."""
+
+    protocol = ""
+    content_type = ""
 
     def __init__(self, settings: OtlpSettings, resource: dict[str, Any]):
         self.settings = settings
@@ -81,10 +92,10 @@ class HttpJsonExporter(Exporter):
         self._port = u.port or (443 if self._https else 80)
         self._path = (u.path or "/v1/logs") + (f"?{u.query}" if u.query else "")
         self._ssl = self._ssl_context(settings) if self._https else None
-        self._encoder = JsonEncoder(resource, settings.include_command_line)
+        self._encoder = self._make_encoder(resource, settings.include_command_line)
         self._gzip = settings.compression == "gzip"
         self._headers = {
-            "Content-Type": "application/json",
+            "Content-Type": self.content_type,
             "User-Agent": f"otel-fsnotify/{__version__}",
             **settings.headers,
         }
@@ -142,13 +153,7 @@ class HttpJsonExporter(Exporter):
                 self._drop_connection()
                 return Outcome(False, True, None, 0, f"{self.url}: {exc}")
         if 200 <= status < 300:
-            rejected = 0
-            if data:
-                try:
-                    rejected = int(((msgspec.json.decode(data) or {}).get("partialSuccess") or {})
-                                   .get("rejectedLogRecords", 0) or 0)
-                except (msgspec.DecodeError, AttributeError, ValueError, TypeError):
-                    rejected = 0
+            rejected = self._rejected(data) if data else 0
             return Outcome(True, rejected=rejected,
                            detail="partial success" if rejected else "")
         text = data[:200].decode("utf-8", "replace").strip().replace("\n", " ")
@@ -160,11 +165,138 @@ class HttpJsonExporter(Exporter):
     def shutdown(self) -> None:
         self._drop_connection()
 
+    def _make_encoder(self, resource: dict[str, Any], include_cmd: bool):
+        raise NotImplementedError
+
+    def _rejected(self, data: bytes) -> int:
+        """rejected log records from a 2xx response body."""
+        raise NotImplementedError
+
+
+class HttpJsonExporter(HttpExporter):
+    protocol = "http/json"
+    content_type = "application/json"
+
+    def _make_encoder(self, resource, include_cmd):
+        return JsonEncoder(resource, include_cmd)
+
+    def _rejected(self, data: bytes) -> int:
+        try:
+            return int(((msgspec.json.decode(data) or {}).get("partialSuccess") or {})
+                       .get("rejectedLogRecords", 0) or 0)
+        except (msgspec.DecodeError, AttributeError, ValueError, TypeError):
+            return 0
+
+
+class HttpProtobufExporter(HttpExporter):
+    protocol = "http/protobuf"
+    content_type = "application/x-protobuf"
+
+    def _make_encoder(self, resource, include_cmd):
+        return ProtoEncoder(resource, include_cmd)
+
+    def _rejected(self, data: bytes) -> int:
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+        try:
+            return ExportLogsServiceResponse.FromString(data).partial_success.rejected_log_records
+        except DecodeError:
+            return 0
+
+
+# ------------------------------------------------------------------ grpc
+
+# OTLP/gRPC: these codes are transient; any other is a refusal for good
+_GRPC_RETRYABLE = ("CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
+                   "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS")
+
+
+def grpc_retry_delay(trailing_metadata) -> float | None:
+    """Seconds from a google.rpc.RetryInfo in the grpc-status-details-bin trailer."""
+    for key, value in trailing_metadata or ():
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            from google.rpc import error_details_pb2, status_pb2
+
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+        except Exception:  # noqa: BLE001 - a malformed trailer: no delay hint
+            return None
+    return None
+
+
+class GrpcExporter(Exporter):
+    protocol = "grpc"
+
+    def __init__(self, settings: OtlpSettings, resource: dict[str, Any]):
+        import grpc
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
+
+        self._grpc = grpc
+        self.settings = settings
+        self.url = settings.logs_url()
+        u = urllib.parse.urlsplit(self.url)
+        target = u.netloc or u.path
+        options = [
+            ("grpc.primary_user_agent", f"otel-fsnotify/{__version__}"),
+            # a collector that comes back is found again within a few seconds
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", int(1000 * max(0.5, min(settings.max_backoff, 5.0)))),
+        ]
+        compression = grpc.Compression.Gzip if settings.compression == "gzip" else None
+        if u.scheme == "https":
+            def read(path):
+                if not path:
+                    return None
+                with open(path, "rb") as fh:
+                    return fh.read()
+            creds = grpc.ssl_channel_credentials(read(settings.certificate), read(settings.client_key),
+                                                 read(settings.client_certificate))
+            self._channel = grpc.secure_channel(target, creds, options, compression)
+        else:
+            self._channel = grpc.insecure_channel(target, options, compression)
+        self._stub = LogsServiceStub(self._channel)
+        self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items()) or None
+        self._encoder = ProtoEncoder(resource, settings.include_command_line)
+
+    def encode(self, entries: Sequence[SpoolEntry]):
+        return self._encoder.request(entries)
+
+    def export(self, entries: Sequence[SpoolEntry]) -> Outcome:
+        return self.send(self.encode(entries))
+
+    def send(self, request) -> Outcome:
+        grpc = self._grpc
+        try:
+            resp = self._stub.Export(request, timeout=self.settings.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            name = code.name if code is not None else "UNKNOWN"
+            detail = f"{self.url}: gRPC {name}: {details}"
+            if name in _GRPC_RETRYABLE:
+                trailer = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+                return Outcome(False, True, grpc_retry_delay(trailer), 0, detail)
+            return Outcome(False, False, None, 0, detail)  # permanent
+        rejected = resp.partial_success.rejected_log_records
+        return Outcome(True, rejected=rejected, detail="partial success" if rejected else "")
+
+    def shutdown(self) -> None:
+        self._channel.close()
+
 
 # ------------------------------------------------------- SDK (grpc, http/protobuf)
 
 class SdkExporter(Exporter):
-    """grpc or http/protobuf through opentelemetry-exporter-otlp."""
+    """grpc or http/protobuf through opentelemetry-exporter-otlp: success or
+    failure only (every failure is taken as retryable). Not used for logs any
+    more; the reference for tests and for comparison."""
 
     def __init__(self, settings: OtlpSettings, resource: dict[str, Any]):
         from opentelemetry.sdk.resources import Resource
@@ -257,7 +389,9 @@ def sdk_exporter(s: OtlpSettings, signal: str):
 def make_exporter(settings: OtlpSettings, resource: dict[str, Any]) -> Exporter:
     if settings.protocol == "http/json":
         return HttpJsonExporter(settings, resource)
-    return SdkExporter(settings, resource)
+    if settings.protocol == "http/protobuf":
+        return HttpProtobufExporter(settings, resource)
+    return GrpcExporter(settings, resource)
 
 
 # quiet the SDK exporters' own per-attempt warnings: the shipper logs (rate-limited)

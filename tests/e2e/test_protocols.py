@@ -1,0 +1,158 @@
+"""Permanent refusals, retry hints and partial success, per OTLP protocol,
+with the real exporters and a real rotel collector behind loopback test
+doubles (FlakyProxy for HTTP, GrpcFlakyProxy for gRPC)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as svc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as svc_grpc
+
+from otel_fsnotify import otel_map
+from otel_fsnotify.delivery.exporters import SdkExporter
+from otel_fsnotify.delivery.otlp_proto import ProtoEncoder
+from otel_fsnotify.delivery.settings import OtlpSettings
+from otel_fsnotify.delivery.shipper import Shipper
+from otel_fsnotify.delivery.spool import SpoolEntry
+from otel_fsnotify.otel_map import build_resource
+from tests.e2e.captures import sample_events
+from tests.e2e.test_delivery import FlakyProxy
+
+pytestmark = pytest.mark.e2e
+
+
+class GrpcFlakyProxy:
+    """Test double: a loopback OTLP/gRPC LogsService that answers the first
+    requests from a script, then forwards every request unchanged to the real
+    collector. Script items: ("INVALID_ARGUMENT"|"UNAVAILABLE"|..., retry_delay_s
+    or None) for an error status (with a RetryInfo detail when a delay is
+    given), or ("PARTIAL", n) for a success claiming n rejected records."""
+
+    def __init__(self, upstream: str, script: list[tuple[str, float | None]]):
+        self.script = list(script)
+        self.times: list[float] = []
+        self.answers: list[str] = []
+        self._up_channel = grpc.insecure_channel(upstream.split("://", 1)[1])
+        upstream_stub = svc_grpc.LogsServiceStub(self._up_channel)
+        proxy = self
+
+        class Servicer(svc_grpc.LogsServiceServicer):
+            def Export(self, request, context):
+                proxy.times.append(time.monotonic())
+                if proxy.script:
+                    what, arg = proxy.script.pop(0)
+                    proxy.answers.append(what)
+                    if what == "PARTIAL":
+                        upstream_stub.Export(request, timeout=10)
+                        return svc.ExportLogsServiceResponse(partial_success=svc.ExportLogsPartialSuccess(
+                            rejected_log_records=int(arg), error_message="test double"))
+                    code = getattr(grpc.StatusCode, what)
+                    if arg is not None:
+                        info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+                            seconds=int(arg), nanos=int((arg % 1) * 1e9)))
+                        st = status_pb2.Status(code=code.value[0], message="test double")
+                        st.details.add().Pack(info)
+                        context.set_trailing_metadata((("grpc-status-details-bin", st.SerializeToString()),))
+                    context.abort(code, "test double")
+                proxy.answers.append("OK")
+                return upstream_stub.Export(request, timeout=10)
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        svc_grpc.add_LogsServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self):
+        self.server.stop(0)
+        self._up_channel.close()
+
+
+def _ship(settings: OtlpSettings, n: int) -> dict:
+    shipper = Shipper(settings, build_resource(""), logging.getLogger("test"))
+    for ev in sample_events(n):
+        shipper.submit(ev)
+    assert shipper.close(30), shipper.counters()
+    return shipper.counters()
+
+
+@pytest.mark.parametrize("protocol", ("http/json", "http/protobuf"))
+def test_http_400_is_counted_as_rejected_and_not_retried(rotel, tmp_path, protocol):
+    proxy = FlakyProxy(rotel.http_port, [(400, "0")])
+    try:
+        c = _ship(OtlpSettings.from_env({}, protocol=protocol, endpoint=f"http://127.0.0.1:{proxy.port}",
+                                        spool_dir=str(tmp_path / "spool"), batch_size=10,
+                                        batch_linger=0.5), 20)
+    finally:
+        proxy.close()
+    assert proxy.statuses == [400, 200]  # the refused batch was not sent again
+    assert c["rejected"] == 10 and c["delivered"] == 10 and c["retried"] == 0
+    assert len(rotel.wait_for_uids(10, 20)) == 10
+
+
+@pytest.mark.parametrize("code", ("INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"))
+def test_grpc_permanent_status_is_counted_as_rejected_and_not_retried(rotel, tmp_path, code):
+    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [(code, None)])
+    try:
+        c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
+                                        spool_dir=str(tmp_path / "spool"), batch_size=10,
+                                        batch_linger=0.5), 20)
+    finally:
+        proxy.close()
+    assert proxy.answers == [code, "OK"]
+    assert c["rejected"] == 10 and c["delivered"] == 10 and c["retried"] == 0
+    assert len(rotel.wait_for_uids(10, 20)) == 10
+
+
+def test_grpc_unavailable_is_retried_with_the_collectors_retry_delay(rotel, tmp_path):
+    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [("UNAVAILABLE", 1.5), ("RESOURCE_EXHAUSTED", None)])
+    try:
+        c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
+                                        spool_dir=str(tmp_path / "spool"), batch_size=50), 50)
+    finally:
+        proxy.close()
+    assert proxy.answers == ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "OK"]
+    assert proxy.times[1] - proxy.times[0] >= 1.4  # RetryInfo 1.5 s honoured
+    assert c["retried"] == 2 and c["delivered"] == 50 and c["rejected"] == 0
+    assert len(rotel.wait_for_uids(50, 20)) == 50
+
+
+def test_grpc_partial_success_counts_the_rejected_records(rotel, tmp_path):
+    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [("PARTIAL", 3)])
+    try:
+        c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
+                                        spool_dir=str(tmp_path / "spool"), batch_size=20), 20)
+    finally:
+        proxy.close()
+    assert c["rejected"] == 3 and c["delivered"] == 17 and c["retried"] == 0
+
+
+def test_protobuf_encoder_matches_the_sdk_encoding():
+    """Our direct protobuf request equals what the SDK's encode_logs makes
+    from the same records (as SdkExporter builds them)."""
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+
+    res = build_resource("tracepoint", environ={})
+    entries = [SpoolEntry(f"U{i}", 1_700_000_000_000_000_000 + i, ev)
+               for i, ev in enumerate(sample_events(6))]
+    ours = ProtoEncoder(res).request(entries)
+    sdk = SdkExporter(OtlpSettings.from_env({}, protocol="http/protobuf", endpoint="http://127.0.0.1:9"),
+                      res)
+    theirs = encode_logs([sdk.to_sdk(e) for e in entries])
+    assert len(ours.resource_logs[0].scope_logs[0].log_records) == 6
+    a, b = ours.resource_logs[0], theirs.resource_logs[0]
+    assert sorted((kv.key, kv.value.SerializeToString()) for kv in a.resource.attributes) == \
+        sorted((kv.key, kv.value.SerializeToString()) for kv in b.resource.attributes)
+    assert a.scope_logs[0].scope == b.scope_logs[0].scope
+    assert otel_map.SCOPE_NAME == a.scope_logs[0].scope.name
+    assert list(a.scope_logs[0].log_records) == list(b.scope_logs[0].log_records)
