@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import msgspec
 import pytest
@@ -165,3 +166,20 @@ def test_unexpected_sender_error_is_logged_once_and_delivery_carries_on(rotel, t
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1  # the first with its traceback, the rest rate-limited
     assert len(rotel.wait_for_uids(50, 20)) == 50
+
+
+def test_close_without_timeout_waits_drain_timeout_and_keeps_the_rest(tmp_path):
+    from tests.collector import free_port
+
+    s = OtlpSettings.from_env({}, protocol="http/json", endpoint=f"http://127.0.0.1:{free_port()}",
+                              spool_dir=str(tmp_path / "spool"), drain_timeout=1.5, timeout=1.0)
+    shipper = Shipper(s, build_resource(""), logging.getLogger("test"))
+    for ev in sample_events(30):
+        shipper.submit(ev)
+    t0 = time.monotonic()
+    assert shipper.close() is False  # nobody listens
+    took = time.monotonic() - t0
+    assert 1.4 <= took < 5, took
+    again = Shipper(s, build_resource(""), logging.getLogger("test"))
+    assert again.counters()["recovered"] == 30  # kept in the spool for the next run
+    again.close(0)
