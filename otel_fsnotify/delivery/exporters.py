@@ -8,8 +8,9 @@ counted as ``rejected`` instead of being retried forever:
   (partialSuccess.rejectedLogRecords counted); 429/502/503/504: retry,
   Retry-After honoured; any other status: permanent refusal. Bodies come from
   otlp_json (msgspec) or otlp_proto (the OTLP protobuf messages).
-- grpc: the generated LogsServiceStub on our own channel (TLS/mTLS, metadata,
-  gzip, per-call deadline), so the status code is seen: CANCELLED,
+- grpc: LogsService/Export (as the generated LogsServiceStub calls it, fed
+  with otlp_proto's serialized request) on our own channel (TLS/mTLS,
+  metadata, gzip, per-call deadline), so the status code is seen: CANCELLED,
   DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
   DATA_LOSS retry (a RetryInfo delay in the status details is honoured); any
   other code is a permanent refusal; partial_success counts rejected records.
@@ -236,7 +237,7 @@ class GrpcExporter(Exporter):
 
     def __init__(self, settings: OtlpSettings, resource: dict[str, Any]):
         import grpc
-        from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
         self._grpc = grpc
         self.settings = settings
@@ -261,20 +262,24 @@ class GrpcExporter(Exporter):
             self._channel = grpc.secure_channel(target, creds, options, compression)
         else:
             self._channel = grpc.insecure_channel(target, options, compression)
-        self._stub = LogsServiceStub(self._channel)
+        # LogsService/Export as the generated LogsServiceStub defines it, but
+        # taking the request already serialized by otlp_proto (no message objects)
+        self._export = self._channel.unary_unary(
+            "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString)
         self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items()) or None
         self._encoder = ProtoEncoder(resource, settings.include_command_line)
 
-    def encode(self, entries: Sequence[SpoolEntry]):
-        return self._encoder.request(entries)
+    def encode(self, entries: Sequence[SpoolEntry]) -> bytes:
+        return self._encoder.encode(entries)
 
     def export(self, entries: Sequence[SpoolEntry]) -> Outcome:
         return self.send(self.encode(entries))
 
-    def send(self, request) -> Outcome:
+    def send(self, request: bytes) -> Outcome:
         grpc = self._grpc
         try:
-            resp = self._stub.Export(request, timeout=self.settings.timeout, metadata=self._metadata)
+            resp = self._export(request, timeout=self.settings.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             details = exc.details() if hasattr(exc, "details") else str(exc)

@@ -1,69 +1,119 @@
-"""OTLP/protobuf ExportLogsServiceRequest built straight from spool entries.
+"""OTLP/protobuf ExportLogsServiceRequest bytes, written straight from spool
+entries.
 
-The same record as the SDK's encoder (opentelemetry-exporter-otlp-proto-common
-`encode_logs`) would produce from a ReadableLogRecord with otel_map's fields,
-without building SDK LogRecord objects first; tests compare the two. Used by
+Building the generated message objects costs ~0.1 ms per record (one Python
+object per attribute and value); writing the few wire-format fields by hand
+is several times faster. The bytes parse to the same message the SDK's
+encoder (opentelemetry-exporter-otlp-proto-common `encode_logs`) makes from
+a ReadableLogRecord with otel_map's fields; tests compare the two. Used by
 both the http/protobuf and the grpc exporter.
+
+Wire format used (opentelemetry/proto, logs v1): a field is a tag byte
+``(number << 3) | wire_type`` then its value; wire type 0 = varint, 1 = 8
+bytes little endian, 2 = varint length + bytes (strings and sub-messages).
+Scalars equal to their default are left out (proto3), but a member of the
+AnyValue `value` oneof is always written: it has presence.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Iterable
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import (AnyValue, ArrayValue, InstrumentationScope,
-                                                      KeyValue)
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 
 from .. import __version__
 from .. import otel_map
 from .spool import SpoolEntry
 
+_U64 = (1 << 64) - 1
+_F64 = struct.Struct("<Q").pack
+_DOUBLE = struct.Struct("<d").pack
 
-def any_value(v: Any) -> AnyValue:
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return tag + _varint(len(payload)) + payload
+
+
+# AnyValue: 1 string_value, 2 bool_value, 3 int_value (int64), 4 double_value, 5 array_value
+# ArrayValue: 1 values; KeyValue: 1 key, 2 value
+def any_value(v: Any) -> bytes:
+    """Serialized AnyValue."""
     if isinstance(v, str):
-        return AnyValue(string_value=v)
+        return _ld(b"\x0a", v.encode("utf-8", "surrogateescape"))
     if isinstance(v, bool):
-        return AnyValue(bool_value=v)
+        return b"\x10\x01" if v else b"\x10\x00"
     if isinstance(v, int):
-        return AnyValue(int_value=v)
+        return b"\x18" + _varint(v & _U64)  # int64: two's complement as unsigned varint
     if isinstance(v, float):
-        return AnyValue(double_value=v)
+        return b"\x21" + _DOUBLE(v)
     if isinstance(v, (list, tuple)):
-        return AnyValue(array_value=ArrayValue(values=[any_value(x) for x in v]))
-    return AnyValue(string_value=str(v))
+        return _ld(b"\x2a", b"".join(_ld(b"\x0a", any_value(x)) for x in v))
+    return any_value(str(v))
 
 
-def key_values(attrs: dict[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=k, value=any_value(v)) for k, v in attrs.items()]
+_key_cache: dict[str, bytes] = {}
+
+
+def key_value(k: str, v: Any) -> bytes:
+    """Serialized KeyValue (the key part is memoised: attribute keys repeat)."""
+    kb = _key_cache.get(k)
+    if kb is None:
+        kb = _key_cache[k] = _ld(b"\x0a", k.encode())
+    return kb + _ld(b"\x12", any_value(v))
 
 
 class ProtoEncoder:
-    """Encode batches of SpoolEntry as one ExportLogsServiceRequest."""
+    """Encode batches of SpoolEntry as one serialized ExportLogsServiceRequest."""
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
-        self._resource = Resource(attributes=key_values(resource))
-        self._scope = InstrumentationScope(name=otel_map.SCOPE_NAME, version=__version__)
+        # Resource: 1 attributes; ResourceLogs: 1 resource, 2 scope_logs; ScopeLogs: 1 scope, 2 log_records
+        self._resource = _ld(b"\x0a", b"".join(_ld(b"\x0a", key_value(k, v)) for k, v in resource.items()))
+        scope = InstrumentationScope(name=otel_map.SCOPE_NAME, version=__version__).SerializeToString()
+        self._scope = _ld(b"\x0a", scope)
         self._include_cmd = include_command_line
 
-    def record(self, e: SpoolEntry) -> LogRecord:
+    def record(self, e: SpoolEntry) -> bytes:
+        """Serialized LogRecord: 1 time_unix_nano (fixed64), 2 severity_number,
+        3 severity_text, 5 body, 6 attributes, 11 observed_time_unix_nano
+        (fixed64), 12 event_name."""
         ev = e.event
         num, text = otel_map.severity(ev)
-        return LogRecord(
-            time_unix_nano=ev.timestamp,
-            observed_time_unix_nano=e.observed,
-            severity_number=num,
-            severity_text=text,
-            event_name=otel_map.event_name(ev),
-            body=AnyValue(string_value=otel_map.body(ev)),
-            attributes=key_values(otel_map.attributes(ev, e.uid, e.command_line, self._include_cmd)),
-        )
-
-    def request(self, entries: Iterable[SpoolEntry]) -> ExportLogsServiceRequest:
-        return ExportLogsServiceRequest(resource_logs=[ResourceLogs(
-            resource=self._resource,
-            scope_logs=[ScopeLogs(scope=self._scope, log_records=[self.record(e) for e in entries])])])
+        parts = []
+        if ev.timestamp:
+            parts.append(b"\x09" + _F64(ev.timestamp & _U64))
+        if num:
+            parts.append(b"\x10" + _varint(num))
+        if text:
+            parts.append(_ld(b"\x1a", text.encode()))
+        parts.append(_ld(b"\x2a", any_value(otel_map.body(ev))))
+        for k, v in otel_map.attributes(ev, e.uid, e.command_line, self._include_cmd).items():
+            parts.append(_ld(b"\x32", key_value(k, v)))
+        if e.observed:
+            parts.append(b"\x59" + _F64(e.observed & _U64))
+        name = otel_map.event_name(ev)
+        if name:
+            parts.append(_ld(b"\x62", name.encode()))
+        return b"".join(parts)
 
     def encode(self, entries: Iterable[SpoolEntry]) -> bytes:
-        return self.request(entries).SerializeToString()
+        scope_logs = self._scope + b"".join(_ld(b"\x12", self.record(e)) for e in entries)
+        resource_logs = self._resource + _ld(b"\x12", scope_logs)
+        return _ld(b"\x0a", resource_logs)
+
+    def request(self, entries: Iterable[SpoolEntry]) -> ExportLogsServiceRequest:
+        """The same request as a message object (for tests and debugging)."""
+        return ExportLogsServiceRequest.FromString(self.encode(entries))
