@@ -91,15 +91,6 @@ def test_replay_of_a_malformed_capture_names_file_and_line(tmp_path):
     assert f"{cap}:2" in line
 
 
-@pytest.mark.skipif(os.path.exists("/sys/kernel/tracing/kprobe_events")
-                    or os.path.exists("/sys/kernel/debug/tracing/kprobe_events"),
-                    reason="this kernel has kprobes; covered by the VM tests")
-def test_kprobe_backend_on_a_kernel_without_kprobes_says_so():
-    proc = run_cli("run", "--backend", "kprobe", "--output", "jsonl", "--duration", "1")
-    assert proc.returncode == 1
-    assert "no kprobes" in one_error_line(proc)
-
-
 def test_non_root_gets_one_line_about_privileges():
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to nobody")
