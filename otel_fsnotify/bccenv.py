@@ -67,6 +67,6 @@ def compile_bpf(source_name: str, cflags: list[str]):
     bcc = import_bcc()
     text = read_source(source_name)
     try:
-        return bcc.BPF(text=text, cflags=["-Wno-macro-redefined", "-Wno-visibility"] + cflags)
+        return bcc.BPF(text=text.encode(), cflags=["-Wno-macro-redefined", "-Wno-visibility"] + cflags)
     except Exception as exc:  # bcc raises bare Exception
         raise BccError(f"bpf/{source_name}: {exc}") from None

@@ -74,7 +74,7 @@ def _tracepoints() -> tuple[str, str]:
 
     try:
         bcc = import_bcc()
-        prog = bcc.BPF(text=_TRACEPOINT_PROBE, cflags=["-Wno-visibility"])
+        prog = bcc.BPF(text=_TRACEPOINT_PROBE.encode(), cflags=["-Wno-visibility"])
     except BccError as exc:
         return "NO", str(exc)
     except Exception as exc:  # bcc raises bare Exception
