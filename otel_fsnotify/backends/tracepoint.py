@@ -559,17 +559,18 @@ class TracepointBackend(Backend):
                     fields["fa_type"] = "FANOTIFY_EVENT_TYPE_PATH"
                 if fan_flags & FAN_REPORT_TID:  # the event carries the tid
                     fields["tracee_tid"] = apid
-                path = paths.get(off)
-                if not path:
-                    if efd >= 0:
-                        try:
-                            path = os.readlink(f"/proc/{pid}/fd/{efd}")
-                        except OSError:
-                            path = ""
-                            self.stats["fanotify_path_unresolved"] += 1
-                    else:
-                        path = self._fid_name(data[off + mlen: off + event_len])
-                fields["path"] = fields["name"] = path
+                if efd >= 0:
+                    # only the path the kernel walked from this very fd: a
+                    # readlink of /proc/<tracer>/fd/<efd> after the fact may
+                    # name whatever file reuses that fd number by then
+                    path = paths.get(off, "")
+                    if path:
+                        fields["path"] = fields["name"] = path
+                    else:  # past MAX_FAN_PATHS, cut, or its record lost
+                        self.stats["fanotify_path_unresolved"] += 1
+                else:
+                    path = self._fid_name(data[off + mlen: off + event_len])
+                    fields["path"] = fields["name"] = path
                 # fanotify reports the tgid (or the tid with FAN_REPORT_TID)
                 ev = msgspec.structs.replace(tmpl, **fields, **self._tracee_fields(apid),
                                              attribution="exact")

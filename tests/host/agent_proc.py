@@ -25,8 +25,7 @@ class Agent:
         self.err = workdir / "agent.err"
         self._errfh = open(self.err, "wb")
         self._outfh = open(self.out, "wb")
-        # jsonl on stdout: the output flushes every event there (a --output-file
-        # is flushed every 64 events, too late for a test waiting on one)
+        # jsonl on stdout: the output writes and flushes each poll's events
         self.proc = subprocess.Popen(
             cli() + ["run", "--backend", "tracepoint", "--output", "jsonl",
                      "--stats-interval", "0", *extra],
@@ -50,6 +49,32 @@ class Agent:
             if len(got) >= n or time.monotonic() > deadline:
                 return got
             time.sleep(0.1)
+
+    def marked_inodes(self) -> set[int]:
+        """Inodes carrying one of the agent's fanotify marks (its mirror of
+        the inotify watches), from its fdinfo."""
+        found = set()
+        pid = self.proc.pid
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("fanotify ino:"):
+                    found.add(int(line.split()[1].split(":")[1], 16))
+        return found
+
+    def wait_marked(self, path, timeout: float = 20.0) -> None:
+        """Until the agent mirrors a watch on path (it does so after seeing
+        the listener's inotify_add_watch): acting earlier would be unmatched."""
+        ino = os.stat(path).st_ino
+        deadline = time.monotonic() + timeout
+        while ino not in self.marked_inodes():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the agent did not mirror the watch on {path}")
+            time.sleep(0.02)
 
     def stop(self) -> dict:
         """SIGTERM; returns the stats line the agent prints at exit."""
