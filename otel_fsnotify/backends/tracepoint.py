@@ -569,8 +569,9 @@ class TracepointBackend(Backend):
                     else:  # past MAX_FAN_PATHS, cut, or its record lost
                         self.stats["fanotify_path_unresolved"] += 1
                 else:
-                    path = self._fid_name(data[off + mlen: off + event_len])
-                    fields["path"] = fields["name"] = path
+                    # FID modes: a name relative to the directory whose file
+                    # handle the event carries, not a path
+                    fields["name"] = self._fid_name(data[off + mlen: off + event_len])
                 # fanotify reports the tgid (or the tid with FAN_REPORT_TID)
                 ev = msgspec.structs.replace(tmpl, **fields, **self._tracee_fields(apid),
                                              attribution="exact")

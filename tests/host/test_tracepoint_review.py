@@ -70,4 +70,28 @@ def test_fanotify_paths_past_the_kernel_walk_are_empty_not_guessed(tmp_path):
             empty += 1
             assert ours["name"] == ""
     assert 0 < empty <= len(seen) - MAX_FAN_PATHS, empty
-    assert stats["fanotify_path_unresolved"] == empty, stats
+    # the counter covers both bursts; every event it counts came out without a path
+    all_empty = sum(not e["path"] for e in agent.events() if e["tracer_pid"] == listener.pid)
+    assert stats["fanotify_path_unresolved"] == all_empty, stats
+
+
+def test_fid_listener_name_is_relative_and_path_left_empty(tmp_path):
+    """A FAN_REPORT_DFID_NAME listener reads names relative to a directory
+    handle: `name` is that name, `path` is not pretended."""
+    d = tmp_path / "fid"
+    d.mkdir()
+    agent = Agent(tmp_path)
+    listener = start_listener("notify", str(d), "--fid", "--mask", "0x100")  # FAN_CREATE
+    try:
+        touch = subprocess.Popen(["touch", str(d / "created")])
+        touch.wait()
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == listener.pid)
+    finally:
+        stop(listener)
+        agent.stop()
+    assert len(evs) == 1, evs
+    e = evs[0]
+    assert e["fa_mask_names"] == ["FAN_CREATE"] and e["fa_type"] == "FANOTIFY_EVENT_TYPE_FID_NAME"
+    assert e["name"] == "created" and e["path"] == "", e
+    assert e["tracee_pid"] == touch.pid and e["tracee_comm"] == "touch"
+    assert e["attribution"] == "exact"

@@ -30,7 +30,8 @@ from otel_fsnotify.fanotify_abi import (  # noqa: E402
     FAN_ALLOW, FAN_CLASS_CONTENT, FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_CLOSE_NOWRITE,
     FAN_CLOSE_WRITE, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_MARK_ADD, FAN_MARK_FILESYSTEM,
     FAN_MARK_MOUNT, FAN_METADATA, FAN_MODIFY, FAN_NOFD, FAN_OPEN, FAN_OPEN_PERM, FAN_Q_OVERFLOW,
-    FAN_RESPONSE, fanotify_init, fanotify_mark)
+    FAN_REPORT_DIR_FID, FAN_REPORT_FID, FAN_REPORT_NAME, FAN_REPORT_TID, FAN_RESPONSE,
+    fanotify_init, fanotify_mark)
 
 MODES = {
     "notify": (FAN_CLASS_NOTIF, FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_MODIFY),
@@ -60,6 +61,10 @@ def main(argv=None) -> int:
     ap.add_argument("--mount", action="store_true", help="mark the whole mount instead")
     ap.add_argument("--filesystem", action="store_true", help="mark the whole filesystem")
     ap.add_argument("--mask", type=lambda s: int(s, 0), default=0, help="override the event mask")
+    ap.add_argument("--fid", action="store_true",
+                    help="FAN_REPORT_DFID_NAME | FAN_REPORT_FID: events carry file handles and "
+                         "names, no fd (needed for --mask with FAN_CREATE etc.)")
+    ap.add_argument("--tid", action="store_true", help="FAN_REPORT_TID: events carry thread ids")
     ap.add_argument("--count", type=int, default=0, help="exit after this many events")
     ap.add_argument("--quiet", action="store_true", help="print only READY and a final total")
     args = ap.parse_args(argv)
@@ -76,7 +81,12 @@ def main(argv=None) -> int:
     elif os.path.isdir(args.path):
         mask |= FAN_EVENT_ON_CHILD
     try:
-        fan = fanotify_init(FAN_CLOEXEC | klass)
+        init = FAN_CLOEXEC | klass
+        if args.fid:
+            init |= FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME
+        if args.tid:
+            init |= FAN_REPORT_TID
+        fan = fanotify_init(init)
         fanotify_mark(fan, mark_flags, mask, args.path)
     except OSError as exc:
         print(f"fanotify_listener: {exc}", file=sys.stderr)
