@@ -80,6 +80,10 @@ struct rec_hdr {
     u32 offset;      // chunk offset within the read / component index
     u32 len;         // bytes of data following this header
     u32 pad;
+    u32 pidns;       // REC_READ of fanotify: the reader's pid namespace (inum);
+                     // the pids in the events it read are numbered in it.
+                     // REC_FORK / REC_THREAD: the new task's pid namespace
+    u32 nspid;       // REC_FORK / REC_THREAD: the new task's number in it
     char comm[16];
 };
 
@@ -211,6 +215,26 @@ static __always_inline void fill_identity(struct rec_hdr *h) {
         bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(mntns + OFF_MNTNS_INUM));
     h->mntns = inum;
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+// inum of a task's active pid namespace: task->thread_pid->numbers[level].ns
+// (task_active_pid_ns()), and the task's number there (numbers[level].nr).
+// fanotify numbers the pid of an event in the namespace of the task reading
+// it (pid_vnr at copy time).
+static __always_inline u32 task_pidns(u64 task, u32 *nr) {
+    u64 pid = read_ptr(task + OFF_TASK_THREAD_PID);
+    if (!pid)
+        return 0;
+    u32 level = 0;
+    bpf_probe_read_kernel(&level, sizeof(level), (void *)(pid + OFF_PID_LEVEL));
+    u64 upid = pid + OFF_PID_NUMBERS + (u64)level * UPID_SIZE;
+    if (nr)
+        bpf_probe_read_kernel(nr, sizeof(*nr), (void *)(upid + OFF_UPID_NR));
+    u64 ns = read_ptr(upid + OFF_UPID_NS);
+    u32 inum = 0;
+    if (ns)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(ns + OFF_PIDNS_INUM));
+    return inum;
 }
 
 static __always_inline struct rec_buf *stage(void) {
@@ -391,6 +415,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
         }
     }
     fill_identity(&r->h);
+    r->h.pidns = listener == KIND_FANOTIFY ? task_pidns(bpf_get_current_task(), 0) : 0;
     r->h.kind = REC_READ;
     r->h.group = group;
     r->h.fd = fd;
@@ -591,6 +616,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
         t->h.kind = REC_THREAD;
         t->h.tgid = tgid;
         t->h.tid = pid;
+        t->h.pidns = task_pidns(child, &t->h.nspid);
         t->h.total = 0;
         t->h.offset = 0;
         submit(t, 0);
@@ -612,6 +638,9 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
     r->h.tid = pid;
     bpf_probe_read_kernel(&r->h.comm, 16, (void *)(child + OFF_TASK_COMM));
     r->h.kind = REC_FORK;
+    // its number in its own pid namespace: what a fanotify listener in there
+    // reads in the events it causes
+    r->h.pidns = task_pidns(child, &r->h.nspid);
     r->h.total = 0;
     r->h.offset = 0;
     submit(r, 0);

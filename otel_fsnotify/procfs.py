@@ -79,3 +79,45 @@ def mntns_id(pid: int) -> int:
 
 def pids() -> list[int]:
     return [int(d) for d in os.listdir(PROC) if d.isdigit()]
+
+
+def pidns_id(pid: int) -> int:
+    """Inode number of the process's pid namespace, 0 if unknown."""
+    try:
+        return os.stat(f"{PROC}/{pid}/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def ns_pids(path: str) -> list[int]:
+    """The NSpid line of <path>/status (outermost namespace first), [] if unknown."""
+    try:
+        with open(f"{path}/status") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def pid_from_ns(pidns: int, nspid: int, thread: bool = False) -> int:
+    """The pid (tid when thread) in /proc's namespace of the task numbered
+    nspid in pid namespace pidns; 0 when no live task matches."""
+    for pid in pids():
+        if pidns_id(pid) != pidns:
+            continue
+        if not thread:
+            got = ns_pids(f"{PROC}/{pid}")
+            if got and got[-1] == nspid:
+                return pid
+            continue
+        try:
+            tids = os.listdir(f"{PROC}/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            got = ns_pids(f"{PROC}/{pid}/task/{tid}")
+            if got and got[-1] == nspid:
+                return int(tid)
+    return 0

@@ -37,6 +37,8 @@ class ProcTable:
         self._exited: deque[tuple[float, int]] = deque()  # (exit time, pid), oldest first
         self.misses = 0  # lookups of pids nobody knew (counted, reported)
         self._threads: dict[int, int] = {}  # tid -> tgid of threads (not leaders)
+        # (pid namespace inum, number in it) -> tid, for tasks born outside the agent's
+        self._ns_tasks: dict[tuple[int, int], int] = {}
 
     def seed(self) -> None:
         """Load every process running now."""
@@ -45,8 +47,8 @@ class ProcTable:
 
     def _from_proc(self, pid: int) -> Proc | None:
         st = procfs.status(pid)
-        if not st:
-            return None
+        if not st or st.get("Tgid", str(pid)) != str(pid):
+            return None  # gone, or a thread id (/proc/<tid> answers too): not a process
         try:
             proc = Proc(
                 pid=pid,
@@ -84,6 +86,21 @@ class ProcTable:
         self._threads[tid] = tgid
         if len(self._threads) > MAX_THREADS:
             del self._threads[next(iter(self._threads))]
+
+    def ns_task(self, pidns: int, nspid: int, tid: int) -> None:
+        """A task born in pid namespace pidns as number nspid (sched fork):
+        events read by a listener in that namespace carry nspid."""
+        key = (pidns, nspid)
+        self._ns_tasks.pop(key, None)
+        self._ns_tasks[key] = tid
+        if len(self._ns_tasks) > MAX_THREADS:
+            del self._ns_tasks[next(iter(self._ns_tasks))]
+
+    def from_ns(self, pidns: int, nspid: int) -> int:
+        """The task (pid or tid, agent numbering) that is nspid in pidns, 0 if
+        not seen born. Kept after its exit (bounded, oldest first), so a
+        short-lived actor still resolves; a reused number overwrites it."""
+        return self._ns_tasks.get((pidns, nspid), 0)
 
     def tgid_of(self, tid: int) -> int:
         """The process a thread id belongs to; 0 if unknown."""

@@ -72,6 +72,12 @@ OFFSETS = {
     "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
     "OFF_PT_REGS_AX": ("pt_regs", "ax"),
     "OFF_FILES_COUNT": ("files_struct", "count"),
+    "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
+    "OFF_PID_LEVEL": ("pid", "level"),
+    "OFF_PID_NUMBERS": ("pid", "numbers"),
+    "OFF_UPID_NS": ("upid", "ns"),
+    "OFF_UPID_NR": ("upid", "nr"),
+    "OFF_PIDNS_INUM": ("pid_namespace", "ns.inum"),
 }
 # the file's reference count, by kernel version: file_ref_t f_ref (6.13+,
 # stores count - 1, so one reference reads 0) or atomic_long_t f_count
@@ -84,10 +90,10 @@ KIND_INOTIFY, KIND_FANOTIFY = 1, 2
 LOSS_NAMES = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep")
 
 # struct rec_hdr in the BPF source
-HDR = struct.Struct("=6IQQQiiIIIIII16s")
+HDR = struct.Struct("=6IQQQiiIIIIIIII16s")
 # field indices in HDR.unpack()
 (H_KIND, H_TGID, H_TID, H_PPID, H_UID, H_GID, H_MNTNS, H_TS, H_GROUP, H_FD, H_RET, H_PRIO,
- H_LISTENER, H_TOTAL, H_OFFSET, H_LEN, H_PAD, H_COMM) = range(18)
+ H_LISTENER, H_TOTAL, H_OFFSET, H_LEN, H_PAD, H_PIDNS, H_NSPID, H_COMM) = range(20)
 CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the BPF source)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
 MAX_WAIT_MS = 25  # longest wait for the ring between looks (the kernel wakes us for bulk only)
@@ -95,6 +101,7 @@ KILLED_KEEP_S = 2.0  # a killed tracee's pid is remembered this long
 MAX_PENDING_PERM = 65_536  # permission events awaiting an answer (oldest forgotten, counted)
 # an inotify event read by a tracer whose mirror event is not in yet waits this long
 MATCH_WAIT_S = 0.3
+NS_MISS_KEEP_S = 1.0  # a pid not found in another pid namespace is looked for again after this
 
 
 def _cstr(raw: bytes) -> str:
@@ -139,6 +146,8 @@ class TracepointBackend(Backend):
         self._tracers: dict[tuple, Event] = {}  # tracer identity -> Event template
         self._tracees: dict[int, dict] = {}  # pid -> tracee fields
         self._clock_offset = time.time_ns() - time.monotonic_ns()
+        self._pidns = procfs.pidns_id(self._self)  # pids in records are numbered in it
+        self._ns_pids: dict[tuple[int, int, bool], tuple[int, float]] = {}
         self._learn_fds: list[int] = []
         self._polls = 0
         self.stats = {
@@ -146,7 +155,7 @@ class TracepointBackend(Backend):
             "fanotify_path_unresolved": 0, "response_unmatched": 0, "response_failed": 0,
             "response_interrupted": 0, "response_after_interrupt": 0,
             "watch_unknown": 0, "decode_errors": 0, "tracee_tgid_unknown": 0,
-            "response_pending_dropped": 0,
+            "response_pending_dropped": 0, "tracee_pidns_unresolved": 0,
         }
 
     # -- lifecycle ------------------------------------------------------------------
@@ -167,7 +176,8 @@ class TracepointBackend(Backend):
     def _cflags(self) -> list[str]:
         try:
             btf = Btf.load()
-            flags = offset_macros(btf, OFFSETS) + [f"-DPT_REGS_SIZE={btf.struct_size('pt_regs')}"]
+            flags = offset_macros(btf, OFFSETS) + [f"-DPT_REGS_SIZE={btf.struct_size('pt_regs')}",
+                                            f"-DUPID_SIZE={btf.struct_size('upid')}"]
         except BtfError as exc:
             raise BackendUnavailable(str(exc)) from None
         f = self.filters
@@ -375,6 +385,8 @@ class TracepointBackend(Backend):
             elif kind == REC_FORK:
                 self._tracees.pop(h[H_TGID], None)
                 self.procs.fork(h[H_TGID], h[H_PPID], _cstr(h[H_COMM]), h[H_UID], h[H_GID], h[H_MNTNS])
+                if h[H_PIDNS] != self._pidns and h[H_NSPID]:
+                    self.procs.ns_task(h[H_PIDNS], h[H_NSPID], h[H_TGID])
             elif kind == REC_EXEC:
                 pid = h[H_TGID]
                 self._tracees.pop(pid, None)
@@ -393,6 +405,8 @@ class TracepointBackend(Backend):
                 self._on_group_gone(h)
             elif kind == REC_THREAD:
                 self.procs.thread(h[H_TID], h[H_TGID])
+                if h[H_PIDNS] != self._pidns and h[H_NSPID]:
+                    self.procs.ns_task(h[H_PIDNS], h[H_NSPID], h[H_TID])
 
     def _ts(self, mono_ns: int) -> int:
         return mono_ns + self._clock_offset
@@ -557,8 +571,11 @@ class TracepointBackend(Backend):
                                          else "FANOTIFY_EVENT_TYPE_FID")
                 else:
                     fields["fa_type"] = "FANOTIFY_EVENT_TYPE_PATH"
-                if fan_flags & FAN_REPORT_TID:  # the event carries the tid
-                    fields["tracee_tid"] = apid
+                # the event's pid as the agent numbers it: a tgid, or with
+                # FAN_REPORT_TID a thread id mapped to its process
+                tracee, tid = self._fan_tracee(h[H_PIDNS], apid, fan_flags & FAN_REPORT_TID)
+                if tid:
+                    fields["tracee_tid"] = tid
                 if efd >= 0:
                     # only the path the kernel walked from this very fd: a
                     # readlink of /proc/<tracer>/fd/<efd> after the fact may
@@ -572,9 +589,11 @@ class TracepointBackend(Backend):
                     # FID modes: a name relative to the directory whose file
                     # handle the event carries, not a path
                     fields["name"] = self._fid_name(data[off + mlen: off + event_len])
-                # fanotify reports the tgid (or the tid with FAN_REPORT_TID)
-                ev = msgspec.structs.replace(tmpl, **fields, **self._tracee_fields(apid),
-                                             attribution="exact")
+                if tracee:
+                    ev = msgspec.structs.replace(tmpl, **fields, **self._tracee_fields(tracee),
+                                                 attribution="exact")
+                else:  # pid 0 (actor outside the reader's pid namespace) or untranslatable
+                    ev = msgspec.structs.replace(tmpl, **fields)
             off += event_len
             self._emit(ev)
             if perm and efd >= 0:
@@ -583,8 +602,48 @@ class TracepointBackend(Backend):
                     del pending[next(iter(pending))]
                     self.stats["response_pending_dropped"] += 1
                 pending[(pid, efd)] = (ev, group)
-                if apid in self._killed:  # killed before its listener's read was seen
+                if ev.tracee_pid in self._killed or ev.tracee_tid in self._killed:
+                    # killed before its listener's read was seen
                     self._interrupted((pid, efd), ev.timestamp)
+
+    def _fan_tracee(self, pidns: int, apid: int, report_tid: int) -> tuple[int, int]:
+        """(pid, tid) in the agent's numbering of the pid a fanotify reader got
+        (its tgid, or its tid with FAN_REPORT_TID, in the reader's pid
+        namespace); 0 where unknown. tid is 0 without FAN_REPORT_TID."""
+        if apid <= 0:
+            return 0, 0  # the actor is not visible in the reader's pid namespace
+        if pidns and pidns != self._pidns:
+            apid = self._from_pidns(pidns, apid, bool(report_tid))
+            if not apid:
+                self.stats["tracee_pidns_unresolved"] += 1
+                return 0, 0
+        if not report_tid:
+            return apid, 0
+        tgid = self.procs.tgid_of(apid)
+        if not tgid:
+            self.stats["tracee_tgid_unknown"] += 1
+        return tgid, apid
+
+    def _from_pidns(self, pidns: int, nspid: int, thread: bool) -> int:
+        """A pid (tid) numbered in another pid namespace, in the agent's; 0 if
+        no live task of that namespace has it (from /proc/*/status NSpid)."""
+        host = self.procs.from_ns(pidns, nspid)  # born since the agent started
+        if host:
+            return host
+        key = (pidns, nspid, thread)
+        now = time.monotonic()
+        hit = self._ns_pids.get(key)
+        if hit is not None:
+            host, when = hit
+            if host and procfs.ns_pids(f"/proc/{host}")[-1:] == [nspid]:
+                return host  # still that task (its number was not reused)
+            if not host and now - when < NS_MISS_KEEP_S:
+                return 0  # looked very recently: no rescan of /proc per event
+        host = procfs.pid_from_ns(pidns, nspid, thread)
+        if len(self._ns_pids) > 4096:
+            self._ns_pids.clear()
+        self._ns_pids[key] = (host, now)
+        return host
 
     @staticmethod
     def _fid_name(info: bytes) -> str:
@@ -650,7 +709,7 @@ class TracepointBackend(Backend):
         ts = h[H_TS] + self._clock_offset
         self._killed[tgid] = self._killed[tid] = time.monotonic()
         for key, (ev, _group) in list(self._fan_pending.items()):
-            if ev.fa_pid in (tgid, tid):
+            if ev.tracee_pid == tgid or ev.tracee_tid == tid:
                 self._interrupted(key, ts)
 
     def _on_group_gone(self, h) -> None:

@@ -95,3 +95,99 @@ def test_fid_listener_name_is_relative_and_path_left_empty(tmp_path):
     assert e["name"] == "created" and e["path"] == "", e
     assert e["tracee_pid"] == touch.pid and e["tracee_comm"] == "touch"
     assert e["attribution"] == "exact"
+
+
+THREAD_OPENER = """
+import os, sys, threading
+def work():
+    print(threading.get_native_id(), flush=True)
+    os.close(os.open(sys.argv[1], os.O_RDONLY))
+t = threading.Thread(target=work); t.start(); t.join()
+"""
+
+
+def test_report_tid_listener_gets_process_and_thread(tmp_path):
+    """A FAN_REPORT_TID listener reads a thread id: tracee_pid is its
+    process, tracee_tid the thread, the process's names are the tracee's."""
+    f = tmp_path / "by_thread"
+    f.write_text("t")
+    agent = Agent(tmp_path)
+    listener = start_listener("notify", str(f), "--tid")
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", THREAD_OPENER, str(f)],
+                                stdout=subprocess.PIPE, text=True)
+        out, _ = proc.communicate(10)
+        tid = int(out)
+        assert tid != proc.pid
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == listener.pid and e["fa_pid"] == tid)
+    finally:
+        stop(listener)
+        agent.stop()
+    assert evs
+    for e in evs:
+        assert e["tracee_pid"] == proc.pid and e["tracee_tid"] == tid, e
+        assert e["tracee_comm"].startswith("python") and e["tracee_ppid"] == os.getpid(), e
+        assert e["attribution"] == "exact"
+
+
+def _child_of(pid: int) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            kids = fh.read().split()
+        if kids:
+            return int(kids[0])
+        time.sleep(0.02)
+    raise AssertionError("unshare did not fork")
+
+
+IN_NS_CAT = """
+import ctypes, os, sys
+fd = os.open(f"/proc/{sys.argv[1]}/ns/pid", os.O_RDONLY)
+# children are born in the listener's pid namespace (CLONE_NEWPID)
+assert ctypes.CDLL(None, use_errno=True).setns(fd, 0x20000000) == 0
+pid = os.fork()
+if pid == 0:
+    os.execvp("cat", ["cat", sys.argv[2]])
+print(pid, flush=True)
+os.waitpid(pid, 0)
+"""
+
+
+def test_listener_in_another_pid_namespace(tmp_path):
+    """The pid in a fanotify event is numbered in the reader's pid namespace:
+    translated for an actor living there, "unknown" (no tracee) for an actor
+    the reader cannot see (pid 0)."""
+    f = tmp_path / "ns_file"
+    f.write_text("n")
+    agent = Agent(tmp_path)
+    unshare = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable,
+                                "tests/tools/fanotify_listener.py", "notify", str(f)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert unshare.stdout.readline().strip() == "READY"
+        listener = _child_of(unshare.pid)
+        # an actor inside the listener's namespace
+        inner = subprocess.run([sys.executable, "-c", IN_NS_CAT, str(listener), str(f)],
+                               capture_output=True, text=True, check=True)
+        inner_pid = int(inner.stdout.split()[0])
+        # an actor outside it (this test's namespace): the listener reads pid 0
+        outer = subprocess.Popen(["cat", str(f)], stdout=subprocess.DEVNULL)
+        outer.wait()
+        agent.wait_for(lambda e: e["tracer_pid"] == listener and e["fa_pid"] == 0)
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == listener and e["fa_pid"] != 0)
+        evs = [e for e in agent.events() if e["tracer_pid"] == listener]
+    finally:
+        stop(unshare)
+        stats = agent.stop()
+    inside = [e for e in evs if e["fa_pid"] != 0]
+    outside = [e for e in evs if e["fa_pid"] == 0]
+    assert inside and outside, evs
+    for e in inside:
+        assert e["tracee_pid"] == inner_pid and e["tracee_comm"] == "cat", e
+        assert e["fa_pid"] != inner_pid  # the listener's own numbering (small)
+        assert e["attribution"] == "exact"
+    for e in outside:
+        assert e["attribution"] == "unknown" and e["tracee_pid"] == 0 and e["tracee_comm"] == "", e
+        assert e["path"] == str(f)
+    assert stats["tracee_pidns_unresolved"] == 0, stats
