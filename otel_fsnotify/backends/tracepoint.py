@@ -101,6 +101,7 @@ KILLED_KEEP_S = 2.0  # a killed tracee's pid is remembered this long
 MAX_PENDING_PERM = 65_536  # permission events awaiting an answer (oldest forgotten, counted)
 # an inotify event read by a tracer whose mirror event is not in yet waits this long
 MATCH_WAIT_S = 0.3
+CLOCK_SYNC_S = 2.0  # the monotonic -> wall clock offset is re-read this often
 NS_MISS_KEEP_S = 1.0  # a pid not found in another pid namespace is looked for again after this
 
 
@@ -145,7 +146,9 @@ class TracepointBackend(Backend):
         self._answered_late: set[tuple[int, int]] = set()  # pending resolved as interrupted
         self._tracers: dict[tuple, Event] = {}  # tracer identity -> Event template
         self._tracees: dict[int, dict] = {}  # pid -> tracee fields
-        self._clock_offset = time.time_ns() - time.monotonic_ns()
+        self._clock_offset = 0
+        self._clock_next = 0.0
+        self._sync_clock(time.monotonic())
         self._pidns = procfs.pidns_id(self._self)  # pids in records are numbered in it
         self._ns_pids: dict[tuple[int, int, bool], tuple[int, float]] = {}
         self._learn_fds: list[int] = []
@@ -315,9 +318,19 @@ class TracepointBackend(Backend):
         if self._waiting:
             self._retry_waiting()
         self._polls += 1
+        now = time.monotonic()
+        if now >= self._clock_next:
+            self._sync_clock(now)
         if self._polls & 63 == 0:
             self.procs.expire()
             self._expire_killed()
+
+    def _sync_clock(self, now: float) -> None:
+        """Record timestamps are CLOCK_MONOTONIC: re-read the offset to the
+        wall clock every CLOCK_SYNC_S, so a step of the wall clock (NTP,
+        date -s) moves the events' timestamps with it within that time."""
+        self._clock_offset = time.time_ns() - time.monotonic_ns()
+        self._clock_next = now + CLOCK_SYNC_S
 
     def flush(self) -> None:
         """Emit everything still waiting for a mirror match (at exit)."""
