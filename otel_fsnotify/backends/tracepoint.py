@@ -135,7 +135,8 @@ class TracepointBackend(Backend):
         self._ring: RingReader | None = None
         self.procs = ProcTable()
         self._self = os.getpid()
-        self._chunks: dict[int, tuple] = {}  # tid -> (hdr, bytearray) of a multi-chunk read
+        # tid -> [hdr, contiguous bytes received, no gap yet] of a multi-chunk read
+        self._chunks: dict[int, list] = {}
         self._paths: dict[int, dict[int, str]] = {}  # tid -> {event offset: path} for its next read
         self._waiting: deque = deque()  # (deadline, tracer template, fields, key): unmatched inotify
         self._listeners: dict[tuple[int, int], listeners.Listener] = {}
@@ -159,6 +160,7 @@ class TracepointBackend(Backend):
             "response_interrupted": 0, "response_after_interrupt": 0,
             "watch_unknown": 0, "decode_errors": 0, "tracee_tgid_unknown": 0,
             "response_pending_dropped": 0, "tracee_pidns_unresolved": 0,
+            "read_incomplete": 0, "read_bytes_unparsed": 0,
         }
 
     # -- lifecycle ------------------------------------------------------------------
@@ -367,17 +369,24 @@ class TracepointBackend(Backend):
                 if o == 0 and ln >= total:  # the whole read in one record
                     self._finish_read(h, buf[doff: doff + total])
                     continue
+                # A read in several chunks, in order per thread. Only the
+                # contiguous prefix received is parsed: bytes after a chunk
+                # lost in the ring, or past MAX_READ, are counted, not guessed.
                 tid = h[H_TID]
-                if o == 0:
-                    self._chunks[tid] = (h, bytearray(total))
                 ent = self._chunks.get(tid)
-                if ent is None:
-                    self.stats["decode_errors"] += 1
+                if o == 0:
+                    if ent is not None:  # the previous read's last chunk never came
+                        self._finish_partial(tid, ent)
+                    ent = self._chunks[tid] = [h, bytearray(), True]
+                elif ent is None:  # its first chunk was lost: nothing to attach to
+                    self.stats["read_bytes_unparsed"] += ln
                     continue
-                ent[1][o: o + ln] = buf[doff: doff + ln]
+                if ent[2] and o == len(ent[1]) and ln:
+                    ent[1] += buf[doff: doff + ln]
+                else:
+                    ent[2] = False  # a gap: what follows is not parsed
                 if o + CHUNK >= min(total, MAX_READ):  # the last chunk
-                    del self._chunks[tid]
-                    self._finish_read(ent[0], bytes(ent[1]))
+                    self._finish_partial(tid, ent)
             elif kind == REC_FAN_PATH:
                 n = h[H_OFFSET]
                 comps = buf[doff: doff + h[H_LEN]].split(b"\0")[:n]
@@ -465,6 +474,16 @@ class TracepointBackend(Backend):
         self.stats["emitted"] += 1
         self.emit(ev)
 
+    def _finish_partial(self, tid: int, ent: list) -> None:
+        """A multi-chunk read is over: parse what arrived contiguously."""
+        del self._chunks[tid]
+        h, data = ent[0], bytes(ent[1])
+        missing = h[H_TOTAL] - len(data)
+        if missing > 0:
+            self.stats["read_incomplete"] += 1
+            self.stats["read_bytes_unparsed"] += missing
+        self._finish_read(h, data)
+
     def _finish_read(self, h, data: bytes) -> None:
         try:
             if h[H_LISTENER] == KIND_INOTIFY:
@@ -487,6 +506,8 @@ class TracepointBackend(Backend):
         off = 0
         while off + 16 <= end:
             wd, mask, cookie, nlen = unpack(data, off)
+            if off + 16 + nlen > end:
+                break  # cut (an incomplete read): its bytes are counted unparsed
             name = _cstr(data[off + 16: off + 16 + nlen]) if nlen else ""
             off += 16 + nlen
             fields = dict(timestamp=ts, type="inotify", i_wd=wd, i_mask=mask, i_cookie=cookie,
@@ -566,8 +587,8 @@ class TracepointBackend(Backend):
         off = 0
         while off + FAN_METADATA.size <= len(data):
             event_len, _v, _r, mlen, mask, efd, apid = unpack(data, off)
-            if event_len < FAN_METADATA.size:
-                break
+            if event_len < FAN_METADATA.size or off + event_len > len(data):
+                break  # corrupt, or cut (an incomplete read): counted unparsed
             fields = dict(timestamp=ts, type="fanotify", fa_mask=mask,
                           fa_mask_names=_names(_FAN_NAMES, masks.fanotify_mask_names, mask),
                           fa_pid=apid, fa_flags=fan_flags, fa_f_flags=f_flags)

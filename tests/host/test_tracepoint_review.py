@@ -191,3 +191,53 @@ def test_listener_in_another_pid_namespace(tmp_path):
         assert e["attribution"] == "unknown" and e["tracee_pid"] == 0 and e["tracee_comm"] == "", e
         assert e["path"] == str(f)
     assert stats["tracee_pidns_unresolved"] == 0, stats
+
+
+BIG_READER = r"""
+import os, struct, sys
+sys.path.insert(0, os.getcwd())
+from otel_fsnotify.fanotify_abi import INOTIFY_EVENT, inotify_init1, libc
+fd = inotify_init1(0)
+assert libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x100) == 1  # IN_CREATE, wd 1
+print("READY", flush=True)
+sys.stdin.readline()
+data = os.read(fd, 1 << 20)  # everything queued, in one read
+n = off = 0
+while off < len(data):
+    n += 1
+    off += INOTIFY_EVENT.size + INOTIFY_EVENT.unpack_from(data, off)[3]
+print(len(data), n, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_read_beyond_capture_is_counted_not_invented(tmp_path):
+    """An inotify read of ~200 KiB (the kernel side captures 64 KiB): the
+    events in the captured prefix come out, the rest is counted; no event is
+    made from the missing bytes (wd 0, mask 0)."""
+    d = tmp_path / "big"
+    d.mkdir()
+    agent = Agent(tmp_path)
+    reader = subprocess.Popen([sys.executable, "-c", BIG_READER, str(d)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout.readline().strip() == "READY"
+        agent.wait_marked(d)
+        long = "x" * 100
+        for i in range(2000):  # 2000 IN_CREATE of 16 + 112 bytes each
+            (d / f"{long}{i:05d}").touch()
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        nbytes, nevents = (int(x) for x in reader.stdout.readline().split())
+        assert nbytes > 3 * 65536 and nevents == 2000
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == reader.pid, n=2000, timeout=5)
+    finally:
+        reader.kill()
+        reader.wait()
+        stats = agent.stop()
+    captured = 65536 // 128  # whole events in the captured 64 KiB
+    assert len(evs) == captured, len(evs)
+    assert [e["name"] for e in evs] == [f"{long}{i:05d}" for i in range(captured)]
+    assert all(e["i_wd"] == 1 and e["i_mask_names"] == ["IN_CREATE"] for e in evs)
+    assert stats["read_truncated"] >= 1 and stats["read_incomplete"] >= 1, stats
+    assert stats["read_bytes_unparsed"] >= nbytes - 65536, stats
