@@ -79,22 +79,39 @@ class Series:
     even when one file gets thousands of events inside the window.
     """
 
-    __slots__ = ("seqs", "hits", "start", "cursors")
+    __slots__ = ("seqs", "hits", "start", "cursors", "run")
 
     def __init__(self):
         self.seqs: list[int] = []
         self.hits: list[tuple[int, int, int]] = []  # (pid, tid, child inode), 0 when unknown
         self.start = 0  # entries before start have expired
         self.cursors: dict = {}
+        self.run = 0  # index where the last run of entries of one actor (pid, tid) begins
 
-    def match(self, consumer) -> tuple[int, int, int] | None:
-        """The oldest entry this consumer has not matched yet, None if none."""
+    def add(self, seq: int, hit: tuple[int, int, int]) -> None:
+        hits = self.hits
+        if hits and hits[-1][:2] != hit[:2]:
+            self.run = len(hits)
+        self.seqs.append(seq)
+        hits.append(hit)
+
+    def match(self, consumer) -> tuple[tuple[int, int, int], bool] | None:
+        """(the oldest entry this consumer has not matched yet, whether it is
+        certain), None if none.
+
+        Positional matching drifts when inotify merged identical consecutive
+        events (same wd, mask, name: e.g. two processes touching one file
+        while the listener did not read) that the mirror keeps apart: the
+        consumer's true entry is then a later one. It is certain only when
+        every entry from the cursor to the newest has the same actor (the
+        mirror is drained before a read is decoded, so the true entry is
+        among them)."""
         seqs = self.seqs
         i = bisect_left(seqs, self.cursors.get(consumer, 0), self.start)
         if i >= len(seqs):
             return None
         self.cursors[consumer] = seqs[i] + 1
-        return self.hits[i]
+        return self.hits[i], i >= self.run
 
     def drop_oldest(self) -> bool:
         """Expire the oldest entry; True when the series is empty."""
@@ -104,6 +121,7 @@ class Series:
         if self.start > 512 and self.start * 2 > len(self.seqs):
             del self.seqs[: self.start]
             del self.hits[: self.start]
+            self.run = max(0, self.run - self.start)
             self.start = 0
         return False
 
@@ -317,8 +335,7 @@ class Mirror:
                 series = hits.get(key)
                 if series is None:
                     series = hits[key] = Series()
-                series.seqs.append(seq)
-                series.hits.append(hit)
+                series.add(seq, hit)
                 order.append((now, key))
 
     @staticmethod
@@ -344,15 +361,16 @@ class Mirror:
             if series is not None and series.drop_oldest():
                 del hits[key]
 
-    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[int, int, int]:
-        """(pid, tid, child inode) of the oldest mirror event of (ino, name, any
-        bit of mask) this consumer (tracer pid, fd) has not matched yet;
-        (0, 0, 0) if none. tid and child inode are 0 when unknown."""
+    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int], bool]:
+        """((pid, tid, child inode), certain) of the oldest mirror event of
+        (ino, name, any bit of mask) this consumer (tracer pid, fd) has not
+        matched yet; ((0, 0, 0), False) if none. tid and child inode are 0
+        when unknown; certain: see Series.match."""
         hits = self._hits
         for bit in bits_of(mask):
             series = hits.get((ino, name, bit))
             if series is not None:
-                hit = series.match(consumer)
-                if hit is not None:
-                    return hit
-        return NO_MATCH
+                got = series.match(consumer)
+                if got is not None:
+                    return got
+        return NO_MATCH, False

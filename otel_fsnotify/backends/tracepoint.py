@@ -160,7 +160,7 @@ class TracepointBackend(Backend):
             "response_interrupted": 0, "response_after_interrupt": 0,
             "watch_unknown": 0, "decode_errors": 0, "tracee_tgid_unknown": 0,
             "response_pending_dropped": 0, "tracee_pidns_unresolved": 0,
-            "read_incomplete": 0, "read_bytes_unparsed": 0,
+            "read_incomplete": 0, "read_bytes_unparsed": 0, "inotify_ambiguous": 0,
         }
 
     # -- lifecycle ------------------------------------------------------------------
@@ -543,11 +543,17 @@ class TracepointBackend(Backend):
         ino, name, mask, consumer = key
         if not ino or self.mirror is None:
             return False
-        pid, tid, child_ino = self.mirror.match(ino, name, mask, consumer)
+        (pid, tid, child_ino), certain = self.mirror.match(ino, name, mask, consumer)
         if not pid:
             return False
         if child_ino and name:
             fields["i_ino"] = child_ino
+        if not certain:
+            # inotify may have merged this event with an identical one of
+            # another actor: the mirror's order no longer says whose it is
+            self.stats["inotify_ambiguous"] += 1
+            self._emit(msgspec.structs.replace(tmpl, **fields))
+            return True
         if tid:  # the mirror reports thread ids: find the process
             fields["tracee_tid"] = tid
             pid = self.procs.tgid_of(tid)

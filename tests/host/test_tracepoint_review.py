@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.host.agent_proc import Agent, start_listener, stop
+from tests.host.agent_proc import Agent, start_inotifywait, start_listener, stop
 
 pytestmark = pytest.mark.host
 
@@ -241,3 +241,41 @@ def test_read_beyond_capture_is_counted_not_invented(tmp_path):
     assert all(e["i_wd"] == 1 and e["i_mask_names"] == ["IN_CREATE"] for e in evs)
     assert stats["read_truncated"] >= 1 and stats["read_incomplete"] >= 1, stats
     assert stats["read_bytes_unparsed"] >= nbytes - 65536, stats
+
+
+def _utime(path) -> int:
+    proc = subprocess.Popen([sys.executable, "-c", f"import os; os.utime({str(path)!r})"])
+    assert proc.wait() == 0
+    return proc.pid
+
+
+def test_inotify_merged_events_never_get_another_actor(tmp_path):
+    """Two processes change one file while the listener is stopped: inotify
+    merges the identical IN_ATTRIB events, the mirror keeps both. Neither
+    that event nor the next one (a third process) may name a wrong actor."""
+    d = tmp_path / "merge"
+    d.mkdir()
+    f = d / "shared"
+    f.write_text("s")
+    agent = Agent(tmp_path)
+    iw = start_inotifywait(str(d), tmp_path / "iw.log")
+    try:
+        agent.wait_marked(d)
+        os.kill(iw.pid, signal.SIGSTOP)
+        a, b = _utime(f), _utime(f)
+        os.kill(iw.pid, signal.SIGCONT)
+        first = agent.wait_for(lambda e: e["tracer_pid"] == iw.pid and "IN_ATTRIB" in e["i_mask_names"])
+        c = _utime(f)
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == iw.pid and "IN_ATTRIB" in e["i_mask_names"],
+                             n=2)
+    finally:
+        stop(iw)
+        stats = agent.stop()
+    assert len(first) == 1 and len(evs) == 2, evs  # inotify merged a's and b's
+    merged, last = evs
+    for e, allowed in ((merged, {a, b}), (last, {c})):
+        if e["attribution"] == "inferred":
+            assert e["tracee_pid"] in allowed, (e, a, b, c)
+        else:
+            assert e["attribution"] == "unknown" and e["tracee_pid"] == 0, e
+    assert stats["inotify_ambiguous"] == sum(e["attribution"] == "unknown" for e in evs) >= 1, stats
