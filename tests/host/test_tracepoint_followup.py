@@ -24,10 +24,11 @@ def agent(tmp_path_factory):
     print("agent stats:", a.stop())
 
 
-def _blocked_cat(path) -> subprocess.Popen:
-    """A cat whose open(2) waits for a verdict (the listener never answers)."""
+def _blocked_cat(agent, path) -> subprocess.Popen:
+    """A cat whose open(2) waits for a verdict (the listener never answers),
+    once the agent has seen the listener read its permission event."""
     cat = subprocess.Popen(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    assert agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracee_pid"] == cat.pid)
     assert cat.poll() is None, "cat was not held by the stalled listener"
     return cat
 
@@ -37,9 +38,7 @@ def test_tracee_killed_while_waiting_is_interrupted(agent, tmp_path):
     f.write_text("h")
     listener = start_listener("stall", str(f))
     try:
-        cat = _blocked_cat(f)
-        # the listener read the event: it is pending now
-        assert agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracee_pid"] == cat.pid)
+        cat = _blocked_cat(agent, f)  # the listener read the event: it is pending now
         cat.kill()
         cat.wait()
         resp = agent.wait_for(lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == cat.pid)
@@ -56,8 +55,7 @@ def test_listener_gone_without_answer_is_interrupted(agent, tmp_path):
     f = tmp_path / "orphan"
     f.write_text("o")
     listener = start_listener("stall", str(f))
-    cat = _blocked_cat(f)
-    assert agent.wait_for(lambda e: e["type"] == "fanotify" and e["tracee_pid"] == cat.pid)
+    cat = _blocked_cat(agent, f)
     stop(listener)  # exits without answering: the kernel allows the open itself
     assert cat.wait(10) == 0
     resp = agent.wait_for(lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == cat.pid)
@@ -65,17 +63,35 @@ def test_listener_gone_without_answer_is_interrupted(agent, tmp_path):
     assert resp[0]["tracer_pid"] == listener.pid
 
 
+DENIED_THEN_WAITS = """
+import sys
+try:
+    open(sys.argv[1])
+except PermissionError:
+    print("DENIED", flush=True)
+sys.stdin.read()  # killed in this read(2)
+"""
+
+
 def test_answered_verdict_is_not_interrupted(agent, tmp_path):
-    """A deny answered, then the tracee killed afterwards: still one deny."""
+    """A deny answered, then the tracee killed afterwards (SIGKILL out of a
+    later syscall): still exactly one fa_resp, the deny."""
     f = tmp_path / "denied"
     f.write_text("d")
     listener = start_listener("perm-deny", str(f))
     try:
-        cat = subprocess.run(["cat", str(f)], capture_output=True)
-        assert cat.returncode != 0
-        time.sleep(1)
-        resp = [e for e in agent.events() if e["type"] == "fa_resp" and e["path"] == str(f)]
-        assert [e["fa_response"] for e in resp] == ["deny"], resp
+        tracee = subprocess.Popen([sys.executable, "-c", DENIED_THEN_WAITS, str(f)], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert tracee.stdout.readline().strip() == "DENIED"
+        mine = lambda e: e["type"] == "fa_resp" and e["tracee_pid"] == tracee.pid  # noqa: E731
+        assert [e["fa_response"] for e in agent.wait_for(mine)] == ["deny"]
+        tracee.kill()
+        tracee.wait()
+        # the kill is seen (signal_deliver) like the one of a waiting tracee;
+        # give it the time an interrupted verdict takes to come out, then recheck
+        late = agent.wait_for(lambda e: mine(e) and e["fa_response"] == "interrupted", timeout=2)
+        assert not late, late
+        assert [e["fa_response"] for e in agent.events() if mine(e)] == ["deny"]
     finally:
         stop(listener)
 
@@ -85,7 +101,7 @@ def test_inotify_child_inode_from_the_mirror(agent, tmp_path):
     d.mkdir()
     iw = start_inotifywait(str(d), tmp_path / "iw.log")
     try:
-        time.sleep(0.5)
+        agent.wait_marked(d)
         f = d / "child"
         f.write_text("c")  # IN_CREATE, IN_MODIFY, IN_CLOSE_WRITE; the file stays
         evs = agent.wait_for(lambda e: e["tracer_pid"] == iw.pid and e["name"] == "child", n=3)
@@ -99,18 +115,14 @@ def test_inotify_child_inode_from_the_mirror(agent, tmp_path):
         stop(iw)
 
 
-def _agent_marked_inodes(pid: int) -> set[int]:
-    """Inodes carrying a fanotify mark of the agent's (from its fdinfo)."""
-    found = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("fanotify ino:"):
-                found.add(int(line.split()[1].split(":")[1], 16))
-    return found
+def _until(cond, timeout: float = 10.0):
+    """cond()'s first truthy value, polled; its last value after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
 
 
 def test_mirror_marks_removed_with_the_watch(tmp_path):
@@ -123,17 +135,15 @@ def test_mirror_marks_removed_with_the_watch(tmp_path):
             d.mkdir()
         inos = [d.stat().st_ino for d in dirs]
         iws = [start_inotifywait(str(d), tmp_path / f"iw{i}.log") for i, d in enumerate(dirs)]
-        time.sleep(1)
-        assert set(inos) <= _agent_marked_inodes(a.proc.pid)
+        for d in dirs:
+            a.wait_marked(d)
         dirs[0].rmdir()  # IN_DELETE_SELF then IN_IGNORED (the kernel drops the mark too)
         stop(iws[1])  # exits: its watch goes with it
-        time.sleep(1)
-        marked = _agent_marked_inodes(a.proc.pid)
-        assert inos[0] not in marked and inos[1] not in marked, marked
-        assert inos[2] in marked  # still watched
+        marked = _until(lambda: a.marked_inodes() if not {inos[0], inos[1]} & a.marked_inodes()
+                        else None)
+        assert marked and inos[2] in marked, marked  # still watched
         stop(iws[2])
-        time.sleep(1)
-        assert inos[2] not in _agent_marked_inodes(a.proc.pid)
+        assert _until(lambda: inos[2] not in a.marked_inodes()), a.marked_inodes()
         stop(iws[0])
     finally:
         stats = a.stop()
@@ -166,7 +176,7 @@ def test_inotify_tracee_tid_of_a_thread(agent, tmp_path):
     d.mkdir()
     iw = start_inotifywait(str(d), tmp_path / "iw.log")
     try:
-        time.sleep(0.5)
+        agent.wait_marked(d)
         code = ("import threading, os, sys\n"
                 "def work():\n"
                 "    print(threading.get_native_id(), flush=True)\n"

@@ -7,7 +7,6 @@ module. An inotifywait started *before* it covers listeners already running.
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
@@ -60,7 +59,7 @@ def test_inotifywait_and_touch(env):
     d.mkdir()
     iw = start_inotifywait(str(d), env["work"] / "late.log")
     try:
-        time.sleep(0.5)  # the agent mirrors the new watch after inotify_add_watch
+        env["agent"].wait_marked(d)  # mirrored after the agent saw inotify_add_watch
         pid = _touch(d / "hello")
         _check_touch(env["agent"], iw, d / "hello", pid)
     finally:

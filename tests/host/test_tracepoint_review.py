@@ -161,9 +161,10 @@ def test_listener_in_another_pid_namespace(tmp_path):
     f = tmp_path / "ns_file"
     f.write_text("n")
     agent = Agent(tmp_path)
-    unshare = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable,
+    unshare = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable,
                                 "tests/tools/fanotify_listener.py", "notify", str(f)],
                                stdout=subprocess.PIPE, text=True)
+    listener = 0
     try:
         assert unshare.stdout.readline().strip() == "READY"
         listener = _child_of(unshare.pid)
@@ -178,6 +179,8 @@ def test_listener_in_another_pid_namespace(tmp_path):
         evs = agent.wait_for(lambda e: e["tracer_pid"] == listener and e["fa_pid"] != 0)
         evs = [e for e in agent.events() if e["tracer_pid"] == listener]
     finally:
+        if listener:
+            os.kill(listener, signal.SIGTERM)  # the listener itself, not only unshare
         stop(unshare)
         stats = agent.stop()
     inside = [e for e in evs if e["fa_pid"] != 0]
