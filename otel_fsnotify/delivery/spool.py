@@ -207,14 +207,8 @@ class Spool:
         self._rotate()
         return True
 
-    def _drop_acked_segment_locked(self, seg: int) -> None:
-        """Lock held, `seg` is no longer written: delete it if the reader has
-        acknowledged all of it, moving the cursor to the next segment. The
-        reader may be between read() calls only: nothing of `seg` is in flight
-        because _acked is at its end."""
-        if self._acked != Position(seg, self._sizes.get(seg, -1)):
-            return
-        nxt = Position(min(s for s in self._sizes if s > seg), 0)
+    def _remove_segment_locked(self, seg: int) -> None:
+        """Lock held: close, delete and forget segment `seg` (fully delivered)."""
         fd = self._rfds.pop(seg, None)
         if fd is not None:
             os.close(fd)
@@ -223,6 +217,16 @@ class Spool:
         except FileNotFoundError:
             pass
         self.total_bytes -= self._sizes.pop(seg)
+
+    def _drop_acked_segment_locked(self, seg: int) -> None:
+        """Lock held, `seg` is no longer written: delete it if the reader has
+        acknowledged all of it, moving the cursor to the next segment. The
+        reader may be between read() calls only: nothing of `seg` is in flight
+        because _acked is at its end."""
+        if self._acked != Position(seg, self._sizes.get(seg, -1)):
+            return
+        nxt = Position(min(s for s in self._sizes if s > seg), 0)
+        self._remove_segment_locked(seg)
         self._acked = nxt
         if self._read <= Position(seg, 1 << 62):
             self._read = nxt
@@ -316,24 +320,13 @@ class Spool:
             self.pending -= frames
             self._inflight -= frames
             for seg in [s for s in self._sizes if s < pos.segment]:
-                fd = self._rfds.pop(seg, None)
-                if fd is not None:
-                    os.close(fd)
-                try:
-                    os.unlink(self._path(seg))
-                except FileNotFoundError:
-                    pass
-                self.total_bytes -= self._sizes.pop(seg)
+                self._remove_segment_locked(seg)
             # a finished segment that is fully acked and not the write segment
             if pos.segment != self._wseg and pos.offset >= self._sizes.get(pos.segment, 0):
                 later = [s for s in self._sizes if s > pos.segment]
                 if later:
                     nxt = Position(min(later), 0)
-                    fd = self._rfds.pop(pos.segment, None)
-                    if fd is not None:
-                        os.close(fd)
-                    os.unlink(self._path(pos.segment))
-                    self.total_bytes -= self._sizes.pop(pos.segment)
+                    self._remove_segment_locked(pos.segment)
                     self._acked = nxt
                     if self._read.segment == pos.segment:
                         self._read = nxt
