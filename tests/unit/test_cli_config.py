@@ -122,3 +122,10 @@ def test_too_many_pid_filters():
     proc = run_cli("run", *args)
     assert proc.returncode == 2
     assert "at most 64 pids" in one_error_line(proc)
+
+
+def test_shipped_example_config_is_valid():
+    import pathlib
+
+    cfg = config.load(str(pathlib.Path(__file__).parents[2] / "config" / "agent.toml"))
+    assert cfg.backend == "auto" and cfg.otlp["protocol"] == "http/json"
