@@ -242,6 +242,19 @@ static __always_inline struct rec_buf *stage(void) {
     return scratch.lookup(&zero);
 }
 
+// A record with no payload (or one filled in by the caller): the current
+// task's identity, `kind`, nothing captured yet. 0 when the scratch is gone.
+static __always_inline struct rec_buf *stage_record(u32 kind) {
+    struct rec_buf *r = stage();
+    if (!r)
+        return 0;
+    fill_identity(&r->h);
+    r->h.kind = kind;
+    r->h.total = 0;
+    r->h.offset = 0;
+    return r;
+}
+
 static __always_inline void submit(struct rec_buf *r, long len) {
     u64 n = len;
     // keep the clamp and its use on one register so the verifier sees the bound
@@ -513,16 +526,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_inotify_add_watch) {
     pending_writes.delete(&id);
     if (args->ret < 0)
         return 0;
-    struct rec_buf *r = stage();
+    struct rec_buf *r = stage_record(REC_ADD_WATCH);
     if (!r)
         return 0;
-    fill_identity(&r->h);
-    r->h.kind = REC_ADD_WATCH;
     r->h.fd = fd;
     r->h.ret = args->ret;
     r->h.listener = KIND_INOTIFY;
-    r->h.total = 0;
-    r->h.offset = 0;
     submit(r, 0);
     return 0;
 }
@@ -544,14 +553,10 @@ TRACEPOINT_PROBE(signal, signal_deliver) {
     long ret = read_ptr(regs + OFF_PT_REGS_AX);
     if (ret >= 0)
         return 0;  // not leaving a failed (interrupted) syscall
-    struct rec_buf *r = stage();
+    struct rec_buf *r = stage_record(REC_KILLED);
     if (!r)
         return 0;
-    fill_identity(&r->h);
-    r->h.kind = REC_KILLED;
     r->h.ret = ret;
-    r->h.total = 0;
-    r->h.offset = 0;
     submit(r, 0);
     return 0;
 }
@@ -575,17 +580,13 @@ static __always_inline void check_group_gone(u32 tgid, u32 fd, int at_exit) {
         if (users != 1)
             return;  // another thread still uses the fd table
     }
-    struct rec_buf *r = stage();
+    struct rec_buf *r = stage_record(REC_GROUP_GONE);
     if (!r)
         return;
-    fill_identity(&r->h);
-    r->h.kind = REC_GROUP_GONE;
     r->h.group = read_ptr(file + OFF_FILE_PRIVATE_DATA);
     r->h.fd = fd;
     r->h.ret = at_exit;
     r->h.listener = KIND_FANOTIFY;
-    r->h.total = 0;
-    r->h.offset = 0;
     submit(r, 0);
 }
 
@@ -629,31 +630,24 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
         u32 fd = *pfd;
         perm_readers.update(&tgid, &fd);
     }
-    struct rec_buf *r = stage();
+    struct rec_buf *r = stage_record(REC_FORK);  // the parent's identity; the child inherits it
     if (!r)
         return 0;
-    fill_identity(&r->h);  // the parent's identity; the child inherits it
     r->h.ppid = r->h.tgid;
     r->h.tgid = tgid;
     r->h.tid = pid;
     bpf_probe_read_kernel(&r->h.comm, 16, (void *)(child + OFF_TASK_COMM));
-    r->h.kind = REC_FORK;
     // its number in its own pid namespace: what a fanotify listener in there
     // reads in the events it causes
     r->h.pidns = task_pidns(child, &r->h.nspid);
-    r->h.total = 0;
-    r->h.offset = 0;
     submit(r, 0);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec) {
-    struct rec_buf *r = stage();
+    struct rec_buf *r = stage_record(REC_EXEC);  // comm is already the new program's
     if (!r)
         return 0;
-    fill_identity(&r->h);  // comm is already the new program's
-    r->h.kind = REC_EXEC;
-    r->h.offset = 0;
     unsigned short loc = args->data_loc_filename & 0xFFFF;
     long got = bpf_probe_read_kernel_str(r->data, 256, (void *)args + loc);
     r->h.total = got > 0 ? got : 0;
@@ -673,13 +667,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     }
     if ((u32)id != tgid)
         return 0;  // a thread, not the leader
-    struct rec_buf *r = stage();
+    struct rec_buf *r = stage_record(REC_EXIT);
     if (!r)
         return 0;
-    fill_identity(&r->h);
-    r->h.kind = REC_EXIT;
-    r->h.total = 0;
-    r->h.offset = 0;
     submit(r, 0);
     return 0;
 }
