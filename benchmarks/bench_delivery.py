@@ -52,12 +52,12 @@ def run_stock_case(capture: str, n: int, work: str) -> dict:
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 
-    from otel_fsnotify import otel_map
+    from otel_fsnotify.otel import mapping as otel_map, resource as otel_resource
     from otel_fsnotify.event import iter_capture
 
     events = [ev for _ln, ev in iter_capture(capture)]
     with Rotel(os.path.join(work, "rotel-stock")) as rotel:
-        provider = LoggerProvider(resource=Resource(otel_map.build_resource("replay")))
+        provider = LoggerProvider(resource=Resource(otel_resource.build_resource("replay")))
         provider.add_log_record_processor(BatchLogRecordProcessor(
             OTLPLogExporter(endpoint=rotel.grpc_endpoint, insecure=True)))
         logger = provider.get_logger(otel_map.SCOPE_NAME)

@@ -47,7 +47,7 @@ def make_output(cfg: AgentConfig, backend_name: str):
         except OSError as exc:
             raise OutputUnusable(f"output_file {cfg.output_file}: {exc.strerror}") from None
     from .delivery.settings import OtlpSettings
-    from .otel_map import build_resource
+    from .otel.resource import build_resource
 
     settings = OtlpSettings.from_env(os.environ, **cfg.otlp)
     try:

@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     from .agent import OutputUnusable
     from .delivery.spool import SpoolBusy
     from .backends.base import BackendUnavailable
-    from .bccenv import BccError
-    from .btf import BtfError
+    from .kernel.bcc import BccError
+    from .kernel.btf import BtfError
     from .config import ConfigError
     from .event import CaptureError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 
-from . import kheaders
+from .kernel import bcc as kbcc
 from .backends import AUTO_ORDER, backend_class
 from .backends.base import BackendUnavailable
 
@@ -56,7 +56,7 @@ def _lockdown() -> tuple[str, str]:
 
 
 def _btf() -> tuple[str, str]:
-    from .btf import Btf, BtfError
+    from .kernel.btf import Btf, BtfError
 
     try:
         btf = Btf.load()
@@ -70,7 +70,7 @@ def _btf() -> tuple[str, str]:
 
 def _tracepoints() -> tuple[str, str]:
     """Really compile, load and attach a tracepoint + ring buffer program."""
-    from .bccenv import BccError, import_bcc
+    from .kernel.bcc import BccError, import_bcc
 
     try:
         bcc = import_bcc()
@@ -107,7 +107,7 @@ def checks() -> list[tuple[str, str, str]]:
     rows.append(("capabilities", "ok" if ok else "NO", detail))
     rows.append(("lockdown", *_lockdown()))
     rows.append(("btf", *_btf()))
-    rows.append(("kernel headers", "ok", kheaders.describe()))
+    rows.append(("kernel headers", "ok", kbcc.describe_headers()))
     rows.append(("tracepoints", *_tracepoints()))
     kprobe, fentry = _exact_checks()
     rows.append(("kprobes", *kprobe))

@@ -87,7 +87,7 @@ def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = N
                progress: bool = True) -> int:
     """Ship the capture at `path`; returns the process exit status."""
     from .delivery.shipper import Shipper
-    from .otel_map import build_resource
+    from .otel.resource import build_resource
 
     log = log or logging.getLogger("otel_fsnotify")
     # 1. validate the whole capture before sending anything

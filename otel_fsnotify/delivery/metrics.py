@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .exporters import sdk_exporter
+from .sdk import sdk_exporter
 from .settings import OtlpSettings
 
 GAUGES = {"spool_pending": "otel_fsnotify.spool.pending", "spool_bytes": "otel_fsnotify.spool.bytes"}

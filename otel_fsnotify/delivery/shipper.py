@@ -28,9 +28,10 @@ from typing import Any
 import msgspec
 
 from ..event import Event
-from .exporters import Exporter, make_exporter
+from ..otel.entry import LogEntry
+from .outcome import Exporter
 from .settings import OtlpSettings
-from .spool import Spool, SpoolEntry, decode_entry, encode_entry
+from .spool import Spool, decode_entry, encode_entry
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -129,7 +130,7 @@ class Shipper:
         cmd = ""
         if self.settings.include_command_line and event.tracee_pid:
             cmd = read_command_line(event.tracee_pid)
-        frame = encode_entry(SpoolEntry(uid or self._uid(), time.time_ns(), event, cmd))
+        frame = encode_entry(LogEntry(uid or self._uid(), time.time_ns(), event, cmd))
         ok = self.spool.append(frame)
         with self._lock:
             self._c["submitted"] += 1
@@ -191,7 +192,7 @@ class Shipper:
         self.spool.rewind()  # aborted: leave the batch in the spool for the next run
         return False
 
-    def _decode(self, payloads: list[bytes]) -> list[SpoolEntry]:
+    def _decode(self, payloads: list[bytes]) -> list[LogEntry]:
         """Frames -> entries. A frame that does not decode (written by another
         version of the Event schema, or damaged) cannot ever be sent: it is
         counted as spool_corrupt, logged, and acknowledged past."""
@@ -211,7 +212,7 @@ class Shipper:
                              "%d so far", self.spool.dir, bad, detail, total)
         return entries
 
-    def _deliver(self, entries: list[SpoolEntry]) -> bool:
+    def _deliver(self, entries: list[LogEntry]) -> bool:
         """Export until accepted or permanently refused. False only when aborted."""
         attempt = 0
         n = len(entries)
@@ -272,3 +273,16 @@ class Shipper:
         c["spool_pending"] = self.spool.pending
         c["spool_bytes"] = self.spool.total_bytes
         return c
+
+
+def make_exporter(settings: OtlpSettings, resource: dict[str, Any]) -> Exporter:
+    """The exporter of the configured protocol (imported only when chosen)."""
+    if settings.protocol == "grpc":
+        from .grpc import GrpcExporter
+
+        return GrpcExporter(settings, resource)
+    from .http import HttpJsonExporter, HttpProtobufExporter
+
+    if settings.protocol == "http/json":
+        return HttpJsonExporter(settings, resource)
+    return HttpProtobufExporter(settings, resource)

@@ -5,7 +5,7 @@ Layout of `spool_dir`:
 - ``lock``: flock'ed by the one process that owns the spool;
 - ``NNNNNNNNNNNN.seg``: append-only segments of frames
   ``[u32 payload length][u32 crc32(payload)][payload]`` where the payload is a
-  msgpack-encoded `SpoolEntry`;
+  msgpack-encoded `LogEntry`;
 - ``cursor``: JSON ``{"segment": n, "offset": o}``, the first frame not yet
   acknowledged, replaced atomically (write + rename) after each acknowledgement.
 
@@ -31,19 +31,10 @@ import zlib
 
 import msgspec
 
-from ..event import Event
+from ..otel.entry import LogEntry
 
 _HDR = struct.Struct("<II")
 _SEG_SUFFIX = ".seg"
-
-
-class SpoolEntry(msgspec.Struct, array_like=True):
-    """One event as spooled: its identity is fixed here, before any attempt."""
-
-    uid: str  # log.record.uid, kept across retries and restarts
-    observed: int  # ns since epoch when the agent received the event
-    event: Event
-    command_line: str = ""  # only filled when include_command_line is on
 
 
 class SpoolBusy(RuntimeError):
@@ -56,15 +47,15 @@ class Position(msgspec.Struct, frozen=True, order=True):
 
 
 _entry_encoder = msgspec.msgpack.Encoder()
-_entry_decoder = msgspec.msgpack.Decoder(SpoolEntry)
+_entry_decoder = msgspec.msgpack.Decoder(LogEntry)
 
 
-def encode_entry(entry: SpoolEntry) -> bytes:
+def encode_entry(entry: LogEntry) -> bytes:
     payload = _entry_encoder.encode(entry)
     return _HDR.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_entry(payload: bytes) -> SpoolEntry:
+def decode_entry(payload: bytes) -> LogEntry:
     return _entry_decoder.decode(payload)
 
 

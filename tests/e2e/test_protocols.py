@@ -15,13 +15,13 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as svc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as svc_grpc
 
-from otel_fsnotify import otel_map
-from otel_fsnotify.delivery.exporters import SdkExporter
-from otel_fsnotify.delivery.otlp_proto import ProtoEncoder
+from otel_fsnotify.otel import mapping as otel_map, resource as otel_resource
+from otel_fsnotify.delivery.sdk import SdkExporter
+from otel_fsnotify.otel.otlp_proto import ProtoEncoder
 from otel_fsnotify.delivery.settings import OtlpSettings
 from otel_fsnotify.delivery.shipper import Shipper
-from otel_fsnotify.delivery.spool import SpoolEntry
-from otel_fsnotify.otel_map import build_resource
+from otel_fsnotify.otel.entry import LogEntry
+from otel_fsnotify.otel.resource import build_resource
 from tests.e2e.captures import sample_events
 from tests.e2e.test_delivery import FlakyProxy
 
@@ -143,7 +143,7 @@ def test_protobuf_encoder_matches_the_sdk_encoding():
     from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 
     res = build_resource("tracepoint", environ={})
-    entries = [SpoolEntry(f"U{i}", 1_700_000_000_000_000_000 + i, ev)
+    entries = [LogEntry(f"U{i}", 1_700_000_000_000_000_000 + i, ev)
                for i, ev in enumerate(sample_events(6))]
     ours = ProtoEncoder(res).request(entries)
     sdk = SdkExporter(OtlpSettings.from_env({}, protocol="http/protobuf", endpoint="http://127.0.0.1:9"),

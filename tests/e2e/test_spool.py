@@ -12,15 +12,16 @@ import pytest
 
 from otel_fsnotify.delivery.settings import OtlpSettings, SettingsError
 from otel_fsnotify.delivery.shipper import Shipper
-from otel_fsnotify.delivery.spool import Spool, SpoolBusy, SpoolEntry, encode_entry
-from otel_fsnotify.otel_map import build_resource
+from otel_fsnotify.delivery.spool import Spool, SpoolBusy, encode_entry
+from otel_fsnotify.otel.entry import LogEntry
+from otel_fsnotify.otel.resource import build_resource
 from tests.e2e.captures import sample_events
 
 pytestmark = pytest.mark.e2e
 
 
 def _frames(n: int) -> list[bytes]:
-    return [encode_entry(SpoolEntry(f"uid-{i}", 1, ev)) for i, ev in enumerate(sample_events(n))]
+    return [encode_entry(LogEntry(f"uid-{i}", 1, ev)) for i, ev in enumerate(sample_events(n))]
 
 
 def test_spool_with_big_segments_accepts_again_once_everything_is_acked(tmp_path):
@@ -150,7 +151,7 @@ class FailingOnceExporter:
 
 
 def test_unexpected_sender_error_is_logged_once_and_delivery_carries_on(rotel, tmp_path, caplog):
-    from otel_fsnotify.delivery.exporters import make_exporter
+    from otel_fsnotify.delivery.shipper import make_exporter
 
     s = OtlpSettings.from_env({}, protocol="http/json", endpoint=rotel.http_endpoint,
                               spool_dir=str(tmp_path / "spool"), batch_linger=0.01, max_backoff=0.5)

@@ -199,7 +199,7 @@ def test_listener_in_another_pid_namespace(tmp_path):
 BIG_READER = r"""
 import os, struct, sys
 sys.path.insert(0, os.getcwd())
-from otel_fsnotify.fanotify_abi import INOTIFY_EVENT, inotify_init1, libc
+from otel_fsnotify.kernel.abi import INOTIFY_EVENT, inotify_init1, libc
 fd = inotify_init1(0)
 assert libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x100) == 1  # IN_CREATE, wd 1
 print("READY", flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A real fanotify listener (ctypes; the ABI from otel_fsnotify.fanotify_abi) for the tests.
+"""A real fanotify listener (ctypes; the ABI from otel_fsnotify.kernel.abi) for the tests.
 
 Modes:
   notify      FAN_OPEN|FAN_CLOSE_WRITE|FAN_CLOSE_NOWRITE|FAN_MODIFY (or --mask) notifications
@@ -26,7 +26,7 @@ from pathlib import Path
 # run as a script: the repository root holds the otel_fsnotify package
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from otel_fsnotify.fanotify_abi import (  # noqa: E402
+from otel_fsnotify.kernel.abi import (  # noqa: E402
     FAN_ALLOW, FAN_CLASS_CONTENT, FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_CLOSE_NOWRITE,
     FAN_CLOSE_WRITE, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_MARK_ADD, FAN_MARK_FILESYSTEM,
     FAN_MARK_MOUNT, FAN_METADATA, FAN_MODIFY, FAN_NOFD, FAN_OPEN, FAN_OPEN_PERM, FAN_Q_OVERFLOW,

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from otel_fsnotify.btf import Btf, BtfError, offset_macros
+from otel_fsnotify.kernel.btf import Btf, BtfError, offset_macros
 
 
 def _tiny_btf() -> bytes:

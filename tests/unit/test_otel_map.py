@@ -6,11 +6,13 @@ import os
 
 import pytest
 
-from otel_fsnotify import otel_map
-from otel_fsnotify.delivery.exporters import SdkExporter, parse_retry_after
-from otel_fsnotify.delivery.otlp_json import JsonEncoder
+from otel_fsnotify.otel import mapping as otel_map, resource as otel_resource
+from otel_fsnotify.delivery.outcome import parse_retry_after
+from otel_fsnotify.delivery.sdk import SdkExporter
+from otel_fsnotify.otel.otlp_json import JsonEncoder
 from otel_fsnotify.delivery.settings import OtlpSettings, SettingsError
-from otel_fsnotify.delivery.spool import Spool, SpoolEntry, decode_entry, encode_entry
+from otel_fsnotify.delivery.spool import Spool, decode_entry, encode_entry
+from otel_fsnotify.otel.entry import LogEntry
 from otel_fsnotify.event import Event
 
 INOTIFY = Event(timestamp=1_700_000_000_000_000_001, type="inotify",
@@ -94,8 +96,8 @@ def test_command_line_only_when_enabled():
 
 
 def test_json_and_protobuf_paths_send_the_same_attributes():
-    entry = SpoolEntry("U9", 123, INOTIFY)
-    res = otel_map.build_resource("tracepoint", environ={})
+    entry = LogEntry("U9", 123, INOTIFY)
+    res = otel_resource.build_resource("tracepoint", environ={})
     json_rec = JsonEncoder(res).record(entry)
     settings = OtlpSettings.from_env({}, protocol="http/protobuf", endpoint="http://127.0.0.1:9")
     sdk_rec = SdkExporter(settings, res).to_sdk(entry).log_record
@@ -107,20 +109,20 @@ def test_json_and_protobuf_paths_send_the_same_attributes():
 
 
 def test_resource_defaults_and_env(tmp_path):
-    r = otel_map.build_resource("tracepoint", environ={})
+    r = otel_resource.build_resource("tracepoint", environ={})
     assert r["service.name"] == "otel-fsnotify"
     assert r["service.version"]
     assert r["host.name"]
     assert r["fsnotify.backend"] == "tracepoint"
     if os.path.exists("/etc/machine-id"):
         assert r["host.id"] == open("/etc/machine-id").read().strip()
-    r = otel_map.build_resource("kprobe", environ={
+    r = otel_resource.build_resource("kprobe", environ={
         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=a%2Cb,service.name=from-attrs,bad",
         "OTEL_SERVICE_NAME": "fim-agent"})
     assert r["deployment.environment"] == "prod"
     assert r["team"] == "a,b"
     assert r["service.name"] == "fim-agent"  # OTEL_SERVICE_NAME wins
-    r = otel_map.build_resource("", environ={"OTEL_RESOURCE_ATTRIBUTES": "service.name=x"})
+    r = otel_resource.build_resource("", environ={"OTEL_RESOURCE_ATTRIBUTES": "service.name=x"})
     assert r["service.name"] == "x" and "fsnotify.backend" not in r
 
 
@@ -171,7 +173,7 @@ def test_retry_after_parsing():
 
 
 def _frame(i: int) -> bytes:
-    return encode_entry(SpoolEntry(f"u{i}", i, Event(name=f"f{i}")))
+    return encode_entry(LogEntry(f"u{i}", i, Event(name=f"f{i}")))
 
 
 def test_spool_round_trip_ack_and_recovery(tmp_path):
@@ -221,7 +223,7 @@ def test_spool_full_refuses_and_one_owner_only(tmp_path):
 
 def test_unknown_tid_is_left_out_not_copied_from_the_pid():
     from otel_fsnotify.event import Event
-    from otel_fsnotify.otel_map import attributes
+    from otel_fsnotify.otel.mapping import attributes
 
     a = attributes(Event(type="inotify", tracee_pid=10, tracer_pid=20, tracer_tid=21, name="x"))
     assert "fsnotify.tracee.tid" not in a
@@ -230,7 +232,7 @@ def test_unknown_tid_is_left_out_not_copied_from_the_pid():
 
 def test_bare_pid_does_not_claim_root():
     from otel_fsnotify.event import Event
-    from otel_fsnotify.otel_map import attributes
+    from otel_fsnotify.otel.mapping import attributes
 
     a = attributes(Event(type="fanotify", tracee_pid=77, name="/etc/x"))
     assert a["process.pid"] == 77

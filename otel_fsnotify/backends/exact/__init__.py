@@ -24,12 +24,14 @@ import os
 import struct
 import time
 
-from .. import bccenv, masks, procfs
-from ..btf import Btf, BtfError, KIND_FUNC, offset_macros
-from ..event import Event
-from ..ringbuf import RingReader
-from ..watchpath import WatchPaths
-from .base import Backend, BackendUnavailable
+from ... import masks
+from ...enrich import procs as procfs
+from ...enrich.watches import WatchPaths
+from ...event import Event
+from ...kernel import bcc as bccenv
+from ...kernel.btf import Btf, BtfError, KIND_FUNC, offset_macros
+from ...kernel.ringbuf import RingReader
+from ..base import Backend, BackendUnavailable
 
 SOURCE = "fsnotify_exact.bpf.c"
 # Bounded kernel memory per agent: the ring buffer (RINGBUF_PAGES pages = 32 MiB)

@@ -25,18 +25,19 @@ from collections import deque
 
 import msgspec
 
-from .. import listeners, masks, procfs
-from ..fanotify_abi import (
+from ... import masks
+from ...enrich import procs as procfs, watches as listeners
+from ...kernel.abi import (
     FAN_CLASS_PERM_BITS, FAN_CLOEXEC, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_METADATA,
     FAN_NAME_INFO_TYPES, FAN_NONBLOCK, FAN_PERM_EVENTS, FAN_Q_OVERFLOW, FAN_REPORT_FID_BITS,
     FAN_REPORT_NAME, FAN_REPORT_TID, FAN_RESPONSE, FILE_HANDLE_HDR, IN_IGNORED, IN_Q_OVERFLOW,
     INOTIFY_EVENT, libc)
-from ..btf import Btf, BtfError, offset_macros
-from ..event import Event
-from ..mirror import Mirror
-from ..proctable import ProcTable
-from ..ringbuf import RingReader
-from .base import Backend, BackendUnavailable, Filters
+from ...event import Event
+from ...enrich.mirror import Mirror
+from ...enrich.procs import ProcTable
+from ...kernel.btf import Btf, BtfError, offset_macros
+from ...kernel.ringbuf import RingReader
+from ..base import Backend, BackendUnavailable, Filters
 
 SOURCE = "fsnotify_tracepoint.bpf.c"
 
@@ -205,7 +206,7 @@ class TracepointBackend(Backend):
         return flags
 
     def start(self) -> None:
-        from .. import bccenv
+        from ...kernel import bcc as bccenv
 
         try:
             self.bpf = bccenv.compile_bpf(SOURCE, self._cflags())

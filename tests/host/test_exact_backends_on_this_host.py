@@ -18,7 +18,7 @@ import pytest
 
 from otel_fsnotify.backends import exact
 from otel_fsnotify.backends.base import Filters
-from otel_fsnotify.btf import Btf
+from otel_fsnotify.kernel.btf import Btf
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = [sys.executable, "-m", "otel_fsnotify"]
@@ -74,7 +74,7 @@ def test_fentry_backend_refuses_in_one_line():
 def test_bpf_program_passes_this_kernels_verifier():
     """Compiled with this kernel's BTF offsets; the kprobe programs load (the
     verifier accepts the variable-size ring output and the path walk)."""
-    from otel_fsnotify import bccenv
+    from otel_fsnotify.kernel import bcc as bccenv
 
     be = _backend()
     b = bccenv.compile_bpf(exact.SOURCE, be._cflags())

@@ -5,7 +5,7 @@ Building the generated message objects costs ~0.1 ms per record (one Python
 object per attribute and value); writing the few wire-format fields by hand
 is several times faster. The bytes parse to the same message the SDK's
 encoder (opentelemetry-exporter-otlp-proto-common `encode_logs`) makes from
-a ReadableLogRecord with otel_map's fields; tests compare the two. Used by
+a ReadableLogRecord with mapping's fields; tests compare the two. Used by
 both the http/protobuf and the grpc exporter.
 
 Wire format used (opentelemetry/proto, logs v1): a field is a tag byte
@@ -24,8 +24,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 
 from .. import __version__
-from .. import otel_map
-from .spool import SpoolEntry
+from . import mapping
+from .entry import LogEntry
 
 _U64 = (1 << 64) - 1
 _F64 = struct.Struct("<Q").pack
@@ -77,21 +77,21 @@ def key_value(k: str, v: Any) -> bytes:
 
 
 class ProtoEncoder:
-    """Encode batches of SpoolEntry as one serialized ExportLogsServiceRequest."""
+    """Encode batches of LogEntry as one serialized ExportLogsServiceRequest."""
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
         # Resource: 1 attributes; ResourceLogs: 1 resource, 2 scope_logs; ScopeLogs: 1 scope, 2 log_records
         self._resource = _ld(b"\x0a", b"".join(_ld(b"\x0a", key_value(k, v)) for k, v in resource.items()))
-        scope = InstrumentationScope(name=otel_map.SCOPE_NAME, version=__version__).SerializeToString()
+        scope = InstrumentationScope(name=mapping.SCOPE_NAME, version=__version__).SerializeToString()
         self._scope = _ld(b"\x0a", scope)
         self._include_cmd = include_command_line
 
-    def record(self, e: SpoolEntry) -> bytes:
+    def record(self, e: LogEntry) -> bytes:
         """Serialized LogRecord: 1 time_unix_nano (fixed64), 2 severity_number,
         3 severity_text, 5 body, 6 attributes, 11 observed_time_unix_nano
         (fixed64), 12 event_name."""
         ev = e.event
-        num, text = otel_map.severity(ev)
+        num, text = mapping.severity(ev)
         parts = []
         if ev.timestamp:
             parts.append(b"\x09" + _F64(ev.timestamp & _U64))
@@ -99,21 +99,21 @@ class ProtoEncoder:
             parts.append(b"\x10" + _varint(num))
         if text:
             parts.append(_ld(b"\x1a", text.encode()))
-        parts.append(_ld(b"\x2a", any_value(otel_map.body(ev))))
-        for k, v in otel_map.attributes(ev, e.uid, e.command_line, self._include_cmd).items():
+        parts.append(_ld(b"\x2a", any_value(mapping.body(ev))))
+        for k, v in mapping.attributes(ev, e.uid, e.command_line, self._include_cmd).items():
             parts.append(_ld(b"\x32", key_value(k, v)))
         if e.observed:
             parts.append(b"\x59" + _F64(e.observed & _U64))
-        name = otel_map.event_name(ev)
+        name = mapping.event_name(ev)
         if name:
             parts.append(_ld(b"\x62", name.encode()))
         return b"".join(parts)
 
-    def encode(self, entries: Iterable[SpoolEntry]) -> bytes:
+    def encode(self, entries: Iterable[LogEntry]) -> bytes:
         scope_logs = self._scope + b"".join(_ld(b"\x12", self.record(e)) for e in entries)
         resource_logs = self._resource + _ld(b"\x12", scope_logs)
         return _ld(b"\x0a", resource_logs)
 
-    def request(self, entries: Iterable[SpoolEntry]) -> ExportLogsServiceRequest:
+    def request(self, entries: Iterable[LogEntry]) -> ExportLogsServiceRequest:
         """The same request as a message object (for tests and debugging)."""
         return ExportLogsServiceRequest.FromString(self.encode(entries))

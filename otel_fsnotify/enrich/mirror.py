@@ -17,13 +17,13 @@ import time
 from bisect import bisect_left
 from collections import deque
 
-from .fanotify_abi import (
+from ..kernel.abi import (
     FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
     FAN_EVENT_ON_CHILD, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_MARK_ADD, FAN_MARK_REMOVE,
     FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
     O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc, open_by_handle_at)
-from .listeners import Watch
+from .watches import Watch, mounts_by_dev
 
 _U32 = struct.Struct("=I")
 NO_MATCH = (0, 0, 0)
@@ -43,20 +43,6 @@ HANDLE_LAYOUTS = (
 WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
 MAX_HITS = 200_000  # bound on remembered mirror events
 MAX_MARKS = 65_536  # bound on mirror marks (more are refused, counted as mirror_mark_limit)
-
-def mounts_by_dev() -> dict[int, str]:
-    """kernel dev_t (major << 20 | minor) -> a mount point of that filesystem."""
-    found: dict[int, str] = {}
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            parts = line.split()
-            major, minor = (int(x) for x in parts[2].split(":"))
-            dev = (major << 20) | minor
-            # prefer a mount of the filesystem's root
-            if dev not in found or parts[3] == "/":
-                found[dev] = parts[4].replace("\\040", " ")
-    return found
-
 
 _BITS: dict[int, tuple[int, ...]] = {}
 

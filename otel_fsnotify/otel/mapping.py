@@ -9,13 +9,10 @@ sent as if they were facts — except uid/gid 0 of a known process, which is roo
 from __future__ import annotations
 
 import os
-import socket
-import urllib.parse
-from typing import Any, Mapping
+from typing import Any
 
-from . import __version__
-from .event import Event
-from .masks import action
+from ..event import Event
+from ..masks import action
 
 SCOPE_NAME = "otel_fsnotify"
 
@@ -172,59 +169,3 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     if uid:
         a["log.record.uid"] = uid
     return a
-
-
-# ---------------------------------------------------------------- resource
-
-def _machine_id() -> str:
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            with open(path) as fh:
-                mid = fh.read().strip()
-            if mid:
-                return mid
-        except OSError:
-            pass
-    return ""
-
-
-def parse_resource_attributes(text: str) -> dict[str, str]:
-    """OTEL_RESOURCE_ATTRIBUTES: ``k1=v1,k2=v2``, percent-encoded values.
-
-    Malformed items are skipped (the spec says to ignore the whole variable
-    on error; we keep the good pairs and say nothing is invented).
-    """
-    out: dict[str, str] = {}
-    for item in text.split(","):
-        if "=" not in item:
-            continue
-        k, v = item.split("=", 1)
-        k = k.strip()
-        if k:
-            out[k] = urllib.parse.unquote(v.strip())
-    return out
-
-
-def build_resource(backend: str = "", environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Resource attributes: service, host, backend; OTEL_* variables honoured.
-
-    Precedence: built-in < OTEL_RESOURCE_ATTRIBUTES < OTEL_SERVICE_NAME.
-    Returned as a plain dict; the exporters turn it into their own type.
-    """
-    env = os.environ if environ is None else environ
-    res: dict[str, Any] = {
-        "service.name": "otel-fsnotify",
-        "service.version": __version__,
-        "host.name": socket.gethostname(),
-        "os.type": "linux",
-    }
-    mid = _machine_id()
-    if mid:
-        res["host.id"] = mid
-    if backend:
-        res["fsnotify.backend"] = backend
-    res.update(parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
-    svc = env.get("OTEL_SERVICE_NAME", "").strip()
-    if svc:
-        res["service.name"] = svc
-    return res

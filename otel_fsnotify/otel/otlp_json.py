@@ -2,7 +2,7 @@
 
 Field names follow the OTLP JSON mapping (lowerCamelCase, 64-bit integers as
 decimal strings, enum as number). Attribute values come from
-otel_map.attributes(), the same set the protobuf path sends.
+mapping.attributes(), the same set the protobuf path sends.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any, Iterable
 
 import msgspec
 
-from .. import otel_map
-from ..otel_map import SCOPE_NAME
 from .. import __version__
-from .spool import SpoolEntry
+from . import mapping
+from .entry import LogEntry
+from .mapping import SCOPE_NAME
 
 
 class StrV(msgspec.Struct):
@@ -98,7 +98,7 @@ def key_values(attrs: dict[str, Any]) -> list[KeyValue]:
 
 
 class JsonEncoder:
-    """Encode batches of SpoolEntry as one OTLP/JSON request body."""
+    """Encode batches of LogEntry as one OTLP/JSON request body."""
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
         self._resource = Resource(key_values(resource))
@@ -106,21 +106,21 @@ class JsonEncoder:
         self._include_cmd = include_command_line
         self._enc = msgspec.json.Encoder()
 
-    def record(self, e: SpoolEntry) -> LogRecord:
+    def record(self, e: LogEntry) -> LogRecord:
         ev = e.event
-        num, text = otel_map.severity(ev)
+        num, text = mapping.severity(ev)
         return LogRecord(
             timeUnixNano=str(ev.timestamp),
             observedTimeUnixNano=str(e.observed),
             severityNumber=num,
             severityText=text,
-            eventName=otel_map.event_name(ev),
-            body=StrV(otel_map.body(ev)),
-            attributes=key_values(otel_map.attributes(
+            eventName=mapping.event_name(ev),
+            body=StrV(mapping.body(ev)),
+            attributes=key_values(mapping.attributes(
                 ev, e.uid, e.command_line, self._include_cmd)),
         )
 
-    def encode(self, entries: Iterable[SpoolEntry]) -> bytes:
+    def encode(self, entries: Iterable[LogEntry]) -> bytes:
         req = ExportLogsServiceRequest([ResourceLogs(
             self._resource, [ScopeLogs(self._scope, [self.record(e) for e in entries])])])
         return self._enc.encode(req)

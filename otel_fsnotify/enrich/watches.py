@@ -1,0 +1,230 @@
+"""inotify and fanotify listeners, what they watch, and where that is.
+
+Listeners are found in /proc/*/fdinfo (those running before the agent, and one
+process rescanned after its inotify_add_watch(2)). The kernel hands a tracer
+only a watch descriptor (wd) and a name; the watched object's path comes from
+the watch's file handle in fdinfo (`inotify wd:.. ino:.. sdev:.. ...
+f_handle:..`), opened with open_by_handle_at(2) on a mount of that device and
+read back from /proc/self/fd (so it is the path in the agent's mount
+namespace). Unresolvable cases give "" (never a guess): the tracer exited
+before the agent looked, a filesystem without file handles (no export
+operations, e.g. 9p), a deleted directory, or no mount of the device in the
+agent's namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import msgspec
+
+from ..kernel.abi import O_PATH, open_by_handle_at
+
+PROC = "/proc"
+
+_WATCH = re.compile(
+    r"inotify wd:(?P<wd>[0-9a-f]+) ino:(?P<ino>[0-9a-f]+) sdev:(?P<sdev>[0-9a-f]+) "
+    r"mask:(?P<mask>[0-9a-f]+) ignored_mask:[0-9a-f]+"
+    r"(?: fhandle-bytes:(?P<hbytes>[0-9a-f]+) fhandle-type:(?P<htype>[0-9a-f]+) f_handle:(?P<handle>[0-9a-f]+))?")
+_FAN = re.compile(r"fanotify flags:(?P<flags>[0-9a-f]+) event-flags:(?P<eflags>[0-9a-f]+)")
+
+
+class Watch(msgspec.Struct, frozen=True):
+    wd: int
+    ino: int
+    sdev: int  # kernel-internal dev_t: major << 20 | minor
+    mask: int
+    handle_type: int = 0
+    handle: bytes = b""  # exportfs file handle, as the kernel encodes it
+
+
+class Listener(msgspec.Struct):
+    pid: int
+    fd: int
+    kind: str  # "inotify" | "fanotify"
+    watches: dict[int, Watch] = {}  # wd -> Watch (inotify)
+    fan_flags: int = 0  # fanotify_init flags (fanotify)
+    fan_event_flags: int = 0  # fanotify_init event_f_flags
+
+
+def parse_fdinfo(pid: int, fd: int, text: str) -> Listener | None:
+    """A Listener from the text of /proc/<pid>/fdinfo/<fd>, None if it is neither."""
+    if "inotify wd:" in text:
+        watches = {}
+        for m in _WATCH.finditer(text):
+            watches[int(m["wd"], 16)] = Watch(
+                wd=int(m["wd"], 16), ino=int(m["ino"], 16), sdev=int(m["sdev"], 16),
+                mask=int(m["mask"], 16), handle_type=int(m["htype"] or "0", 16),
+                handle=bytes.fromhex(m["handle"] or ""))
+        return Listener(pid=pid, fd=fd, kind="inotify", watches=watches)
+    m = _FAN.search(text)
+    if m:
+        return Listener(pid=pid, fd=fd, kind="fanotify", fan_flags=int(m["flags"], 16),
+                        fan_event_flags=int(m["eflags"], 16))
+    return None
+
+
+def _fd_kind(pid: int, fd: str) -> str | None:
+    try:
+        target = os.readlink(f"{PROC}/{pid}/fd/{fd}")
+    except OSError:
+        return None
+    if target == "anon_inode:inotify":
+        return "inotify"
+    if target == "anon_inode:[fanotify]":
+        return "fanotify"
+    return None
+
+
+def read_listener(pid: int, fd: int) -> Listener | None:
+    """Re-read one listener fd (after inotify_add_watch), None if gone."""
+    if not _fd_kind(pid, str(fd)):
+        return None
+    try:
+        with open(f"{PROC}/{pid}/fdinfo/{fd}") as fh:
+            return parse_fdinfo(pid, fd, fh.read())
+    except OSError:
+        return None
+
+
+def scan_pid(pid: int) -> list[Listener]:
+    try:
+        fds = os.listdir(f"{PROC}/{pid}/fd")
+    except OSError:
+        return []
+    found = []
+    for fd in fds:
+        if _fd_kind(pid, fd):
+            listener = read_listener(pid, int(fd))
+            if listener:
+                found.append(listener)
+    return found
+
+
+def scan(skip_pid: int = 0) -> list[Listener]:
+    """Every inotify / fanotify fd of every process (but skip_pid)."""
+    found = []
+    for entry in os.listdir(PROC):
+        if entry.isdigit() and int(entry) != skip_pid:
+            found.extend(scan_pid(int(entry)))
+    return found
+
+
+def mounts_by_dev() -> dict[int, str]:
+    """kernel dev_t (major << 20 | minor) -> a mount point of that filesystem."""
+    found: dict[int, str] = {}
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            parts = line.split()
+            major, minor = (int(x) for x in parts[2].split(":"))
+            dev = (major << 20) | minor
+            # prefer a mount of the filesystem's root
+            if dev not in found or parts[3] == "/":
+                found[dev] = parts[4].replace("\\040", " ")
+    return found
+
+
+class WatchPaths:
+    TTL = 5.0          # seconds a resolved (or unresolvable) answer is reused
+    MAX = 8192         # entries per cache; cleared when full (bounded memory)
+    RESCAN = 0.2       # a wd missing from a tracer's last scan: rescan if older than this
+
+    def __init__(self):
+        self._by_wd: dict[tuple[int, int, int], tuple[float, str]] = {}   # (pid, wd, hint ino)
+        self._by_obj: dict[tuple[int, int], tuple[float, str]] = {}        # (sdev, ino)
+        # tracer pid -> (when scanned, {wd: [Watch, ...]}): one fdinfo scan serves
+        # every wd of a tracer with many watches
+        self._scans: dict[int, tuple[float, dict[int, list[Watch]]]] = {}
+        self._mounts: dict[int, str] | None = None
+        self._mount_fds: dict[int, int] = {}
+        self.unresolved = 0
+
+    def close(self) -> None:
+        for fd in self._mount_fds.values():
+            os.close(fd)
+        self._mount_fds.clear()
+
+    def dir_path(self, tracer_pid: int, wd: int, ino_dir: int, ino: int) -> str:
+        """Path of the object watched by `wd` of `tracer_pid` ("" if unknown).
+
+        ino_dir / ino (from the event) pick the right watch when the tracer
+        has several inotify fds using the same wd number.
+        """
+        key = (tracer_pid, wd, ino_dir or ino)
+        now = time.monotonic()
+        hit = self._by_wd.get(key)
+        if hit and now - hit[0] < self.TTL:
+            path = hit[1]
+        else:
+            path = self._resolve(tracer_pid, wd, (ino_dir, ino), now)
+            if len(self._by_wd) >= self.MAX:
+                self._by_wd.clear()
+            self._by_wd[key] = (now, path)
+        if not path:
+            self.unresolved += 1  # events left without a path
+        return path
+
+    def _resolve(self, pid: int, wd: int, inos: tuple[int, int], now: float) -> str:
+        scan = self._scans.get(pid)
+        if scan is None or (wd not in scan[1] and now - scan[0] > self.RESCAN) or now - scan[0] > self.TTL:
+            by_wd: dict[int, list[Watch]] = {}
+            for lst in scan_pid(pid):
+                if lst.kind == "inotify":
+                    for w in lst.watches.values():
+                        by_wd.setdefault(w.wd, []).append(w)
+            if len(self._scans) >= self.MAX:
+                self._scans.clear()
+            scan = self._scans[pid] = (now, by_wd)
+        candidates = scan[1].get(wd, [])
+        if len(candidates) > 1:
+            candidates = [w for w in candidates if w.ino in inos] or candidates[:0]
+        if not candidates:
+            return ""
+        watch = candidates[0]
+        okey = (watch.sdev, watch.ino)
+        hit = self._by_obj.get(okey)
+        if hit and now - hit[0] < self.TTL:
+            return hit[1]
+        path = self._open_path(watch) if watch.handle else ""
+        if len(self._by_obj) >= self.MAX:
+            self._by_obj.clear()
+        self._by_obj[okey] = (now, path)
+        return path
+
+    def _mount_fd(self, sdev: int) -> int:
+        fd = self._mount_fds.get(sdev)
+        if fd is not None:
+            return fd
+        if self._mounts is None or sdev not in self._mounts:
+            self._mounts = mounts_by_dev()
+        mnt = self._mounts.get(sdev)
+        if mnt is None:
+            return -1
+        try:
+            # not O_PATH: open_by_handle_at's fdget() refuses O_PATH mount fds
+            fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+        self._mount_fds[sdev] = fd
+        return fd
+
+    def _open_path(self, watch: Watch) -> str:
+        mfd = self._mount_fd(watch.sdev)
+        if mfd < 0:
+            return ""
+        try:
+            ofd = open_by_handle_at(mfd, watch.handle_type, watch.handle, O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        try:
+            path = os.readlink(f"/proc/self/fd/{ofd}")
+            st = os.fstat(ofd)
+        except OSError:
+            return ""
+        finally:
+            os.close(ofd)
+        if st.st_ino != watch.ino or path.endswith(" (deleted)") or not path.startswith("/"):
+            return ""
+        return path
