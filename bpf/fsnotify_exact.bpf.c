@@ -17,10 +17,10 @@
  *                                                   delete pending[event]
  *
  * Portability: every kernel struct field is read with bpf_probe_read_kernel at
- * an OFF_* offset resolved by otel_fsnotify/backends/exact.py from the running
- * kernel's BTF. The headers bcc compiles against are never used for a layout
- * (they may belong to another kernel). Kernel-version choices (function names,
- * constants) arrive as -D macros from the same place.
+ * an OFF_* offset resolved from the running kernel's BTF, and kernel-version
+ * choices (function names, constants) arrive as -D macros, both from
+ * otel_fsnotify/kernel/layout.py. The headers bcc compiles against are never
+ * used for a layout (they may belong to another kernel).
  *
  * inotify or fanotify? Decided from the group's ops table: its handler is
  * FN_INOTIFY_HANDLE or fanotify_handle_event (text addresses from kallsyms;
@@ -30,27 +30,21 @@
  * before 6.6 attach to at most 6, so the fentry backend could not use it.
  *
  * One source, two backends: -DUSE_FENTRY=1 builds fentry/fexit programs
- * (auto-attached by bcc), otherwise kprobe/kretprobe programs that exact.py
- * attaches by name.
+ * (auto-attached by bcc), otherwise kprobe/kretprobe programs that
+ * otel_fsnotify/backends/exact attaches by name. The record sent to user space
+ * (struct out_event) is declared field by field, once, in
+ * otel_fsnotify/backends/exact/records.py; OUT_HDR_SIZE checks the two agree.
  */
-#include <uapi/linux/ptrace.h>
+#include "fsnotify_common.h"
 
-#ifndef PATH_DEPTH
-#define PATH_DEPTH 24      /* dentry components kept for fanotify paths */
-#endif
-#define COMPONENT_MAX 256  /* a dentry name is at most 255 bytes + NUL: never truncated */
-#define TAIL_MAX 4096      /* bytes of name/path after the fixed header (power of two) */
 #define NAME_LEN 256       /* inotify name copied from the event (NAME_MAX + NUL) */
-#define TASK_COMM 16
 
-#define KIND_INOTIFY 1
-#define KIND_FANOTIFY 2
-
+/* out_event.rtype */
 #define REC_EVENT 1        /* a tracer read an event */
 #define REC_RESPONSE 2     /* a permission event was answered or interrupted */
 #define REC_OVERFLOW 3     /* a tracer read the group's queue-overflow event */
 
-/* Counter slots (per-CPU array `counters`); names in exact.py COUNTERS. */
+/* Counter slots (per-CPU array `counters`); names in exact/records.py COUNTERS. */
 #define CNT_EMITTED 0
 #define CNT_RINGBUF_LOST 1
 #define CNT_MAP_FULL 2
@@ -61,14 +55,7 @@
 #define CNT_NO_CTX 7
 #define CNT_SLOTS 8
 
-struct proc_id {
-    u32 pid, tid, ppid, uid, gid;
-    u32 mntns;
-    char comm[TASK_COMM];
-    char pcomm[TASK_COMM];
-};
-
-/* The fixed part of what the tracee side knows (mirrored by exact.py REC). */
+/* The fixed part of what the tracee side knows. */
 struct record {
     u64 ts_boot;          /* bpf_ktime_get_boot_ns() when queued */
     u64 group;            /* struct fsnotify_group * */
@@ -80,7 +67,7 @@ struct record {
     u32 i_wd, i_mask, i_cookie;
     u32 fa_type, fa_mask, fa_pid, fa_flags, fa_f_flags;
     u32 name_len;         /* bytes of pending.name used, NUL included (0: no name) */
-    u32 _pad;
+    u32 pad;              /* keeps the record a multiple of 8 bytes */
 };
 
 /* Kept in `pending` from insertion until the event is freed. */
@@ -97,16 +84,15 @@ struct out_event {
     u32 rtype;            /* REC_* */
     u32 response;         /* fanotify_perm_event.response */
     u32 state;            /* fanotify_perm_event.state */
-    u32 path_depth;       /* fanotify: path components in tail (leaf first, each NUL-ended) */
-    u32 path_complete;    /* 1 if the walk reached the root of the namespace */
+    struct path_walk walk;  /* fanotify: the path components in tail */
     u32 tail_len;         /* bytes of tail sent */
     /* inotify: the name (NUL-ended); fanotify: the path components. The extra
-     * COMPONENT_MAX lets the verifier see every write at offset & (TAIL_MAX-1)
+     * NAME_MAX_Z lets the verifier see every write at offset & (PATH_BYTES-1)
      * in bounds. */
-    char tail[TAIL_MAX + COMPONENT_MAX];
+    char tail[PATH_BYTES + NAME_MAX_Z];
 };
 _Static_assert(__builtin_offsetof(struct out_event, tail) == OUT_HDR_SIZE,
-               "struct out_event header does not match exact.py");
+               "struct out_event does not match otel_fsnotify/backends/exact/records.py");
 
 /* insert_ctx: tid -> what the handle_event entry saw (inodes, kind). Linked with
  * FN_INSERT_EVENT on the same thread. */
@@ -123,9 +109,6 @@ BPF_HASH(pending, u64, struct pending_rec, MAX_PENDING);
 BPF_HASH(remove_ctx, u32, u64, 4096);
 /* group_kind: struct fsnotify_group * -> KIND_*, to name overflow events. */
 BPF_HASH(group_kind, u64, u32, 4096);
-/* filter sets, filled by exact.py when the matching FILTER_* macro is on */
-BPF_HASH(tracer_pids, u32, u8, 64);
-BPF_HASH(tracee_pids, u32, u8, 64);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct out_event, 1);
 BPF_PERCPU_ARRAY(rec_scratch, struct pending_rec, 1);
@@ -138,72 +121,10 @@ static __always_inline void count(u32 slot)
         (*c)++;
 }
 
-static __always_inline u64 read_ptr(u64 addr)
-{
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-    return v;
-}
-
-static __always_inline u32 read_u32(u64 addr)
-{
-    u32 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-    return v;
-}
-
-static __always_inline u16 read_u16(u64 addr)
-{
-    u16 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-    return v;
-}
-
-/* The current task's identity: pids from the helpers, the rest from task_struct. */
-static __always_inline void fill_proc(struct proc_id *p)
-{
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u64 uid_gid = bpf_get_current_uid_gid();
-    u64 task = (u64)bpf_get_current_task();
-    u64 parent = read_ptr(task + OFF_TASK_REAL_PARENT);
-    /* task->nsproxy->mnt_ns->ns.inum; nsproxy is NULL for an exiting task */
-    u64 nsproxy = read_ptr(task + OFF_TASK_NSPROXY);
-    u64 mnt_ns = nsproxy ? read_ptr(nsproxy + OFF_NSPROXY_MNT_NS) : 0;
-
-    p->pid = pid_tgid >> 32;
-    p->tid = (u32)pid_tgid;
-    p->uid = (u32)uid_gid;
-    p->gid = uid_gid >> 32;
-    p->ppid = parent ? read_u32(parent + OFF_TASK_TGID) : 0;
-    p->mntns = mnt_ns ? read_u32(mnt_ns + OFF_MNT_NS_INUM) : 0;
-    bpf_get_current_comm(p->comm, sizeof(p->comm));
-    if (parent)
-        bpf_probe_read_kernel_str(p->pcomm, sizeof(p->pcomm), (void *)(parent + OFF_TASK_COMM));
-}
-
 static __always_inline int passes_filters(struct record *r)
 {
-#if FILTER_INOTIFY_ONLY
-    if (r->kind != KIND_INOTIFY)
-        return 0;
-#endif
-#if FILTER_FANOTIFY_ONLY
-    if (r->kind != KIND_FANOTIFY)
-        return 0;
-#endif
-#if FILTER_GROUP
-    if (r->group != FILTER_GROUP)
-        return 0;
-#endif
-#if FILTER_TRACER_PIDS
-    if (!tracer_pids.lookup(&r->tracer.pid))
-        return 0;
-#endif
-#if FILTER_TRACEE_PIDS
-    if (!tracee_pids.lookup(&r->tracee.pid))
-        return 0;
-#endif
-    return 1;
+    return kind_wanted(r->kind) && group_wanted(r->group) &&
+           tracer_pid_wanted(r->tracer.pid) && tracee_pid_wanted(r->tracee.pid);
 }
 
 /* ---- tracee side ------------------------------------------------------- */
@@ -290,43 +211,6 @@ static __always_inline int on_insert(u64 group, u64 event)
 
 /* ---- tracer side ------------------------------------------------------- */
 
-/* Walk dentries leaf to root, crossing mounts (struct mount embeds the vfsmount
- * at OFF_MOUNT_MNT). Components land in out->tail back to back, leaf first,
- * each NUL-ended; out->tail_len says how many bytes. */
-static __always_inline void walk_path(struct out_event *out, u64 dentry, u64 vfsmnt)
-{
-    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
-    u32 depth = 0, off = 0;
-#pragma unroll
-    for (int i = 0; i < PATH_DEPTH + 4; i++) {
-        u64 mnt_root = read_ptr(vfsmnt + OFF_VFSMOUNT_ROOT);
-        u64 parent = read_ptr(dentry + OFF_DENTRY_PARENT);
-        if (dentry == mnt_root || dentry == parent) {
-            /* at the root of this mount: go to the mountpoint in the parent mount */
-            u64 mnt_parent = read_ptr(mnt + OFF_MOUNT_PARENT);
-            if (mnt_parent == mnt || mnt_parent == 0) {
-                out->path_complete = 1;
-                break;
-            }
-            dentry = read_ptr(mnt + OFF_MOUNT_MOUNTPOINT);
-            mnt = mnt_parent;
-            vfsmnt = mnt + OFF_MOUNT_MNT;
-            continue;
-        }
-        if (depth >= PATH_DEPTH || off > TAIL_MAX - COMPONENT_MAX)
-            break;
-        u64 name = read_ptr(dentry + OFF_DENTRY_NAME);
-        long n = bpf_probe_read_kernel_str(&out->tail[off & (TAIL_MAX - 1)], COMPONENT_MAX, (void *)name);
-        if (n <= 0)
-            break;
-        off += n;
-        depth++;
-        dentry = parent;
-    }
-    out->path_depth = depth;
-    out->tail_len = off;
-}
-
 static __always_inline struct out_event *new_out(struct record *r, u32 rtype)
 {
     u32 zero = 0;
@@ -338,10 +222,18 @@ static __always_inline struct out_event *new_out(struct record *r, u32 rtype)
     out->rtype = rtype;
     out->response = 0;
     out->state = 0;
-    out->path_depth = 0;
-    out->path_complete = 0;
+    out->walk.len = 0;
+    out->walk.depth = 0;
+    out->walk.complete = 0;
     out->tail_len = 0;
     return out;
+}
+
+/* The path of a fanotify event's file into the tail. */
+static __always_inline void walk_fanotify_path(struct out_event *out, u64 dentry, u64 vfsmnt)
+{
+    walk_path(out->tail, &out->walk, dentry, vfsmnt);
+    out->tail_len = out->walk.len;
 }
 
 /* Send the header and tail_len bytes of tail: most records are a few hundred
@@ -419,7 +311,7 @@ static __always_inline int on_remove_exit(u64 group, u64 event)
         u64 vfsmnt = read_ptr(path + OFF_PATH_MNT);
         u64 dentry = read_ptr(path + OFF_PATH_DENTRY);
         if (vfsmnt && dentry)
-            walk_path(out, dentry, vfsmnt);
+            walk_fanotify_path(out, dentry, vfsmnt);
     }
     submit(out);
     return 0;
@@ -444,7 +336,7 @@ static __always_inline int on_destroy(u64 group, u64 event)
             u64 vfsmnt = read_ptr(path + OFF_PATH_MNT);
             u64 dentry = read_ptr(path + OFF_PATH_DENTRY);
             if (vfsmnt && dentry)
-                walk_path(out, dentry, vfsmnt);
+                walk_fanotify_path(out, dentry, vfsmnt);
             submit(out);
         }
     }

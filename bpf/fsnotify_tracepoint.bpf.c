@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // otel-fsnotify "tracepoint" backend: for kernels without kprobes or BPF
 // trampolines. Only syscall and sched tracepoints (plus one raw tracepoint)
-// are used. Loaded by otel_fsnotify/backends/tracepoint.py with bcc.
+// are used. Loaded by otel_fsnotify/backends/tracepoint with bcc.
 //
 // What it captures:
 //   * tracer side: every read(2) on an inotify or fanotify file descriptor
@@ -9,28 +9,22 @@
 //     response, every inotify_add_watch(2);
 //   * tracee side is NOT visible here (no fsnotify hooks without kprobes):
 //     fanotify records carry the actor's pid; for inotify user space mirrors
-//     the watches with its own fanotify group (mirror.py);
+//     the watches with its own fanotify group (otel_fsnotify/enrich/mirror.py);
 //   * a process table feed: fork / exec / exit;
 //   * permission verdicts nobody gave: a tracee killed while waiting
 //     (signal_deliver), a permission listener's last close or exit.
 //
 // Portability: every kernel struct field is read at an offset passed in as a
-// -D macro, resolved from the running kernel's BTF (otel_fsnotify/btf.py),
-// never from the headers bcc compiles with.
-//
-// Macros set by tracepoint.py:
+// -D macro, resolved from the running kernel's BTF by
+// otel_fsnotify/kernel/layout.py, never from the headers bcc compiles with.
+// The filters and shared helpers are in fsnotify_common.h; this program adds
 //   SELF_TGID            the agent: its own reads are not tracer events
-//   FILTER_TRACER_PIDS   1: only tgids in tracer_pid_filter are tracers
-//   TRACER_GROUP         nonzero: only this struct fsnotify_group address
-//   WANT_INOTIFY / WANT_FANOTIFY   0 to drop that kind in the kernel
-//   OFF_* offsets        see tracepoint.py OFFSETS
+//   REC_HDR_SIZE         sizeof(struct rec_hdr) as user space declares it
+//                        (otel_fsnotify/backends/tracepoint/records.py)
 
-#include <uapi/linux/ptrace.h>
+#include "fsnotify_common.h"
 
-#define KIND_INOTIFY 1
-#define KIND_FANOTIFY 2
-
-// ring buffer record kinds (decoded by tracepoint.py RecordKind)
+// ring buffer record kinds (rec_hdr.kind; tracepoint/records.py RecordKind)
 #define REC_READ 1        // bytes a tracer read from a listener fd (one chunk)
 #define REC_RESPONSE 2    // struct fanotify_response written by a tracer
 #define REC_ADD_WATCH 3   // inotify_add_watch returned a wd: rescan fdinfo
@@ -53,44 +47,43 @@
 // fanotify_path_unresolved): the fd numbers they carry are reused too soon
 // for a readlink of /proc/<tracer>/fd to be trusted.
 #define MAX_FAN_PATHS 64
-#define MAX_DEPTH 24      // path components walked per fanotify event
-#define NAME_MAX_Z 256    // a path component with its NUL
 
-// loss counters (index into `losses`)
-#define LOSS_RINGBUF 0    // ring buffer full: a record was dropped
-#define LOSS_TRUNCATED 1  // read larger than MAX_CHUNKS*CHUNK: tail not captured
-#define LOSS_PENDING 2    // per-thread pending map full: a read/write not tracked
-#define LOSS_PATH_DEPTH 3 // fanotify path not walked to the root (too deep/long): cut
+// counter slots (index into `counters`; names in tracepoint/records.py COUNTERS)
+#define CNT_RINGBUF_LOST 0     // ring buffer full: a record was dropped
+#define CNT_READ_TRUNCATED 1   // read larger than MAX_CHUNKS*CHUNK: tail not captured
+#define CNT_PENDING_FULL 2     // per-thread pending map full: a read/write not tracked
+#define CNT_PATH_TOO_DEEP 3    // fanotify path not walked to the root (too deep/long): cut
+#define CNT_SLOTS 4
 
+// Every record: this header, then `len` bytes of data. Each field has one
+// meaning; the kinds that do not use it leave it 0.
 struct rec_hdr {
-    u32 kind;
-    u32 tgid;
-    u32 tid;
-    u32 ppid;
-    u32 uid;
-    u32 gid;
-    u64 mntns;
     u64 ts;          // bpf_ktime_get_ns (monotonic); user space converts
     u64 group;       // struct fsnotify_group * (file->private_data)
+    u32 kind;        // REC_*
+    struct proc_id proc;  // the current task (REC_FORK / REC_THREAD: the new one)
     s32 fd;          // listener fd
     s32 ret;         // syscall return value
     u32 prio;        // fsnotify group priority
     u32 listener;    // KIND_INOTIFY / KIND_FANOTIFY
-    u32 total;       // total bytes of the read / length of data
-    u32 offset;      // chunk offset within the read / component index
+    u32 total;       // REC_READ: bytes the read returned
+    u32 offset;      // REC_READ: this chunk's offset within the read
     u32 len;         // bytes of data following this header
-    u32 pad;
     u32 pidns;       // REC_READ of fanotify: the reader's pid namespace (inum);
                      // the pids in the events it read are numbered in it.
                      // REC_FORK / REC_THREAD: the new task's pid namespace
     u32 nspid;       // REC_FORK / REC_THREAD: the new task's number in it
-    char comm[16];
+    u32 event_off;   // REC_FAN_PATH: the event's offset in the read it belongs to
+    struct path_walk walk;  // REC_FAN_PATH: the components in data
 };
+_Static_assert(sizeof(struct rec_hdr) == REC_HDR_SIZE,
+               "struct rec_hdr does not match otel_fsnotify/backends/tracepoint/records.py");
 
 struct rec_buf {
     struct rec_hdr h;
-    u8 data[CHUNK + NAME_MAX_Z];  // a path may write one component past CHUNK
+    u8 data[PATH_BYTES + NAME_MAX_Z];  // a path may write one component past CHUNK
 };
+_Static_assert(CHUNK <= PATH_BYTES, "a read chunk must fit the data buffer");
 
 // Context saved at sys_enter_read/write for the matching sys_exit, per thread.
 struct pending_io {
@@ -111,32 +104,24 @@ BPF_PERCPU_ARRAY(scratch, struct rec_buf, 1);
 // Records submitted per CPU, for the wakeup batching in submit().
 BPF_PERCPU_ARRAY(wake_count, u64, 1);
 // Loss counters, summed over CPUs by user space.
-BPF_PERCPU_ARRAY(losses, u64, 4);
+BPF_PERCPU_ARRAY(counters, u64, CNT_SLOTS);
 // f_op of an inotify fd ([KIND_INOTIFY]) and a fanotify fd ([KIND_FANOTIFY]):
 // inotify_fops/fanotify_fops are data symbols, absent from kallsyms on kernels
 // without CONFIG_KALLSYMS_ALL, so the agent teaches them: it opens one fd of
 // each and reads it once; `learn_fds` says which of its fds is which.
 BPF_ARRAY(listener_fops, u64, 3);
 BPF_HASH(learn_fds, u32, u32, 4);
-// [0], [1]: pt_regs->di seen for THREAD_SIZE 16 KiB / 32 KiB while learning;
+// [0], [1]: pt_regs->di seen for THREAD_SIZE_SMALL / _LARGE while learning;
 // [2]: the THREAD_SIZE user space chose (0 until learnt).
 BPF_ARRAY(learn_regs, u64, 3);
 // Processes reading a permission-capable fanotify group (priority > 0): tgid
 // -> the fd last read. Lets close(2) and exit find the file cheaply.
 BPF_HASH(perm_readers, u32, u32, 10240);
-// --tracer-pid filter (tgids), used when FILTER_TRACER_PIDS is 1.
-BPF_HASH(tracer_pid_filter, u32, u8, 1024);
 
-static __always_inline void count_loss(int idx) {
-    u64 *v = losses.lookup(&idx);
+static __always_inline void count(int slot) {
+    u64 *v = counters.lookup(&slot);
     if (v)
         (*v)++;
-}
-
-static __always_inline u64 read_ptr(u64 addr) {
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-    return v;
 }
 
 // struct file * of fd in the current task's fd table, 0 if none.
@@ -178,43 +163,8 @@ static __always_inline u32 listener_kind(u64 file) {
 }
 
 static __always_inline int tracer_wanted(u32 tgid, u32 kind, u64 group) {
-    if (tgid == SELF_TGID)
-        return 0;
-    if (kind == KIND_INOTIFY && !WANT_INOTIFY)
-        return 0;
-    if (kind == KIND_FANOTIFY && !WANT_FANOTIFY)
-        return 0;
-    if (TRACER_GROUP && group != TRACER_GROUP)
-        return 0;
-#if FILTER_TRACER_PIDS
-    if (!tracer_pid_filter.lookup(&tgid))
-        return 0;
-#endif
-    return 1;
-}
-
-// Identity of the current task: the tracer (read/write) or the process (sched).
-static __always_inline void fill_identity(struct rec_hdr *h) {
-    u64 id = bpf_get_current_pid_tgid();
-    u64 ug = bpf_get_current_uid_gid();
-    u64 task = bpf_get_current_task();
-    h->tgid = id >> 32;
-    h->tid = (u32)id;
-    h->uid = (u32)ug;
-    h->gid = ug >> 32;
-    h->ts = bpf_ktime_get_ns();
-    u64 parent = read_ptr(task + OFF_TASK_REAL_PARENT);
-    u32 ppid = 0;
-    if (parent)
-        bpf_probe_read_kernel(&ppid, sizeof(ppid), (void *)(parent + OFF_TASK_TGID));
-    h->ppid = ppid;
-    u64 nsproxy = read_ptr(task + OFF_TASK_NSPROXY);
-    u64 mntns = nsproxy ? read_ptr(nsproxy + OFF_NSPROXY_MNT_NS) : 0;
-    u32 inum = 0;
-    if (mntns)
-        bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(mntns + OFF_MNTNS_INUM));
-    h->mntns = inum;
-    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+    return tgid != SELF_TGID && kind_wanted(kind) && group_wanted(group) &&
+           tracer_pid_wanted(tgid);
 }
 
 // inum of a task's active pid namespace: task->thread_pid->numbers[level].ns
@@ -242,16 +192,33 @@ static __always_inline struct rec_buf *stage(void) {
     return scratch.lookup(&zero);
 }
 
-// A record with no payload (or one filled in by the caller): the current
-// task's identity, `kind`, nothing captured yet. 0 when the scratch is gone.
+// Reset the fields only some kinds use (the scratch keeps the last record's).
+static __always_inline void clear_record(struct rec_hdr *h, u32 kind) {
+    h->kind = kind;
+    h->group = 0;
+    h->fd = 0;
+    h->ret = 0;
+    h->prio = 0;
+    h->listener = 0;
+    h->total = 0;
+    h->offset = 0;
+    h->pidns = 0;
+    h->nspid = 0;
+    h->event_off = 0;
+    h->walk.len = 0;
+    h->walk.depth = 0;
+    h->walk.complete = 0;
+}
+
+// A record of the current task, `kind`, nothing captured yet (the caller may
+// fill in its own fields). 0 when the scratch is gone.
 static __always_inline struct rec_buf *stage_record(u32 kind) {
     struct rec_buf *r = stage();
     if (!r)
         return 0;
-    fill_identity(&r->h);
-    r->h.kind = kind;
-    r->h.total = 0;
-    r->h.offset = 0;
+    clear_record(&r->h, kind);
+    fill_proc(&r->h.proc);
+    r->h.ts = bpf_ktime_get_ns();
     return r;
 }
 
@@ -273,7 +240,7 @@ static __always_inline void submit(struct rec_buf *r, long len) {
     if (cnt && ++(*cnt) % WAKEUP_EVERY == 0)
         flags = BPF_RB_FORCE_WAKEUP;
     if (events.ringbuf_output(r, sizeof(struct rec_hdr) + n, flags) != 0)
-        count_loss(LOSS_RINGBUF);
+        count(CNT_RINGBUF_LOST);
 }
 
 // ---- tracer side: read(2) on a listener fd --------------------------------
@@ -292,14 +259,15 @@ TRACEPOINT_PROBE(syscalls, sys_enter_read) {
     int k = *kind;
     u64 fop = read_ptr(fd_file(fd) + OFF_FILE_F_OP);
     listener_fops.update(&k, &fop);
-    // candidate THREAD_SIZEs (16 KiB; 32 KiB with KASAN): user space keeps the
-    // one whose pt_regs->di equals the fd just passed
+    // candidate THREAD_SIZEs (kernel/layout.py THREAD_SIZES): user space keeps
+    // the one whose pt_regs->di equals the fd just passed
     u64 stack = read_ptr(bpf_get_current_task() + OFF_TASK_STACK);
-    for (int i = 0; i < 2; i++) {
-        u64 di = read_ptr(stack + (16384ULL << i) - PT_REGS_SIZE + OFF_PT_REGS_DI);
-        int slot = i;
-        learn_regs.update(&slot, &di);
-    }
+    u64 di = read_ptr(stack + THREAD_SIZE_SMALL - PT_REGS_SIZE + OFF_PT_REGS_DI);
+    int slot = 0;
+    learn_regs.update(&slot, &di);
+    di = read_ptr(stack + THREAD_SIZE_LARGE - PT_REGS_SIZE + OFF_PT_REGS_DI);
+    slot = 1;
+    learn_regs.update(&slot, &di);
     return 0;
 }
 
@@ -317,15 +285,14 @@ static __always_inline u64 user_regs(void) {
     return stack ? stack + *thread_size - PT_REGS_SIZE : 0;
 }
 
-// Walk the dentry chain of the file behind a fanotify event fd, crossing
-// mounts, and emit ONE REC_FAN_PATH record: the components leaf first, each
-// NUL-terminated, back to back in data; h.offset = component count, h.pad = 1
-// when the walk reached the global root (the path is complete). The fd is
-// already installed in the tracer's table when read(2) returns, but the tracer
-// may close it at once, so user space could not readlink it reliably.
-// Emitted BEFORE the read's own records: a consumer that sees the read has
-// already seen its paths (same CPU, same program run, reserved in order).
-static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 seq) {
+// The path of the file behind a fanotify event fd as ONE REC_FAN_PATH
+// record: the components leaf first, each NUL-terminated, back to back in
+// data (see walk_path). The fd is already installed in the tracer's table when
+// read(2) returns, but the tracer may close it at once, so user space could
+// not readlink it reliably. Emitted BEFORE the read's own records: a consumer
+// that sees the read has already seen its paths (same CPU, same program run,
+// reserved in order). The tracer's identity (pid, tid) was set by the caller.
+static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 event_off) {
     if (efd < 0)
         return;
     u64 file = fd_file(efd);
@@ -333,46 +300,12 @@ static __always_inline void emit_fan_path(struct rec_buf *r, s32 efd, u32 seq) {
         return;
     u64 dentry = read_ptr(file + OFF_FILE_F_PATH + OFF_PATH_DENTRY);
     u64 vfsmnt = read_ptr(file + OFF_FILE_F_PATH + OFF_PATH_MNT);
-    // struct vfsmount is embedded in struct mount at OFF_MOUNT_MNT
-    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
-    // position and component count live in the staged record (map memory),
-    // not in registers: the verifier does not track their exact values, so
-    // the states of the loop's branches merge instead of multiplying
     r->h.kind = REC_FAN_PATH;
-    r->h.ret = efd;
-    r->h.total = seq;
-    r->h.pad = 0;
-    r->h.len = 0;
-    r->h.offset = 0;
-    for (int i = 0; i < MAX_DEPTH; i++) {
-        u64 mnt_root = read_ptr(mnt + OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT);
-        u64 parent = read_ptr(dentry + OFF_DENTRY_D_PARENT);
-        if (dentry == mnt_root || dentry == parent) {
-            u64 mparent = read_ptr(mnt + OFF_MOUNT_MNT_PARENT);
-            if (dentry == mnt_root && mparent && mparent != mnt) {
-                // continue in the parent mount at the mountpoint
-                dentry = read_ptr(mnt + OFF_MOUNT_MNT_MOUNTPOINT);
-                mnt = mparent;
-                continue;
-            }
-            r->h.pad = 1;  // global root reached: complete
-            break;
-        }
-        u32 pos = r->h.len;
-        if (pos > CHUNK - NAME_MAX_Z)
-            break;  // path longer than a chunk: incomplete (pad stays 0)
-        pos &= CHUNK - 1;
-        u64 name = read_ptr(dentry + OFF_DENTRY_D_NAME + OFF_QSTR_NAME);
-        long got = bpf_probe_read_kernel_str(r->data + pos, NAME_MAX_Z, (void *)name);
-        if (got <= 0)
-            break;
-        r->h.len = pos + got;
-        r->h.offset += 1;
-        dentry = parent;
-    }
-    if (!r->h.pad)  // deeper than MAX_DEPTH, longer than a chunk, or unreadable
-        count_loss(LOSS_PATH_DEPTH);
-    submit(r, r->h.len);
+    r->h.event_off = event_off;
+    walk_path((char *)r->data, &r->h.walk, dentry, vfsmnt);
+    if (!r->h.walk.complete)  // deeper than PATH_STEPS, longer than PATH_BYTES, or unreadable
+        count(CNT_PATH_TOO_DEEP);
+    submit(r, r->h.walk.len);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_read) {
@@ -402,8 +335,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
     if (!r)
         return 0;
     u32 total = ret;
-    r->h.tid = (u32)id;
-    r->h.tgid = tgid;
+    clear_record(&r->h, REC_FAN_PATH);
+    r->h.proc.tid = (u32)id;
+    r->h.proc.pid = tgid;
     if (listener == KIND_FANOTIFY) {
         // fanotify_event_metadata: u32 event_len; u8 vers, reserved; u16
         // metadata_len; u64 mask; s32 fd; s32 pid. Walk the first events.
@@ -427,9 +361,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
             perm_readers.update(&tgid, &pfd);
         }
     }
-    fill_identity(&r->h);
+    clear_record(&r->h, REC_READ);
+    fill_proc(&r->h.proc);
+    r->h.ts = bpf_ktime_get_ns();
     r->h.pidns = listener == KIND_FANOTIFY ? task_pidns(bpf_get_current_task(), 0) : 0;
-    r->h.kind = REC_READ;
     r->h.group = group;
     r->h.fd = fd;
     r->h.ret = ret;
@@ -452,7 +387,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
         off += CHUNK;
     }
     if (off < total)
-        count_loss(LOSS_TRUNCATED);
+        count(CNT_READ_TRUNCATED);
     return 0;
 }
 
@@ -485,17 +420,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_write) {
         return 0;
     if (io.group)
         bpf_probe_read_kernel(&io.prio, sizeof(io.prio), (void *)(io.group + OFF_GROUP_PRIORITY));
-    struct rec_buf *r = stage();
+    struct rec_buf *r = stage_record(REC_RESPONSE);
     if (!r)
         return 0;
-    fill_identity(&r->h);
-    r->h.kind = REC_RESPONSE;
     r->h.group = io.group;
     r->h.fd = io.fd;
     r->h.ret = args->ret;
     r->h.prio = io.prio;
     r->h.listener = KIND_FANOTIFY;
-    r->h.offset = 0;
     // struct fanotify_response { s32 fd; u32 response; } (+ optional info)
     if (bpf_probe_read_user(r->data, 8, (void *)io.buf) != 0)
         return 0;
@@ -614,12 +546,10 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
         struct rec_buf *t = stage();
         if (!t)
             return 0;
-        t->h.kind = REC_THREAD;
-        t->h.tgid = tgid;
-        t->h.tid = pid;
+        clear_record(&t->h, REC_THREAD);
+        t->h.proc.pid = tgid;
+        t->h.proc.tid = pid;
         t->h.pidns = task_pidns(child, &t->h.nspid);
-        t->h.total = 0;
-        t->h.offset = 0;
         submit(t, 0);
         return 0;
     }
@@ -633,10 +563,11 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
     struct rec_buf *r = stage_record(REC_FORK);  // the parent's identity; the child inherits it
     if (!r)
         return 0;
-    r->h.ppid = r->h.tgid;
-    r->h.tgid = tgid;
-    r->h.tid = pid;
-    bpf_probe_read_kernel(&r->h.comm, 16, (void *)(child + OFF_TASK_COMM));
+    r->h.proc.ppid = r->h.proc.pid;
+    r->h.proc.pid = tgid;
+    r->h.proc.tid = pid;
+    __builtin_memcpy(r->h.proc.pcomm, r->h.proc.comm, TASK_COMM);
+    bpf_probe_read_kernel(&r->h.proc.comm, TASK_COMM, (void *)(child + OFF_TASK_COMM));
     // its number in its own pid namespace: what a fanotify listener in there
     // reads in the events it causes
     r->h.pidns = task_pidns(child, &r->h.nspid);
@@ -649,8 +580,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     if (!r)
         return 0;
     unsigned short loc = args->data_loc_filename & 0xFFFF;
-    long got = bpf_probe_read_kernel_str(r->data, 256, (void *)args + loc);
-    r->h.total = got > 0 ? got : 0;
+    long got = bpf_probe_read_kernel_str(r->data, NAME_MAX_Z, (void *)args + loc);
     submit(r, got > 0 ? got : 0);
     return 0;
 }

@@ -18,7 +18,6 @@ import time
 
 from . import backends
 from .config import AgentConfig, filters_of
-from .event import Event
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
 log = logging.getLogger("otel_fsnotify")
@@ -73,15 +72,10 @@ class _Stop:
 
 
 def run(cfg: AgentConfig) -> int:
-    sink: list = []
-
-    def emit(event: Event) -> None:
-        sink[0].write(event)
-
     # A file output is opened before any BPF is loaded, so a bad path costs no
     # compile; the OTLP resource names the backend, so that output comes after.
     output = make_output(cfg, "") if cfg.output != "otlp" else None
-    backend = backends.choose(cfg.backend, filters_of(cfg), emit, log)
+    backend = backends.choose(cfg.backend, filters_of(cfg), log)
     log.info("backend %s started", backend.name)
     if output is None:
         try:
@@ -89,7 +83,6 @@ def run(cfg: AgentConfig) -> int:
         except BaseException:
             backend.close()
             raise
-    sink.append(output)
     _quiet_gc()
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
@@ -106,20 +99,27 @@ def run(cfg: AgentConfig) -> int:
             now = time.monotonic()
             if deadline and now >= deadline:
                 break
-            backend.poll(POLL_MS if not deadline else max(1, min(POLL_MS, int((deadline - now) * 1000))))
+            wait = POLL_MS if not deadline else max(1, min(POLL_MS, int((deadline - now) * 1000)))
+            _write(output, backend.poll(wait))
             output.flush()  # a reader following --output-file sees each poll's events at once
             if next_stats and now >= next_stats:
                 log.info("stats %s", json.dumps(_stats(backend, output)))
                 next_stats = now + cfg.stats_interval
-        backend.poll(0)  # what the kernel already queued
+        _write(output, backend.poll(0))  # what the kernel already queued
     finally:
-        backend.close()
+        _write(output, backend.close())  # and what the backend still held
         output.close()
         if metrics is not None:
             metrics.shutdown()
         sys.stderr.write("otel-fsnotify: stats " + json.dumps(_stats(backend, output)) + "\n")
         sys.stderr.flush()
     return 0
+
+
+def _write(output, events) -> None:
+    write = output.write
+    for event in events:
+        write(event)
 
 
 def _stats(backend, output) -> dict:

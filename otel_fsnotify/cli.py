@@ -127,9 +127,9 @@ class _UsageError(Exception):
 def _needs_bpf_privilege() -> str | None:
     if os.geteuid() == 0:
         return None
-    from .doctor import _caps
+    from .kernel.probes import capabilities
 
-    ok, detail = _caps()
+    ok, detail = capabilities()
     return None if ok else (f"loading BPF programs needs root or CAP_BPF+CAP_PERFMON "
                             f"(uid {os.geteuid()}: {detail})")
 

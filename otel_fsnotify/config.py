@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 
 from .backends import CHOICES as BACKEND_CHOICES
+from .backends.base import MAX_PID_FILTERS, Filters
 from .event import FIELD_NAMES
 
 OUTPUTS = ("otlp", "jsonl", "table")
-MAX_PID_FILTERS = 64  # entries of each backend's in-kernel pid filter map
 DEFAULT_TABLE_FIELDS = ("type", "tracer_comm", "tracer_pid", "tracee_comm", "tracee_pid",
                         "i_mask", "fa_mask", "fa_response", "attribution", "name")
 # The seed gadget's column names, accepted so its users' --fields carry over.
@@ -140,9 +140,7 @@ def apply_overrides(cfg: AgentConfig, where: str, **flags: Any) -> AgentConfig:
     return _check(cfg, where)
 
 
-def filters_of(cfg: AgentConfig):
-    from .backends.base import Filters
-
+def filters_of(cfg: AgentConfig) -> Filters:
     f = cfg.filters
     return Filters(tracer_pids=tuple(f.tracer_pid), tracee_pids=tuple(f.tracee_pid),
                    tracer_group=parse_group(f.tracer_group) if f.tracer_group else 0,

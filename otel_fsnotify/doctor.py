@@ -9,13 +9,10 @@ from __future__ import annotations
 import os
 import platform
 
-from .kernel import bcc as kbcc
-from .backends import AUTO_ORDER, backend_class
-from .backends.base import BackendUnavailable
-
-# include/uapi/linux/capability.h
-CAPS = {"CAP_SYS_ADMIN": 21, "CAP_BPF": 39, "CAP_PERFMON": 38,
-        "CAP_DAC_READ_SEARCH": 2, "CAP_SYS_PTRACE": 19}
+from .backends import ladder
+from .kernel import probes
+from .kernel.bcc import BccError, describe_headers, import_bcc
+from .kernel.btf import Btf, BtfError
 
 _TRACEPOINT_PROBE = r"""
 BPF_RINGBUF_OUTPUT(doctor_ring, 1);
@@ -27,19 +24,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
     return 0;
 }
 """
-
-
-def _caps() -> tuple[bool, str]:
-    eff = 0
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("CapEff:"):
-                eff = int(line.split()[1], 16)
-    have = [n for n, bit in CAPS.items() if eff >> bit & 1]
-    missing = [n for n in CAPS if n not in have]
-    ok = "CAP_SYS_ADMIN" in have or {"CAP_BPF", "CAP_PERFMON"} <= set(have)
-    detail = "has " + (", ".join(have) or "none") + ("; missing " + ", ".join(missing) if missing else "")
-    return ok, detail
 
 
 def _lockdown() -> tuple[str, str]:
@@ -56,8 +40,6 @@ def _lockdown() -> tuple[str, str]:
 
 
 def _btf() -> tuple[str, str]:
-    from .kernel.btf import Btf, BtfError
-
     try:
         btf = Btf.load()
     except BtfError as exc:
@@ -70,7 +52,6 @@ def _btf() -> tuple[str, str]:
 
 def _tracepoints() -> tuple[str, str]:
     """Really compile, load and attach a tracepoint + ring buffer program."""
-    from .kernel.bcc import BccError, import_bcc
 
     try:
         bcc = import_bcc()
@@ -90,24 +71,19 @@ def _tracepoints() -> tuple[str, str]:
 
 
 def _exact_checks() -> tuple[tuple[str, str], tuple[str, str]]:
-    try:
-        from .backends import exact
-    except ImportError as exc:
-        reason = f"exact backends not built in this version ({exc})"
-        return ("NO", reason), ("NO", reason)
-    k = exact.kprobes_available()
-    f = exact.probe_fentry_load()
+    k = probes.kprobes_available()
+    f = probes.probe_fentry_load()
     return (("ok", "kprobe_events present") if k is None else ("NO", k),
             ("ok", "a fentry program loaded and attached") if f is None else ("NO", f))
 
 
 def checks() -> list[tuple[str, str, str]]:
     rows = [("kernel", "ok", f"{platform.release()} ({platform.machine()})")]
-    ok, detail = _caps()
+    ok, detail = probes.capabilities()
     rows.append(("capabilities", "ok" if ok else "NO", detail))
     rows.append(("lockdown", *_lockdown()))
     rows.append(("btf", *_btf()))
-    rows.append(("kernel headers", "ok", kbcc.describe_headers()))
+    rows.append(("kernel headers", "ok", describe_headers()))
     rows.append(("tracepoints", *_tracepoints()))
     kprobe, fentry = _exact_checks()
     rows.append(("kprobes", *kprobe))
@@ -116,23 +92,24 @@ def checks() -> list[tuple[str, str, str]]:
 
 
 def auto_choice(rows: list[tuple[str, str, str]]) -> tuple[str | None, str]:
+    """The backend `run --backend auto` would start, and why: the backends'
+    own ladder, after the checks above (a tracepoint program that did not
+    load here would not load for the backend either)."""
     status = {name: (st, detail) for name, st, detail in rows}
-    needs = {"fentry": "fentry/fexit", "kprobe": "kprobes", "tracepoint": "tracepoints"}
     skipped = []
-    for name in AUTO_ORDER:
-        st, detail = status[needs[name]]
+    for name, _cls, reason in ladder("auto"):
+        st, detail = status.get(RUNG_CHECK[name], ("ok", ""))
         if st != "ok":
-            skipped.append(f"{name}: {detail}")
-            continue
-        try:
-            reason = backend_class(name).probe()
-        except BackendUnavailable as exc:
-            reason = str(exc)
+            reason = detail  # the real load above says more than the cheap probe
         if reason:
             skipped.append(f"{name}: {reason}")
             continue
         return name, ("; ".join(skipped) + " -> " if skipped else "") + f"{name} loads"
     return None, "; ".join(skipped)
+
+
+# the check of checks() each rung of the ladder needs
+RUNG_CHECK = {"fentry": "fentry/fexit", "kprobe": "kprobes", "tracepoint": "tracepoints"}
 
 
 def main() -> int:

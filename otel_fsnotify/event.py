@@ -12,59 +12,71 @@ import msgspec
 EVENT_TYPES = ("inotify", "fanotify", "fa_resp")
 FA_RESPONSES = ("na", "allow", "deny", "interrupted")
 ATTRIBUTIONS = ("exact", "inferred", "unknown")
+ROLES = ("tracer", "tracee")
+
+# What the event says about a process, once for both roles: the tracer (the
+# watcher that read the event) and the tracee (the actor). The jsonl name is
+# f"{role}_{name}". The process table (enrich/procs.py), the identity builders
+# (enrich/identity.py) and the OTel mapping (otel/mapping.py) walk this list.
+PROCESS_FIELDS: tuple[tuple[str, type, object], ...] = (
+    ("pid", int, 0),
+    ("tid", int, 0),
+    ("ppid", int, 0),
+    ("uid", int, 0),
+    ("gid", int, 0),
+    ("mntns_id", int, 0),
+    ("comm", str, ""),
+    ("pcomm", str, ""),  # the parent's comm
+    ("exe", str, ""),  # full path of the executable when known
+)
+# ...and what only the actor carries
+TRACEE_ONLY_FIELDS: tuple[tuple[str, type, object], ...] = (
+    ("container_id", str, ""),
+)
 
 
-class Event(msgspec.Struct, omit_defaults=False, forbid_unknown_fields=True):
-    """One fsnotify event, linked to its tracee (actor) and tracer (reader).
+def role_field_names(role: str) -> tuple[str, ...]:
+    """The flat names of one role's process fields, e.g. tracer_pid, tracer_tid..."""
+    extra = TRACEE_ONLY_FIELDS if role == "tracee" else ()
+    return tuple(f"{role}_{name}" for name, _t, _d in PROCESS_FIELDS + extra)
 
-    Unknown values are 0 or "" — never invented.
-    """
 
-    timestamp: int = 0  # ns since epoch when the tracee generated it (fa_resp: when answered)
-    type: str = "inotify"  # inotify | fanotify | fa_resp
+def _role_fields(role: str) -> list[tuple[str, type, object]]:
+    extra = TRACEE_ONLY_FIELDS if role == "tracee" else ()
+    return [(f"{role}_{name}", typ, default) for name, typ, default in PROCESS_FIELDS + extra]
 
-    tracer_pid: int = 0
-    tracer_tid: int = 0
-    tracer_ppid: int = 0
-    tracer_uid: int = 0
-    tracer_gid: int = 0
-    tracer_mntns_id: int = 0
-    tracer_comm: str = ""
-    tracer_pcomm: str = ""
-    tracer_exe: str = ""
 
-    tracee_pid: int = 0
-    tracee_tid: int = 0
-    tracee_ppid: int = 0
-    tracee_uid: int = 0
-    tracee_gid: int = 0
-    tracee_mntns_id: int = 0
-    tracee_comm: str = ""
-    tracee_pcomm: str = ""
-    tracee_exe: str = ""
-    tracee_container_id: str = ""
+# The event's fields in order (the jsonl key order). Unknown values are 0 or ""
+# — never invented.
+_FIELDS: list[tuple[str, type, object]] = [
+    ("timestamp", int, 0),  # ns since epoch when the tracee generated it (fa_resp: when answered)
+    ("type", str, "inotify"),  # inotify | fanotify | fa_resp
+    *_role_fields("tracer"),
+    *_role_fields("tracee"),
+    ("prio", int, 0),  # fsnotify group priority
+    # inotify: struct inotify_event fields, and the inodes (64-bit)
+    ("i_wd", int, 0),
+    ("i_mask", int, 0),
+    ("i_cookie", int, 0),
+    ("i_ino", int, 0),
+    ("i_ino_dir", int, 0),
+    ("i_mask_names", list[str], []),
+    # fanotify: struct fanotify_event_metadata fields and the group's flags
+    ("fa_type", str, ""),
+    ("fa_mask", int, 0),
+    ("fa_pid", int, 0),
+    ("fa_flags", int, 0),
+    ("fa_f_flags", int, 0),
+    ("fa_mask_names", list[str], []),
+    ("fa_response", str, "na"),  # na | allow | deny | interrupted
+    ("name", str, ""),  # inotify: relative to the watched object; fanotify: full path
+    ("path", str, ""),  # full path when resolvable
+    ("attribution", str, "unknown"),  # exact | inferred | unknown: how the tracee was found
+]
 
-    prio: int = 0
-
-    i_wd: int = 0
-    i_mask: int = 0
-    i_cookie: int = 0
-    i_ino: int = 0
-    i_ino_dir: int = 0
-    i_mask_names: list[str] = []
-
-    fa_type: str = ""
-    fa_mask: int = 0
-    fa_pid: int = 0
-    fa_flags: int = 0
-    fa_f_flags: int = 0
-    fa_mask_names: list[str] = []
-    fa_response: str = "na"
-
-    name: str = ""
-    path: str = ""
-    attribution: str = "unknown"
-
+# One fsnotify event, linked to its tracee (actor) and tracer (reader).
+Event = msgspec.defstruct(
+    "Event", _FIELDS, module=__name__, omit_defaults=False, forbid_unknown_fields=True)
 
 FIELD_NAMES: tuple[str, ...] = Event.__struct_fields__
 

@@ -110,6 +110,21 @@ def fanotify_mask_names(mask: int) -> list[str]:
     return _names(mask, FAN_BITS)
 
 
+_NAMES_CACHE: dict[tuple[bool, int], list[str]] = {}
+_NAMES_CACHE_MAX = 4096
+
+
+def names(mask: int, fanotify: bool) -> list[str]:
+    """inotify_mask_names / fanotify_mask_names memoised per mask, for the
+    backends' hot paths. The list is shared between events: never mutate it."""
+    got = _NAMES_CACHE.get((fanotify, mask))
+    if got is None:
+        got = fanotify_mask_names(mask) if fanotify else inotify_mask_names(mask)
+        if len(_NAMES_CACHE) < _NAMES_CACHE_MAX:
+            _NAMES_CACHE[(fanotify, mask)] = got
+    return got
+
+
 def fanotify_event_type_name(index: int) -> str:
     if 0 <= index < len(FANOTIFY_EVENT_TYPES):
         return FANOTIFY_EVENT_TYPES[index]

@@ -1,9 +1,15 @@
-"""Backend registry and the `auto` ladder: fentry, then kprobe, then tracepoint."""
+"""Backend registry and the `auto` ladder: fentry, then kprobe, then tracepoint.
+
+`ladder()` is the one place that walks the ladder: `run` starts the first
+backend that loads (`choose`), `doctor` shows the same reasoning without
+starting anything.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
+from typing import Iterator
 
 from .base import Backend, BackendUnavailable, Filters
 
@@ -25,17 +31,26 @@ def backend_class(name: str) -> type[Backend]:
         raise BackendUnavailable(f"backend {name} is not built in this version ({exc})") from None
 
 
-def choose(name: str, filters: Filters, emit, log: logging.Logger) -> Backend:
-    """Start the named backend, or for `auto` the first on the ladder that loads."""
-    names = AUTO_ORDER if name == "auto" else (name,)
-    reasons = []
-    for candidate in names:
+def ladder(name: str = "auto") -> Iterator[tuple[str, type[Backend] | None, str | None]]:
+    """(backend, class, why it cannot run or None) for the named backend, or
+    for `auto` each rung in order. Only the cheap checks (`probe()`)."""
+    for candidate in AUTO_ORDER if name == "auto" else (name,):
         try:
             cls = backend_class(candidate)
             reason = cls.probe()
+        except BackendUnavailable as exc:
+            cls, reason = None, str(exc)
+        yield candidate, cls, reason
+
+
+def choose(name: str, filters: Filters, log: logging.Logger) -> Backend:
+    """Start the named backend, or for `auto` the first on the ladder that loads."""
+    reasons = []
+    for candidate, cls, reason in ladder(name):
+        try:
             if reason:
                 raise BackendUnavailable(reason)
-            backend = cls(filters, emit, log)
+            backend = cls(filters, log)
             backend.start()
         except BackendUnavailable as exc:
             if name != "auto":
@@ -50,4 +65,5 @@ def choose(name: str, filters: Filters, emit, log: logging.Logger) -> Backend:
     raise BackendUnavailable("no backend can run on this kernel: " + "; ".join(reasons))
 
 
-__all__ = ["Backend", "BackendUnavailable", "Filters", "REGISTRY", "CHOICES", "choose", "backend_class"]
+__all__ = ["Backend", "BackendUnavailable", "Filters", "REGISTRY", "CHOICES", "AUTO_ORDER",
+           "choose", "backend_class", "ladder"]

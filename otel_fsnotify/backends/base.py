@@ -1,20 +1,23 @@
 """What every backend provides: the hooks behind one `--backend` choice.
 
-A backend loads its BPF program(s), applies the in-kernel filters, and hands
-finished Events to `emit`. It never drops an event without counting it: every
-counter it returns from `counters()` is reported by the agent and exported as
-a metric.
+A backend loads its BPF program, applies the in-kernel filters, and returns
+the Events it decoded from each `poll()`. It never drops an event without
+counting it: every counter it returns from `counters()` is reported by the
+agent and exported as a metric.
 """
 
 from __future__ import annotations
 
 import abc
+import ctypes
 import logging
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import msgspec
 
 from ..event import Event
+
+MAX_PID_FILTERS = 64  # entries of each program's pid filter map (config.py checks it)
 
 
 class Filters(msgspec.Struct, frozen=True):
@@ -27,6 +30,25 @@ class Filters(msgspec.Struct, frozen=True):
     fanotify_only: bool = False
 
 
+def filter_cflags(f: Filters, tracee_pids_in_kernel: bool = True) -> list[str]:
+    """The FILTER_* macros of bpf/fsnotify_common.h, for either program."""
+    return [
+        f"-DFILTER_INOTIFY_ONLY={int(f.inotify_only)}",
+        f"-DFILTER_FANOTIFY_ONLY={int(f.fanotify_only)}",
+        f"-DFILTER_GROUP={f.tracer_group}ULL",
+        f"-DFILTER_TRACER_PIDS={int(bool(f.tracer_pids))}",
+        f"-DFILTER_TRACEE_PIDS={int(bool(f.tracee_pids) and tracee_pids_in_kernel)}",
+        f"-DMAX_PID_FILTERS={MAX_PID_FILTERS}",
+    ]
+
+
+def fill_pid_filters(bpf, f: Filters) -> None:
+    """Put the --tracer-pid / --tracee-pid tgids into the program's maps."""
+    for table, pids in (("tracer_pids", f.tracer_pids), ("tracee_pids", f.tracee_pids)):
+        for pid in pids:
+            bpf[table][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+
 class BackendUnavailable(RuntimeError):
     """This kernel cannot run the backend; the message names the missing feature."""
 
@@ -36,29 +58,32 @@ class Backend(abc.ABC):
     #: what `attribution` this backend can claim for its tracee
     description: ClassVar[str]
 
-    def __init__(self, filters: Filters, emit: Callable[[Event], None],
-                 log: logging.Logger | None = None):
+    def __init__(self, filters: Filters, log: logging.Logger | None = None):
+        if filters.inotify_only and filters.fanotify_only:
+            raise BackendUnavailable("--inotify-only and --fanotify-only exclude each other")
         self.filters = filters
-        self.emit = emit
         self.log = log or logging.getLogger(f"otel_fsnotify.backend.{self.name}")
 
     @classmethod
     @abc.abstractmethod
     def probe(cls) -> str | None:
-        """Cheap check (no compile): None if this kernel can run it, else the reason."""
+        """Check without compiling: None if this kernel can run it, else the reason."""
 
     @abc.abstractmethod
     def start(self) -> None:
         """Compile, load and attach. Raise BackendUnavailable with one clear line."""
 
     @abc.abstractmethod
-    def poll(self, timeout_ms: int) -> None:
-        """Deliver pending events through `emit`, waiting at most timeout_ms."""
+    def poll(self, timeout_ms: int) -> list[Event]:
+        """The events decoded since the last call, waiting at most timeout_ms
+        for the first one."""
 
     @abc.abstractmethod
     def counters(self) -> dict[str, int]:
         """Cumulative counts: events emitted, and every way an event was lost or
         left unmatched (e.g. ringbuf_lost, map_full, tracee_unmatched)."""
 
-    def close(self) -> None:
-        """Detach and free kernel resources."""
+    def close(self) -> list[Event]:
+        """Detach and free kernel resources; returns the events still held
+        (e.g. waiting for a match), finished as well as they can be."""
+        return []

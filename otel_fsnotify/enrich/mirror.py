@@ -23,7 +23,7 @@ from ..kernel.abi import (
     FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
     O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc, open_by_handle_at)
-from .watches import Watch, mounts_by_dev
+from .watches import MountFds, Watch
 
 _U32 = struct.Struct("=I")
 NO_MATCH = (0, 0, 0)
@@ -126,8 +126,7 @@ class Mirror:
         if fd < 0:
             raise errno_error("fanotify_init (mirror group)")
         self.fd = fd
-        self._mounts = mounts_by_dev()
-        self._mount_fds: dict[int, int] = {}
+        self._mount_fds = MountFds()
         # (handle_type, handle bytes) -> (ino, path of the watched object)
         self._objects: dict[tuple[int, bytes], tuple[int, str]] = {}
         self._marked: dict[tuple[int, int], int] = {}  # (sdev, ino) -> mask marked
@@ -142,31 +141,17 @@ class Mirror:
                          "mirror_marks_removed": 0, "mirror_marks_gone": 0}
 
     def close(self) -> None:
-        for mfd in self._mount_fds.values():
-            os.close(mfd)
+        self._mount_fds.close()
         os.close(self.fd)
 
     # -- marks ------------------------------------------------------------------
-    def _mount_fd(self, sdev: int) -> int:
-        mfd = self._mount_fds.get(sdev)
-        if mfd is None:
-            path = self._mounts.get(sdev)
-            if path is None:
-                self._mounts = mounts_by_dev()
-                path = self._mounts.get(sdev)
-            if path is None:
-                raise OSError(f"no mount for device {sdev >> 20}:{sdev & 0xFFFFF}")
-            mfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: fdget() refuses those
-            self._mount_fds[sdev] = mfd
-        return mfd
-
     def path_of(self, watch: Watch) -> str:
         obj = self._objects.get((watch.handle_type, watch.handle))
         return obj[1] if obj else ""
 
     def _open_object(self, watch: Watch) -> int:
         """An O_PATH fd of the watched object, from its file handle."""
-        return open_by_handle_at(self._mount_fd(watch.sdev), watch.handle_type, watch.handle, O_PATH)
+        return self._mount_fds.open_object(watch, O_PATH)
 
     def _fanotify_mark(self, flags: int, mask: int, ofd: int) -> None:
         # through the /proc magic link: with a NULL path fanotify_mark wants a

@@ -33,19 +33,6 @@ def exe_path(pid: int) -> str:
     return path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
 
 
-def cgroup_path(pid: int) -> str:
-    """The cgroup v2 path ("0::/..." line), or the first v1 path, "" if unknown."""
-    try:
-        with open(f"{PROC}/{pid}/cgroup") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        if line.startswith("0::"):
-            return line[3:]
-    return lines[0].split(":", 2)[2] if lines and lines[0].count(":") >= 2 else ""
-
-
 def container_id(pid: int) -> str:
     """The container id from /proc/<pid>/cgroup, "" when not in a container."""
     try:
@@ -58,14 +45,6 @@ def container_id(pid: int) -> str:
         if m:
             return m.group(1)
     return ""
-
-
-def comm(pid: int) -> str:
-    try:
-        with open(f"{PROC}/{pid}/comm") as fh:
-            return fh.read().rstrip("\n")
-    except OSError:
-        return ""
 
 
 def status(pid: int) -> dict[str, str]:
@@ -140,7 +119,7 @@ class Proc(msgspec.Struct):
     ppid: int = 0
     uid: int = 0
     gid: int = 0
-    mntns: int = 0
+    mntns_id: int = 0
     comm: str = ""
     exe: str = ""
     container_id: str = ""
@@ -171,7 +150,7 @@ class ProcTable:
                 ppid=int(st.get("PPid", "0")),
                 uid=int(st.get("Uid", "0").split()[0]),
                 gid=int(st.get("Gid", "0").split()[0]),
-                mntns=mntns_id(pid),
+                mntns_id=mntns_id(pid),
                 comm=st.get("Name", ""),
                 exe=exe_path(pid),
                 container_id=container_id(pid),
@@ -182,18 +161,18 @@ class ProcTable:
         return proc
 
     # -- feed from the sched tracepoints --------------------------------------
-    def fork(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns: int) -> None:
+    def fork(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int) -> None:
         parent = self._procs.get(ppid)
-        self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns=mntns, comm=comm,
+        self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
                                 exe=parent.exe if parent else "",
                                 container_id=parent.container_id if parent else "")
 
-    def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns: int,
+    def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
              filename: str) -> None:
         old = self._procs.get(pid)
         exe = exe_path(pid) or (filename if filename.startswith("/") else "")
         cid = (old.container_id if old else "") or container_id(pid)
-        self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns=mntns, comm=comm,
+        self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
                                 exe=exe, container_id=cid)
 
     def thread(self, tid: int, tgid: int) -> None:
@@ -266,9 +245,28 @@ class ProcTable:
             proc.exe = exe_path(pid)
         return proc
 
-    def comm(self, pid: int) -> str:
-        proc = self.get(pid)
-        return proc.comm if proc else ""
-
     def __len__(self) -> int:
         return len(self._procs)
+
+
+class ExeCache:
+    """exe path and container id per pid, cached briefly (pids are reused)."""
+
+    TTL = 5.0
+    MAX = 4096
+
+    def __init__(self):
+        self._cache: dict[int, tuple[float, str, str]] = {}
+
+    def get(self, pid: int) -> tuple[str, str]:
+        if not pid:
+            return "", ""
+        now = time.monotonic()
+        hit = self._cache.get(pid)
+        if hit and now - hit[0] < self.TTL:
+            return hit[1], hit[2]
+        if len(self._cache) >= self.MAX:
+            self._cache.clear()
+        exe, cid = exe_path(pid), container_id(pid)
+        self._cache[pid] = (now, exe, cid)
+        return exe, cid

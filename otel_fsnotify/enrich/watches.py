@@ -126,7 +126,101 @@ def mounts_by_dev() -> dict[int, str]:
     return found
 
 
+class MountFds:
+    """One open directory per filesystem (by dev_t), the mount fd that
+    open_by_handle_at(2) resolves that filesystem's file handles against."""
+
+    def __init__(self):
+        self._mounts: dict[int, str] = {}
+        self._fds: dict[int, int] = {}
+
+    def get(self, sdev: int) -> int:
+        """The mount fd of device sdev; OSError if it has no mount here."""
+        fd = self._fds.get(sdev)
+        if fd is not None:
+            return fd
+        if sdev not in self._mounts:
+            self._mounts = mounts_by_dev()
+        path = self._mounts.get(sdev)
+        if path is None:
+            raise OSError(f"no mount for device {sdev >> 20}:{sdev & 0xFFFFF}")
+        # not O_PATH: open_by_handle_at's fdget() refuses O_PATH mount fds
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fds[sdev] = fd
+        return fd
+
+    def open_object(self, watch: "Watch", flags: int = O_PATH | os.O_CLOEXEC) -> int:
+        """An fd of the object a watch is on, from its file handle (OSError)."""
+        return open_by_handle_at(self.get(watch.sdev), watch.handle_type, watch.handle, flags)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class Listeners:
+    """The listeners the agent knows, by (pid, fd), with a mirror (mirror.py)
+    kept marking what the inotify ones watch: a watch that appears is
+    marked, one that goes (inotify_rm_watch, IN_IGNORED, the process's exit)
+    is unmarked."""
+
+    def __init__(self, mirror=None):
+        self.mirror = mirror
+        self._by_key: dict[tuple[int, int], Listener] = {}
+        self._pids: set[int] = set()
+
+    def get(self, pid: int, fd: int) -> Listener | None:
+        return self._by_key.get((pid, fd))
+
+    def add(self, listener: Listener) -> None:
+        key = (listener.pid, listener.fd)
+        old = self._by_key.get(key)
+        self._by_key[key] = listener
+        self._pids.add(listener.pid)
+        if listener.kind != "inotify" or self.mirror is None:
+            return
+        for watch in listener.watches.values():
+            self.mirror.mark(watch, key)
+        if old is not None:  # watches gone since the last look (inotify_rm_watch...)
+            for wd, watch in old.watches.items():
+                if wd not in listener.watches:
+                    self.mirror.unmark(watch, key)
+
+    def refresh(self, pid: int, fd: int) -> Listener | None:
+        """Read one listener again (a new watch, or an fd not seen yet)."""
+        listener = read_listener(pid, fd)
+        if listener:
+            self.add(listener)
+        return listener
+
+    def watch_gone(self, listener: Listener, wd: int) -> None:
+        """The kernel dropped a watch (IN_IGNORED): so is the need for its mark."""
+        watch = listener.watches.get(wd)
+        if watch is None:
+            return
+        listener.watches = {k: v for k, v in listener.watches.items() if k != wd}
+        if self.mirror is not None:
+            self.mirror.unmark(watch, (listener.pid, listener.fd))
+
+    def exited(self, pid: int) -> None:
+        """A process exited: its inotify watches no longer need mirror marks."""
+        if pid not in self._pids:
+            return
+        self._pids.discard(pid)
+        for key in [k for k in self._by_key if k[0] == pid]:
+            listener = self._by_key.pop(key)
+            if self.mirror is not None:
+                for watch in listener.watches.values():
+                    self.mirror.unmark(watch, key)
+
+
 class WatchPaths:
+    """The path of the object an inotify watch is on, for the exact backends
+    (which see a tracer's wd, not its watch): resolved from the tracer's
+    fdinfo, cached per (sdev, ino) and per (tracer pid, wd) for a few seconds
+    (a renamed directory shows its new path after that)."""
+
     TTL = 5.0          # seconds a resolved (or unresolvable) answer is reused
     MAX = 8192         # entries per cache; cleared when full (bounded memory)
     RESCAN = 0.2       # a wd missing from a tracer's last scan: rescan if older than this
@@ -137,14 +231,11 @@ class WatchPaths:
         # tracer pid -> (when scanned, {wd: [Watch, ...]}): one fdinfo scan serves
         # every wd of a tracer with many watches
         self._scans: dict[int, tuple[float, dict[int, list[Watch]]]] = {}
-        self._mounts: dict[int, str] | None = None
-        self._mount_fds: dict[int, int] = {}
+        self._mount_fds = MountFds()
         self.unresolved = 0
 
     def close(self) -> None:
-        for fd in self._mount_fds.values():
-            os.close(fd)
-        self._mount_fds.clear()
+        self._mount_fds.close()
 
     def dir_path(self, tracer_pid: int, wd: int, ino_dir: int, ino: int) -> str:
         """Path of the object watched by `wd` of `tracer_pid` ("" if unknown).
@@ -193,29 +284,9 @@ class WatchPaths:
         self._by_obj[okey] = (now, path)
         return path
 
-    def _mount_fd(self, sdev: int) -> int:
-        fd = self._mount_fds.get(sdev)
-        if fd is not None:
-            return fd
-        if self._mounts is None or sdev not in self._mounts:
-            self._mounts = mounts_by_dev()
-        mnt = self._mounts.get(sdev)
-        if mnt is None:
-            return -1
-        try:
-            # not O_PATH: open_by_handle_at's fdget() refuses O_PATH mount fds
-            fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return -1
-        self._mount_fds[sdev] = fd
-        return fd
-
     def _open_path(self, watch: Watch) -> str:
-        mfd = self._mount_fd(watch.sdev)
-        if mfd < 0:
-            return ""
         try:
-            ofd = open_by_handle_at(mfd, watch.handle_type, watch.handle, O_PATH | os.O_CLOEXEC)
+            ofd = self._mount_fds.open_object(watch)
         except OSError:
             return ""
         try:

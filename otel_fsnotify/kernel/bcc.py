@@ -132,10 +132,12 @@ def read_source(name: str) -> str:
 
 
 def compile_bpf(source_name: str, cflags: list[str]):
-    """Compile and load bpf/<source_name> with bcc; BccError with one line on failure."""
+    """Compile and load bpf/<source_name> with bcc (its #include "..." found in
+    bpf/); BccError with one line on failure."""
     bcc = import_bcc()
     text = read_source(source_name)
     try:
-        return bcc.BPF(text=text.encode(), cflags=["-Wno-macro-redefined", "-Wno-visibility"] + cflags)
+        return bcc.BPF(text=text.encode(), cflags=["-Wno-macro-redefined", "-Wno-visibility",
+                                                   f"-I{BPF_DIR}"] + cflags)
     except Exception as exc:  # bcc raises bare Exception
         raise BccError(f"bpf/{source_name}: {exc}") from None

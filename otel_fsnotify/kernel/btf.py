@@ -177,7 +177,6 @@ class Btf:
     def has_func(self, name: str) -> bool:
         return (KIND_FUNC, name) in self._by_name
 
-
-def offset_macros(btf: Btf, spec: dict[str, tuple[str, str]]) -> list[str]:
-    """Turn {"MACRO": ("struct", "member.path")} into ["-DMACRO=<offset>", ...]."""
-    return [f"-D{macro}={btf.offsetof(s, m)}" for macro, (s, m) in sorted(spec.items())]
+    def func_id(self, name: str) -> int:
+        """BTF type id of a kernel function (0 if absent), for attaching by id."""
+        return self._by_name.get((KIND_FUNC, name), 0)

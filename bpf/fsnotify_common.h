@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * fsnotify_common.h: what both BPF programs share (fsnotify_exact.bpf.c and
+ * fsnotify_tracepoint.bpf.c): listener kinds, kernel memory readers, the
+ * identity of the current process, the dentry walk, the in-kernel filters.
+ *
+ * Portability: every kernel struct field is read at an OFF_* offset passed in
+ * as a -D macro, resolved from the running kernel's BTF by
+ * otel_fsnotify/kernel/layout.py (the one place that knows kernel versions),
+ * never from the headers bcc compiles with: those may belong to another kernel.
+ *
+ * Macros every program gets from user space (otel_fsnotify/backends/base.py
+ * filter_cflags):
+ *   FILTER_INOTIFY_ONLY, FILTER_FANOTIFY_ONLY   1: drop the other kind here
+ *   FILTER_GROUP        nonzero: only this struct fsnotify_group address
+ *   FILTER_TRACER_PIDS  1: only tgids in `tracer_pids` are tracers
+ *   FILTER_TRACEE_PIDS  1: only tgids in `tracee_pids` are tracees (exact only:
+ *                       the tracepoint backend learns its tracees in user space)
+ *   MAX_PID_FILTERS     entries of each pid filter map
+ */
+#ifndef FSNOTIFY_COMMON_H
+#define FSNOTIFY_COMMON_H
+
+#include <uapi/linux/ptrace.h>
+
+/* Which API a listener (an fsnotify group) speaks. */
+#define KIND_INOTIFY 1
+#define KIND_FANOTIFY 2
+
+#define TASK_COMM 16
+#define NAME_MAX_Z 256   /* a path component with its NUL: never truncated */
+#define PATH_BYTES 4096  /* bytes of path components per record (a power of two) */
+#ifndef PATH_STEPS
+#define PATH_STEPS 24    /* dentries (and mount crossings) walked per path */
+#endif
+
+/* A process as both roles carry it (user space: otel_fsnotify/event.py
+ * PROCESS_FIELDS; exe and container id come from /proc). */
+struct proc_id {
+    u32 pid;         /* tgid */
+    u32 tid;
+    u32 ppid;        /* tgid of real_parent */
+    u32 uid;         /* real uid, gid */
+    u32 gid;
+    u32 mntns;       /* inum of the mount namespace */
+    char comm[TASK_COMM];
+    char pcomm[TASK_COMM];  /* real_parent's comm */
+};
+
+/* Where a dentry walk stands. Kept in map memory (inside the record being
+ * staged), not in registers: the verifier does not track the exact values
+ * there, so the states of the loop's branches merge instead of multiplying. */
+struct path_walk {
+    u32 len;         /* bytes of components written, leaf first, each NUL-ended */
+    u32 depth;       /* components written */
+    u32 complete;    /* 1: the walk reached the global root (the path is whole) */
+};
+
+/* --tracer-pid / --tracee-pid (tgids), consulted when FILTER_*_PIDS is 1. */
+BPF_HASH(tracer_pids, u32, u8, MAX_PID_FILTERS);
+BPF_HASH(tracee_pids, u32, u8, MAX_PID_FILTERS);
+
+static __always_inline u64 read_ptr(u64 addr)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u32 read_u32(u64 addr)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+static __always_inline u16 read_u16(u64 addr)
+{
+    u16 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+/* The current task: ids from the helpers, the rest from task_struct. */
+static __always_inline void fill_proc(struct proc_id *p)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    u64 task = (u64)bpf_get_current_task();
+    u64 parent = read_ptr(task + OFF_TASK_REAL_PARENT);
+    /* task->nsproxy->mnt_ns->ns.inum; nsproxy is NULL for an exiting task */
+    u64 nsproxy = read_ptr(task + OFF_TASK_NSPROXY);
+    u64 mnt_ns = nsproxy ? read_ptr(nsproxy + OFF_NSPROXY_MNT_NS) : 0;
+
+    p->pid = pid_tgid >> 32;
+    p->tid = (u32)pid_tgid;
+    p->uid = (u32)uid_gid;
+    p->gid = uid_gid >> 32;
+    p->ppid = parent ? read_u32(parent + OFF_TASK_TGID) : 0;
+    p->mntns = mnt_ns ? read_u32(mnt_ns + OFF_MNT_NS_INUM) : 0;
+    bpf_get_current_comm(p->comm, sizeof(p->comm));
+    p->pcomm[0] = 0;
+    if (parent)
+        bpf_probe_read_kernel_str(p->pcomm, sizeof(p->pcomm), (void *)(parent + OFF_TASK_COMM));
+}
+
+/* Walk from `dentry` (in the mount whose struct vfsmount is `vfsmnt`) to the
+ * global root, crossing mounts: struct mount embeds its vfsmount at
+ * OFF_MOUNT_MNT; at a mount's root the walk goes on from its mountpoint in the
+ * parent mount. Components land in buf (PATH_BYTES + NAME_MAX_Z bytes) back to
+ * back, leaf first, each NUL-ended; *w says how far it got. */
+static __always_inline void walk_path(char *buf, struct path_walk *w, u64 dentry, u64 vfsmnt)
+{
+    u64 mnt = vfsmnt - OFF_MOUNT_MNT;
+    w->len = 0;
+    w->depth = 0;
+    w->complete = 0;
+    for (int i = 0; i < PATH_STEPS; i++) {
+        u64 mnt_root = read_ptr(mnt + OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT);
+        u64 parent = read_ptr(dentry + OFF_DENTRY_D_PARENT);
+        if (dentry == mnt_root || dentry == parent) {
+            u64 mnt_parent = read_ptr(mnt + OFF_MOUNT_MNT_PARENT);
+            if (dentry == mnt_root && mnt_parent && mnt_parent != mnt) {
+                dentry = read_ptr(mnt + OFF_MOUNT_MNT_MOUNTPOINT);
+                mnt = mnt_parent;
+                continue;
+            }
+            w->complete = 1;
+            break;
+        }
+        u32 pos = w->len;
+        if (pos > PATH_BYTES - NAME_MAX_Z)
+            break;  /* longer than PATH_BYTES: incomplete */
+        pos &= PATH_BYTES - 1;  /* for the verifier: every write stays in buf */
+        u64 name = read_ptr(dentry + OFF_DENTRY_D_NAME + OFF_QSTR_NAME);
+        long got = bpf_probe_read_kernel_str(buf + pos, NAME_MAX_Z, (void *)name);
+        if (got <= 0)
+            break;
+        w->len = pos + got;
+        w->depth += 1;
+        dentry = parent;
+    }
+}
+
+/* ---- the in-kernel filters -------------------------------------------- */
+
+static __always_inline int kind_wanted(u32 kind)
+{
+    if (FILTER_INOTIFY_ONLY && kind != KIND_INOTIFY)
+        return 0;
+    if (FILTER_FANOTIFY_ONLY && kind != KIND_FANOTIFY)
+        return 0;
+    return 1;
+}
+
+static __always_inline int group_wanted(u64 group)
+{
+    return !FILTER_GROUP || group == FILTER_GROUP;
+}
+
+static __always_inline int tracer_pid_wanted(u32 tgid)
+{
+#if FILTER_TRACER_PIDS
+    if (!tracer_pids.lookup(&tgid))
+        return 0;
+#endif
+    return 1;
+}
+
+static __always_inline int tracee_pid_wanted(u32 tgid)
+{
+#if FILTER_TRACEE_PIDS
+    if (!tracee_pids.lookup(&tgid))
+        return 0;
+#endif
+    return 1;
+}
+
+#endif /* FSNOTIFY_COMMON_H */

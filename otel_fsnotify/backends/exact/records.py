@@ -1,0 +1,137 @@
+"""The exact program's ring record (struct out_event in
+bpf/fsnotify_exact.bpf.c), declared once, and its decoding into an Event.
+
+A record is a fixed header plus only the bytes of name (inotify) or path
+components (fanotify) the event has. Both processes come from the kernel
+(struct proc_id, read in their own contexts); exe and container id from /proc.
+The inotify `path` (watched object's path + name) is resolved from the
+tracer's watch in /proc/<pid>/fdinfo (enrich/watches.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ... import masks
+from ...enrich.identity import KernelProcess
+from ...enrich.procs import ExeCache
+from ...enrich.watches import WatchPaths
+from ...event import Event
+from ...kernel.abi import FAN_Q_OVERFLOW, IN_Q_OVERFLOW
+from ...kernel.layout import KernelLayout
+from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, cstr, nested
+
+# struct out_event up to its tail; the program asserts the size (OUT_HDR_SIZE).
+# Fields named like the Event fields they fill.
+OUT_EVENT = RecordLayout("out_event", [
+    # struct record: what the tracee side knew, and the tracer who read it
+    ("ts_boot", "Q"), ("group", "Q"), ("i_ino", "Q"), ("i_ino_dir", "Q"),
+    *nested("tracee", PROC_ID), *nested("tracer", PROC_ID),
+    ("kind", "I"), ("prio", "I"), ("i_wd", "I"), ("i_mask", "I"), ("i_cookie", "I"),
+    ("fa_type", "I"), ("fa_mask", "I"), ("fa_pid", "I"), ("fa_flags", "I"), ("fa_f_flags", "I"),
+    ("name_len", "I"), ("pad", "I"),
+    # when and why it was sent
+    ("ts_now", "Q"), ("rtype", "I"), ("response", "I"), ("state", "I"),
+    *nested("walk", PATH_WALK), ("tail_len", "I"),
+])
+
+KIND_INOTIFY, KIND_FANOTIFY = 1, 2  # record.kind (fsnotify_common.h)
+REC_EVENT, REC_RESPONSE, REC_OVERFLOW = 1, 2, 3  # out_event.rtype
+# fs/notify/fanotify/fanotify.h: fanotify_perm_event.state values (#defines, not in BTF)
+FAN_EVENT_ANSWERED = 2
+# Slots of the per-CPU `counters` array, in the order of the CNT_* macros.
+COUNTERS = ("emitted", "ringbuf_lost", "map_full", "tracee_unmatched", "ctx_map_full",
+            "filtered", "flushed_on_close", "inotify_ctx_missing")
+
+
+def boot_to_epoch_offset() -> int:
+    """ns to add to CLOCK_BOOTTIME (bpf_ktime_get_boot_ns) to get Unix time."""
+    best = None
+    for _ in range(3):
+        a = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        r = time.time_ns()
+        b = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        if best is None or b - a < best[0]:
+            best = (b - a, r - (a + b) // 2)
+    return best[1]
+
+
+def fanotify_path(tail: bytes, r) -> str:
+    """The path from the walked components (leaf first); "..." ahead when the
+    walk stopped short of the root (the head is unknown)."""
+    if not r.walk_depth:
+        return ""
+    parts = tail.split(b"\0")[: r.walk_depth]
+    path = "/" + "/".join(cstr(p) for p in reversed(parts))
+    return path if r.walk_complete else "..." + path
+
+
+class Decoder:
+    """Ring records -> Events."""
+
+    def __init__(self, layout: KernelLayout, watch_paths: WatchPaths):
+        self.layout = layout
+        self.watch_paths = watch_paths
+        self.offset = boot_to_epoch_offset()
+        exe = ExeCache()
+        self.tracee = KernelProcess("tracee", "tracee_", exe)
+        self.tracer = KernelProcess("tracer", "tracer_", exe)
+
+    def decode(self, buf: bytes, off: int = 0, size: int | None = None) -> Event:
+        """One record (OUT_EVENT + tail) at buf[off:off+size]."""
+        r = OUT_EVENT.unpack_from(buf, off)
+        if size is None:
+            size = OUT_EVENT.size + r.tail_len
+        tail = buf[off + OUT_EVENT.size: off + min(size, OUT_EVENT.size + r.tail_len)]
+        fanotify = r.kind == KIND_FANOTIFY
+        answered = r.rtype == REC_RESPONSE
+        ev = Event(
+            timestamp=(r.ts_now if answered else r.ts_boot) + self.offset,
+            type="fa_resp" if answered else ("fanotify" if fanotify else "inotify"),
+            **self.tracer.fields(r), **self.tracee.fields(r), prio=r.prio,
+            attribution="exact" if r.tracee_pid else "unknown",
+        )
+        if r.rtype == REC_OVERFLOW:
+            self._overflow(ev, fanotify)
+        elif fanotify:
+            self._fanotify(ev, r, tail, answered)
+        else:
+            self._inotify(ev, r, tail)
+        return ev
+
+    @staticmethod
+    def _overflow(ev: Event, fanotify: bool) -> None:
+        if fanotify:
+            ev.type, ev.fa_mask, ev.fa_mask_names = "fanotify", FAN_Q_OVERFLOW, ["FAN_Q_OVERFLOW"]
+            ev.fa_type = "FANOTIFY_EVENT_TYPE_OVERFLOW"
+        else:
+            ev.i_mask, ev.i_mask_names = IN_Q_OVERFLOW, ["IN_Q_OVERFLOW"]
+        ev.attribution = "unknown"
+
+    def _fanotify(self, ev: Event, r, tail: bytes, answered: bool) -> None:
+        path = fanotify_path(tail, r)
+        ev.fa_type = self.layout.fa_type_name(r.fa_type)
+        ev.fa_mask = r.fa_mask
+        ev.fa_mask_names = masks.names(r.fa_mask, fanotify=True)
+        ev.fa_pid = r.fa_pid
+        ev.fa_flags = r.fa_flags
+        ev.fa_f_flags = r.fa_f_flags
+        ev.name = path
+        ev.path = path if r.walk_complete else ""
+        if answered:
+            ev.fa_response = ("interrupted" if r.state != FAN_EVENT_ANSWERED
+                              else masks.fa_response_name(r.response))
+
+    def _inotify(self, ev: Event, r, tail: bytes) -> None:
+        name = cstr(tail) if tail else ""
+        ev.i_wd = r.i_wd
+        ev.i_mask = r.i_mask
+        ev.i_mask_names = masks.names(r.i_mask, fanotify=False)
+        ev.i_cookie = r.i_cookie
+        ev.i_ino = r.i_ino
+        ev.i_ino_dir = r.i_ino_dir
+        ev.name = name
+        pid = r.tracer_pid
+        watched = self.watch_paths.dir_path(pid, r.i_wd, r.i_ino_dir, r.i_ino) if pid else ""
+        if watched:
+            ev.path = f"{watched}/{name}" if name else watched

@@ -1,0 +1,130 @@
+"""The tracer and tracee fields of an Event, walked from event.PROCESS_FIELDS.
+
+A role's fields come from the kernel where a ring record carries them (the
+current task's struct proc_id: pid, tid, ppid, uid, gid, mntns_id, comm,
+pcomm) plus what only /proc knows (exe, container id); or from the process
+table (procs.py) for an actor the kernel record does not describe (the
+tracepoint backend's tracees, known only by pid).
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+
+from ..event import PROCESS_FIELDS, Event
+from ..kernel.records import PROC_ID, cstr
+from .procs import ExeCache, Proc, ProcTable
+
+MAX_CACHED = 4096  # identities remembered per cache (cleared when full)
+_KERNEL_TEXT = frozenset(name for name, code in PROC_ID if code.endswith("s"))
+
+
+class KernelProcess:
+    """Reads one role's fields out of a ring record whose struct proc_id
+    fields are named `prefix + name` (e.g. tracee_pid, proc_comm)."""
+
+    def __init__(self, role: str, prefix: str, exe: ExeCache):
+        names = [name for name, _code in PROC_ID]
+        self._get = attrgetter(*(prefix + name for name in names))
+        self._keys = tuple(f"{role}_{name}" for name in names)
+        self._text = tuple(name in _KERNEL_TEXT for name in names)
+        self._exe_key = f"{role}_exe"
+        self._cid_key = "tracee_container_id" if role == "tracee" else ""
+        self._exe = exe
+        self._strings: dict[bytes, str] = {}
+
+    def _str(self, raw: bytes) -> str:
+        """comm bytes -> str, memoised: a few distinct values repeat."""
+        s = self._strings.get(raw)
+        if s is None:
+            s = cstr(raw)
+            if len(self._strings) < MAX_CACHED:
+                self._strings[raw] = s
+        return s
+
+    def fields(self, rec) -> dict:
+        out = {key: (self._str(v) if text else v)
+               for key, text, v in zip(self._keys, self._text, self._get(rec))}
+        exe, cid = self._exe.get(out[self._keys[0]])
+        out[self._exe_key] = exe
+        if self._cid_key:
+            out[self._cid_key] = cid
+        return out
+
+
+def from_proc(role: str, proc: Proc, parent: Proc | None) -> dict:
+    """One role's fields from the process table: everything it knows (the
+    thread id is the event's to say)."""
+    out = {}
+    for name, _type, _default in PROCESS_FIELDS:
+        if name == "pcomm":
+            out[f"{role}_pcomm"] = parent.comm if parent else ""
+        elif name != "tid":
+            out[f"{role}_{name}"] = getattr(proc, name)
+    if role == "tracee":
+        out["tracee_container_id"] = proc.container_id
+    return out
+
+
+class Identities:
+    """Cached role fields for a backend that learns tracers from ring records
+    and tracees by pid (the tracepoint backend)."""
+
+    def __init__(self, procs: ProcTable):
+        self.procs = procs
+        self._tracer = KernelProcess("tracer", "proc_", _ProcTableExe(procs))
+        self._tracers: dict[tuple, Event] = {}  # tracer identity -> Event template
+        self._tracees: dict[int, dict] = {}  # pid -> tracee fields
+
+    def tracer(self, rec) -> Event:
+        """An Event template holding the tracer's fields and the group
+        priority of the record (cached per identity)."""
+        key = (rec.proc_pid, rec.proc_tid, rec.proc_ppid, rec.proc_uid, rec.proc_gid,
+               rec.proc_mntns_id, rec.proc_comm, rec.prio)
+        tmpl = self._tracers.get(key)
+        if tmpl is None:
+            tmpl = Event(**self._tracer.fields(rec), prio=rec.prio)
+            if len(self._tracers) > MAX_CACHED:
+                self._tracers.clear()
+            self._tracers[key] = tmpl
+        return tmpl
+
+    def tracer_fields(self, rec) -> dict:
+        """The tracer's fields alone (to put on an event another read began)."""
+        tmpl = self.tracer(rec)
+        return {k: getattr(tmpl, k) for k in _TRACER_KEYS}
+
+    def tracee(self, pid: int) -> dict:
+        """The tracee's fields by pid; just the pid when nobody knows it."""
+        fields = self._tracees.get(pid)
+        if fields is not None:
+            return fields
+        proc = self.procs.get(pid)
+        if proc is None:
+            return {"tracee_pid": pid}  # not cached: /proc may know it next time
+        fields = from_proc("tracee", proc, self.procs.get(proc.ppid))
+        if len(self._tracees) > 16 * MAX_CACHED:
+            self._tracees.clear()
+        self._tracees[pid] = fields
+        return fields
+
+    def forget(self, pid: int, tracers: bool = False) -> None:
+        """A process forked or exec'd: its cached fields are stale (and any
+        tracer's exe/comm may have changed)."""
+        self._tracees.pop(pid, None)
+        if tracers and self._tracers:
+            self._tracers.clear()
+
+
+_TRACER_KEYS = tuple(f"tracer_{name}" for name, _t, _d in PROCESS_FIELDS) + ("prio",)
+
+
+class _ProcTableExe:
+    """ExeCache's interface over the process table (which follows exec)."""
+
+    def __init__(self, procs: ProcTable):
+        self.procs = procs
+
+    def get(self, pid: int) -> tuple[str, str]:
+        proc = self.procs.get(pid)
+        return (proc.exe, proc.container_id) if proc else ("", "")

@@ -1,0 +1,60 @@
+"""Ring buffer records declared once: a table of (field, struct code) in the C
+struct's order builds both the `struct.Struct` that unpacks it and a named
+tuple type, so decoders read `rec.tgid`, never position 3.
+
+Packing is "=" (native order, no padding): the C structs are laid out so that
+no padding falls inside them, and each program asserts its size against the
+one computed here (passed as a -D macro), so a field added on one side only
+fails the compile instead of shifting every field after it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import namedtuple
+from typing import Any, Sequence
+
+Fields = Sequence[tuple[str, str]]
+
+# struct proc_id (bpf/fsnotify_common.h)
+PROC_ID: Fields = (
+    ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("uid", "I"), ("gid", "I"), ("mntns_id", "I"),
+    ("comm", "16s"), ("pcomm", "16s"),
+)
+# struct path_walk (bpf/fsnotify_common.h)
+PATH_WALK: Fields = (("len", "I"), ("depth", "I"), ("complete", "I"))
+
+
+def nested(prefix: str, fields: Fields) -> list[tuple[str, str]]:
+    """An embedded struct's fields, named prefix_field."""
+    return [(f"{prefix}_{name}", code) for name, code in fields]
+
+
+class RecordLayout:
+    """One C record: `unpack_from(buf, off)` gives a named tuple; `size` is
+    what the C side asserts; `pack(**fields)` builds one (tests, missing
+    fields 0 / b"")."""
+
+    def __init__(self, name: str, fields: Fields):
+        self.name = name
+        self.fields = tuple(fields)
+        self.struct = struct.Struct("=" + "".join(code for _, code in self.fields))
+        self.size = self.struct.size
+        self.type = namedtuple(name, [n for n, _ in self.fields])
+        make, unpack = self.type._make, self.struct.unpack_from
+        self.unpack_from = lambda buf, off=0: make(unpack(buf, off))
+
+    def pack(self, **values: Any) -> bytes:
+        unknown = set(values) - set(self.type._fields)
+        if unknown:
+            raise KeyError(f"{self.name} has no field {sorted(unknown)[0]}")
+        return self.struct.pack(*(values.get(n, b"" if code.endswith("s") else 0)
+                                  for n, code in self.fields))
+
+    def size_macro(self, macro: str) -> str:
+        return f"-D{macro}={self.size}"
+
+
+def cstr(raw: bytes) -> str:
+    """A NUL-padded C string (comm, a name) as text."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
