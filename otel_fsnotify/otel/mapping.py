@@ -76,32 +76,67 @@ def body(ev: Event) -> str:
     return f"{tracee} {verb} {what}; read by {tracer}"
 
 
+# One table per role: (event process field, attribute), in the order sent; a
+# field whose value is unknown (0 / "") is left out. uid and gid follow the
+# pid only when the process's identity was actually read (its comm comes
+# with it): a bare pid leaves them unknown rather than claiming root.
+TRACEE = (
+    ("pid", "process.pid"),
+    ("uid", "process.user.id"),
+    ("gid", "fsnotify.tracee.gid"),  # semconv has no process group id
+    ("tid", "fsnotify.tracee.tid"),
+    ("ppid", "process.parent_pid"),
+    ("comm", "process.executable.name"),
+    ("exe", "process.executable.path"),
+    ("pcomm", "fsnotify.tracee.parent.executable.name"),
+    ("mntns_id", "fsnotify.tracee.mntns_id"),
+    ("container_id", "container.id"),
+)
+WATCHER = (
+    ("pid", "fsnotify.watcher.pid"),
+    ("uid", "fsnotify.watcher.user.id"),
+    ("gid", "fsnotify.watcher.group.id"),
+    ("tid", "fsnotify.watcher.tid"),
+    ("ppid", "fsnotify.watcher.parent_pid"),
+    ("comm", "fsnotify.watcher.executable.name"),
+    ("exe", "fsnotify.watcher.executable.path"),
+    ("pcomm", "fsnotify.watcher.parent.executable.name"),
+    ("mntns_id", "fsnotify.watcher.mntns_id"),
+)
+_IDENTITY = frozenset(("uid", "gid"))  # known only with pid and comm
+_WIDE = frozenset(("mntns_id",))  # u64 in the kernel: may exceed int64
+
+
+def _rows(role: str, table) -> tuple:
+    """(event field, attribute, identity?, wide?) rows of one role's table,
+    and the fields saying whether its identity was read."""
+    rows = tuple((f"{role}_{field}", key, field in _IDENTITY, field in _WIDE)
+                 for field, key in table)
+    return rows, f"{role}_pid", f"{role}_comm"
+
+
+_TRACEE_ROWS = _rows("tracee", TRACEE)
+_WATCHER_ROWS = _rows("tracer", WATCHER)
+
+
+def _process(a: dict[str, Any], ev: Event, role_rows) -> None:
+    """One role's process attributes into a."""
+    rows, pid_field, comm_field = role_rows
+    identified = bool(getattr(ev, pid_field) and getattr(ev, comm_field))
+    for field, key, identity, wide in rows:
+        value = getattr(ev, field)
+        if identity:
+            if identified:
+                a[key] = value
+        elif value:
+            a[key] = _i64(value) if wide else value
+
+
 def attributes(ev: Event, uid: str = "", command_line: str = "",
                include_command_line: bool = False) -> dict[str, Any]:
     """The record's attributes (the one place that decides them)."""
     a: dict[str, Any] = {}
-    # the acting process (tracee): semantic conventions
-    if ev.tracee_pid:
-        a["process.pid"] = ev.tracee_pid
-    if ev.tracee_pid and ev.tracee_comm:
-        # uid/gid 0 is root only when the process's identity was actually read
-        # (comm comes with it); a bare pid leaves them unknown.
-        a["process.user.id"] = ev.tracee_uid
-        a["fsnotify.tracee.gid"] = ev.tracee_gid
-    if ev.tracee_tid:  # unknown for some inotify events of the tracepoint backend: not invented
-        a["fsnotify.tracee.tid"] = ev.tracee_tid
-    if ev.tracee_ppid:
-        a["process.parent_pid"] = ev.tracee_ppid
-    if ev.tracee_comm:
-        a["process.executable.name"] = ev.tracee_comm
-    if ev.tracee_exe:
-        a["process.executable.path"] = ev.tracee_exe
-    if ev.tracee_pcomm:
-        a["fsnotify.tracee.parent.executable.name"] = ev.tracee_pcomm
-    if ev.tracee_mntns_id:
-        a["fsnotify.tracee.mntns_id"] = _i64(ev.tracee_mntns_id)
-    if ev.tracee_container_id:
-        a["container.id"] = ev.tracee_container_id
+    _process(a, ev, _TRACEE_ROWS)  # the acting process: semantic conventions
     if include_command_line and command_line:
         a["process.command_line"] = command_line
 
@@ -119,24 +154,7 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     if ev.i_ino:
         a["file.inode"] = str(ev.i_ino)
 
-    # the watcher (tracer): no convention exists, so fsnotify.watcher.*
-    if ev.tracer_pid:
-        a["fsnotify.watcher.pid"] = ev.tracer_pid
-    if ev.tracer_pid and ev.tracer_comm:
-        a["fsnotify.watcher.user.id"] = ev.tracer_uid
-        a["fsnotify.watcher.group.id"] = ev.tracer_gid
-    if ev.tracer_tid:
-        a["fsnotify.watcher.tid"] = ev.tracer_tid
-    if ev.tracer_ppid:
-        a["fsnotify.watcher.parent_pid"] = ev.tracer_ppid
-    if ev.tracer_comm:
-        a["fsnotify.watcher.executable.name"] = ev.tracer_comm
-    if ev.tracer_exe:
-        a["fsnotify.watcher.executable.path"] = ev.tracer_exe
-    if ev.tracer_pcomm:
-        a["fsnotify.watcher.parent.executable.name"] = ev.tracer_pcomm
-    if ev.tracer_mntns_id:
-        a["fsnotify.watcher.mntns_id"] = _i64(ev.tracer_mntns_id)
+    _process(a, ev, _WATCHER_ROWS)  # the watcher: no convention exists, so fsnotify.watcher.*
 
     # event details
     m = mask(ev)

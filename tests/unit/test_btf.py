@@ -4,7 +4,8 @@ import struct
 
 import pytest
 
-from otel_fsnotify.kernel.btf import Btf, BtfError, offset_macros
+from otel_fsnotify.kernel.btf import Btf, BtfError
+from otel_fsnotify.kernel.layout import offset_macros
 
 
 def _tiny_btf() -> bytes:
