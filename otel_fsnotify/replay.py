@@ -83,6 +83,115 @@ def _replay_settings(settings: OtlpSettings) -> OtlpSettings:
     return msgspec.structs.replace(settings, spool_dir=os.path.join(settings.resolved_spool_dir(), "replay"))
 
 
+def _count_capture(path: str) -> int | str:
+    """The number of events in the capture, or the one error line for it."""
+    total = 0
+    try:
+        for _lineno, _ev in iter_capture(path):
+            total += 1
+    except FileNotFoundError:
+        return f"{path}: no such file"
+    except IsADirectoryError:
+        return f"{path}: is a directory"
+    except PermissionError:
+        return f"{path}: permission denied"
+    except CaptureError as exc:
+        return str(exc)
+    return total
+
+
+class _Replay:
+    """One replay: the capture's events into the shipper, then the drain."""
+
+    def __init__(self, path: str, total: int, shipper, settings: OtlpSettings, progress: bool):
+        self.path = path
+        self.total = total
+        self.shipper = shipper
+        self.settings = settings
+        self.progress = progress
+        self.cid = capture_id(path)
+        self.pos = _PosFile(shipper.spool.dir, self.cid)
+        self.resume_after = self.pos.load()
+        self.recovered = shipper.counters()["recovered"]
+        self.start = time.monotonic()
+        self.last_progress = self.start
+        self.read = 0
+        self.deadline_hit = False
+
+    def show(self) -> None:
+        c = self.shipper.counters()
+        el = max(1e-6, time.monotonic() - self.start)
+        _say(f"read {self.read}/{self.total}, delivered {c['delivered']}, "
+             f"{c['delivered'] / el:,.0f} events/s, waiting in spool {c['spool_pending']}")
+
+    def _maybe_show(self) -> None:
+        if self.progress and time.monotonic() - self.last_progress >= PROGRESS_INTERVAL:
+            self.last_progress = time.monotonic()
+            self.show()
+
+    def _spool_full(self) -> bool:
+        return self.shipper.spool.total_bytes + 64 * 1024 > self.settings.spool_max_bytes
+
+    def _wait_for_room(self) -> None:
+        """replay is not the kernel: when the spool is full, wait for room (up
+        to drain_timeout) instead of dropping."""
+        waited = time.monotonic()
+        while self._spool_full() and time.monotonic() - waited < self.settings.drain_timeout:
+            time.sleep(0.05)
+            self._maybe_show()
+        if time.monotonic() - waited >= self.settings.drain_timeout:
+            self.deadline_hit = True
+
+    def send(self) -> None:
+        lineno = self.resume_after
+        for lineno, ev in iter_capture(self.path):
+            if lineno <= self.resume_after:
+                continue
+            if self._spool_full():
+                self._wait_for_room()
+            self.shipper.submit(ev, uid=f"{self.cid}-{lineno}")
+            self.read += 1
+            if self.read % _POS_EVERY == 0:
+                self.pos.save(lineno)
+            if self.read % 256 == 0:
+                self._maybe_show()
+        self.pos.save(lineno if self.read else self.resume_after)
+
+    def drain(self) -> bool:
+        """Wait for the collector up to drain_timeout (progress meanwhile);
+        True when the spool emptied."""
+        drain_end = time.monotonic() + self.settings.drain_timeout
+        while not self.shipper.flush(min(PROGRESS_INTERVAL, max(0.0, drain_end - time.monotonic()))):
+            if time.monotonic() >= drain_end:
+                break
+            if self.progress:
+                self.last_progress = time.monotonic()
+                self.show()
+        return self.shipper.flush(0)
+
+    def finish(self, drained: bool) -> int:
+        """Close, say what happened, return the exit status."""
+        shipper = self.shipper
+        shipper.close(0 if not drained else 5)
+        c = shipper.counters()
+        lost = c["dropped_spool_full"] + c["rejected"]
+        if self.progress:
+            self.show()
+        summary = (f"{self.path}: delivered {c['delivered']} events "
+                   f"({self.read} read from the capture, {self.recovered} from the spool of an "
+                   f"earlier run) in {time.monotonic() - self.start:.1f}s, lost {lost} (spool full "
+                   f"{c['dropped_spool_full']}, rejected by collector {c['rejected']}), "
+                   f"retried requests {c['retried']}")
+        _say(summary)
+        if not drained:
+            _say(f"collector {self.settings.logs_url()} did not accept {c['spool_pending']} events "
+                 f"within {self.settings.drain_timeout:g}s; they stay in {shipper.spool.dir} "
+                 f"(run the same replay again to send them)")
+            return 1
+        self.pos.remove()
+        return 1 if lost or self.deadline_hit else 0
+
+
 def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = None,
                progress: bool = True) -> int:
     """Ship the capture at `path`; returns the process exit status."""
@@ -90,24 +199,10 @@ def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = N
     from .otel.resource import build_resource
 
     log = log or logging.getLogger("otel_fsnotify")
-    # 1. validate the whole capture before sending anything
-    total = 0
-    try:
-        for _lineno, _ev in iter_capture(path):
-            total += 1
-    except FileNotFoundError:
-        _fail(f"{path}: no such file")
+    total = _count_capture(path)  # the whole capture is validated before anything is sent
+    if isinstance(total, str):
+        _fail(total)
         return 2
-    except IsADirectoryError:
-        _fail(f"{path}: is a directory")
-        return 2
-    except PermissionError:
-        _fail(f"{path}: permission denied")
-        return 2
-    except CaptureError as exc:
-        _fail(str(exc))
-        return 2
-
     settings = _replay_settings(settings)
     try:
         shipper = Shipper(settings, build_resource(backend="replay"), log)
@@ -117,104 +212,16 @@ def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = N
     except OSError as exc:
         _fail(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror}")
         return 2
-
-    cid = capture_id(path)
-    pos = _PosFile(shipper.spool.dir, cid)
-    resume_after = pos.load()
-    recovered = shipper.counters()["recovered"]
-    if resume_after or recovered:
-        _say(f"resuming: {recovered} events in the spool from an earlier run, "
-             f"continuing after line {resume_after}")
-
-    start = time.monotonic()
-    last_progress = start
-    read = 0
-    deadline_hit = False
-
-    def show(final: bool = False) -> None:
-        c = shipper.counters()
-        el = max(1e-6, time.monotonic() - start)
-        _say(f"read {read}/{total}, delivered {c['delivered']}, "
-             f"{c['delivered'] / el:,.0f} events/s, waiting in spool {c['spool_pending']}")
-
+    job = _Replay(path, total, shipper, settings, progress)
+    if job.resume_after or job.recovered:
+        _say(f"resuming: {job.recovered} events in the spool from an earlier run, "
+             f"continuing after line {job.resume_after}")
     try:
-        for lineno, ev in iter_capture(path):
-            if lineno <= resume_after:
-                continue
-            # replay is not the kernel: when the spool is full, wait for room
-            # (up to drain_timeout) instead of dropping.
-            if shipper.spool.total_bytes + 64 * 1024 > settings.spool_max_bytes:
-                waited = time.monotonic()
-                while (shipper.spool.total_bytes + 64 * 1024 > settings.spool_max_bytes
-                       and time.monotonic() - waited < settings.drain_timeout):
-                    time.sleep(0.05)
-                    if progress and time.monotonic() - last_progress >= PROGRESS_INTERVAL:
-                        last_progress = time.monotonic()
-                        show()
-                if time.monotonic() - waited >= settings.drain_timeout:
-                    deadline_hit = True
-            shipper.submit(ev, uid=f"{cid}-{lineno}")
-            read += 1
-            if read % _POS_EVERY == 0:
-                pos.save(lineno)
-            if progress and read % 256 == 0 and time.monotonic() - last_progress >= PROGRESS_INTERVAL:
-                last_progress = time.monotonic()
-                show()
-        pos.save(lineno if read else resume_after)
-
-        # 2. drain: wait for the collector up to drain_timeout (progress meanwhile)
-        drain_end = time.monotonic() + settings.drain_timeout
-        while not shipper.flush(min(PROGRESS_INTERVAL, max(0.0, drain_end - time.monotonic()))):
-            if time.monotonic() >= drain_end:
-                break
-            if progress:
-                last_progress = time.monotonic()
-                show()
-        drained = shipper.flush(0)
+        job.send()
+        drained = job.drain()
     except KeyboardInterrupt:
         shipper.close(0)
-        c = shipper.counters()
-        _say(f"interrupted: {c['spool_pending']} events kept in {shipper.spool.dir}; "
-             f"run the same replay again to send them")
+        _say(f"interrupted: {shipper.counters()['spool_pending']} events kept in "
+             f"{shipper.spool.dir}; run the same replay again to send them")
         return 130
-
-    shipper.close(0 if not drained else 5)
-    c = shipper.counters()
-    lost = c["dropped_spool_full"] + c["rejected"]
-    if progress:
-        show(final=True)
-    el = time.monotonic() - start
-    summary = (f"{path}: delivered {c['delivered']} events "
-               f"({read} read from the capture, {recovered} from the spool of an earlier run) "
-               f"in {el:.1f}s, lost {lost} (spool full {c['dropped_spool_full']}, "
-               f"rejected by collector {c['rejected']}), retried requests {c['retried']}")
-    if not drained:
-        _say(summary)
-        _say(f"collector {settings.logs_url()} did not accept {c['spool_pending']} events within "
-             f"{settings.drain_timeout:g}s; they stay in {shipper.spool.dir} "
-             f"(run the same replay again to send them)")
-        return 1
-    pos.remove()
-    _say(summary)
-    if lost or deadline_hit:
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Tiny entry point for tests: python -m otel_fsnotify.replay FILE (settings from env)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        _fail("usage: python -m otel_fsnotify.replay FILE")
-        return 2
-    logging.basicConfig(level=logging.INFO, format="otel-fsnotify: %(levelname)s: %(message)s")
-    try:
-        settings = OtlpSettings.from_env(os.environ)
-    except ValueError as exc:
-        _fail(str(exc))
-        return 2
-    return run_replay(args[0], settings)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return job.finish(drained)

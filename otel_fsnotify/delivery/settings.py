@@ -103,40 +103,7 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
 
         Raises SettingsError (a ValueError) with one line naming the bad key.
         """
-        env = os.environ if environ is None else environ
-        raw: dict[str, Any] = {}
-
-        def pick(name: str) -> tuple[str, str] | None:
-            for var in (f"OTEL_EXPORTER_OTLP_LOGS_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
-                val = env.get(var)
-                if val is not None and val.strip() != "":
-                    return var, val.strip()
-            return None
-
-        got = env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "").strip()
-        if got:
-            raw["logs_endpoint"] = got
-        got = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-        if got:
-            raw["endpoint"] = got
-        if (p := pick("PROTOCOL")):
-            raw["protocol"] = p[1]
-        if (p := pick("HEADERS")):
-            raw["headers"] = parse_headers(p[1], p[0])
-        if (p := pick("COMPRESSION")):
-            raw["compression"] = p[1].lower()
-        if (p := pick("TIMEOUT")):
-            try:
-                raw["timeout"] = float(p[1]) / 1000.0
-            except ValueError:
-                raise SettingsError(f"{p[0]}: {p[1]!r} is not a number of milliseconds") from None
-        if (p := pick("INSECURE")):
-            raw["insecure"] = _parse_bool(p[1], p[0])
-        for name, field in (("CERTIFICATE", "certificate"), ("CLIENT_KEY", "client_key"),
-                            ("CLIENT_CERTIFICATE", "client_certificate")):
-            if (p := pick(name)):
-                raw[field] = p[1]
-
+        raw = _from_environment(os.environ if environ is None else environ)
         fields = set(cls.__struct_fields__)
         for key, value in overrides.items():
             if value is None:
@@ -148,10 +115,6 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
             raw[key] = value
         try:
             settings = msgspec.convert(raw, cls, strict=False)
-            if "spool_segment_bytes" not in raw and isinstance(settings.spool_max_bytes, int):
-                # the default segment size follows a small spool down
-                settings.spool_segment_bytes = min(settings.spool_segment_bytes,
-                                                   max(4096, settings.spool_max_bytes // 4))
         except msgspec.ValidationError as exc:
             msg = str(exc)
             where = msg.rsplit("at `$.", 1)
@@ -159,6 +122,10 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
                 key = where[1].rstrip("`").split("[")[0].split(".")[0]
                 raise SettingsError(f"otlp.{key}: {where[0].strip().rstrip('-').strip()}") from None
             raise SettingsError(f"otlp: {msg}") from None
+        if "spool_segment_bytes" not in raw:
+            # the default segment size follows a small spool down
+            settings.spool_segment_bytes = min(settings.spool_segment_bytes,
+                                               max(4096, settings.spool_max_bytes // 4))
         settings.validate()
         return settings
 
@@ -172,6 +139,10 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
             url = getattr(self, key)
             if url:
                 _check_url(url, key, self.protocol)
+        self._validate_numbers()
+        self._validate_tls_and_headers()
+
+    def _validate_numbers(self) -> None:
         for key in ("timeout", "batch_linger", "max_backoff", "drain_timeout", "metrics_interval"):
             if getattr(self, key) < 0:
                 raise SettingsError(f"otlp.{key}: must be >= 0, got {getattr(self, key)}")
@@ -186,6 +157,8 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
         if self.spool_segment_bytes > self.spool_max_bytes // 4:
             raise SettingsError(f"otlp.spool_segment_bytes: must be <= spool_max_bytes/4 "
                                 f"({self.spool_max_bytes // 4}), got {self.spool_segment_bytes}")
+
+    def _validate_tls_and_headers(self) -> None:
         for key in ("certificate", "client_key", "client_certificate"):
             path = getattr(self, key)
             if path and not os.path.isfile(path):
@@ -221,6 +194,45 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
 
     def uses_tls(self) -> bool:
         return self.logs_url().startswith("https://")
+
+
+# OTEL_EXPORTER_OTLP_<NAME> (or its _LOGS_ variant, which wins) -> setting
+_ENV_STRINGS = (("CERTIFICATE", "certificate"), ("CLIENT_KEY", "client_key"),
+                ("CLIENT_CERTIFICATE", "client_certificate"), ("PROTOCOL", "protocol"))
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the standard OTEL_EXPORTER_OTLP_* variables give."""
+    raw: dict[str, Any] = {}
+
+    def pick(name: str) -> tuple[str, str] | None:
+        for var in (f"OTEL_EXPORTER_OTLP_LOGS_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+            val = env.get(var)
+            if val is not None and val.strip() != "":
+                return var, val.strip()
+        return None
+
+    # the signal-specific endpoint is used as is; the generic one gets /v1/logs
+    for var, key in (("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "logs_endpoint"),
+                     ("OTEL_EXPORTER_OTLP_ENDPOINT", "endpoint")):
+        got = env.get(var, "").strip()
+        if got:
+            raw[key] = got
+    for name, key in _ENV_STRINGS:
+        if (p := pick(name)):
+            raw[key] = p[1]
+    if (p := pick("HEADERS")):
+        raw["headers"] = parse_headers(p[1], p[0])
+    if (p := pick("COMPRESSION")):
+        raw["compression"] = p[1].lower()
+    if (p := pick("TIMEOUT")):
+        try:
+            raw["timeout"] = float(p[1]) / 1000.0
+        except ValueError:
+            raise SettingsError(f"{p[0]}: {p[1]!r} is not a number of milliseconds") from None
+    if (p := pick("INSECURE")):
+        raw["insecure"] = _parse_bool(p[1], p[0])
+    return raw
 
 
 def _with_scheme(url: str, s: OtlpSettings) -> str:
