@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import msgspec
 
-EVENT_TYPES = ("inotify", "fanotify", "fa_resp")
-FA_RESPONSES = ("na", "allow", "deny", "interrupted")
-ATTRIBUTIONS = ("exact", "inferred", "unknown")
-ROLES = ("tracer", "tracee")
-
 # What the event says about a process, once for both roles: the tracer (the
 # watcher that read the event) and the tracee (the actor). The jsonl name is
 # f"{role}_{name}". The process table (enrich/procs.py), the identity builders
@@ -33,12 +28,6 @@ PROCESS_FIELDS: tuple[tuple[str, type, object], ...] = (
 TRACEE_ONLY_FIELDS: tuple[tuple[str, type, object], ...] = (
     ("container_id", str, ""),
 )
-
-
-def role_field_names(role: str) -> tuple[str, ...]:
-    """The flat names of one role's process fields, e.g. tracer_pid, tracer_tid..."""
-    extra = TRACEE_ONLY_FIELDS if role == "tracee" else ()
-    return tuple(f"{role}_{name}" for name, _t, _d in PROCESS_FIELDS + extra)
 
 
 def _role_fields(role: str) -> list[tuple[str, type, object]]:

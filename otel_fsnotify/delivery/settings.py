@@ -192,8 +192,6 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
     def resolved_spool_dir(self) -> str:
         return self.spool_dir or _default_spool_dir()
 
-    def uses_tls(self) -> bool:
-        return self.logs_url().startswith("https://")
 
 
 # OTEL_EXPORTER_OTLP_<NAME> (or its _LOGS_ variant, which wins) -> setting

@@ -81,8 +81,8 @@ class Spool:
         self._cv = threading.Condition()
         self.corrupt = 0  # frames/bytes cut off at open
         self.recovered = 0  # frames found unacknowledged at open
+        self._inflight = 0  # frames handed to the reader, not acked yet
         self._sizes: dict[int, int] = {}  # segment -> bytes written (readable prefix)
-        self._counts: dict[int, int] = {}  # segment -> frames not yet acked (approx for read seg)
         self._closed = False
         cursor = self._load_cursor()
         segs = sorted(self._segments())
@@ -229,10 +229,6 @@ class Spool:
                 os.fsync(self._wfd)
 
     # ----------------------------------------------------------- reader
-    def unread(self) -> bool:
-        pos = self._read
-        return pos.offset < self._sizes.get(pos.segment, 0) or pos.segment < self._wseg
-
     def wait_for_data(self, timeout: float) -> bool:
         with self._cv:
             if self._has_unread_locked():
@@ -245,11 +241,6 @@ class Spool:
         if pos.offset < self._sizes.get(pos.segment, 0):
             return True
         return any(s > pos.segment and n > 0 for s, n in self._sizes.items())
-
-    def unread_count_hint(self) -> int:
-        return max(0, self.pending - self._inflight)
-
-    _inflight = 0
 
     def wait_for_frames(self, n: int, timeout: float) -> None:
         """Wait until at least n frames are unread or timeout passes."""

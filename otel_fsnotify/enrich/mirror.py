@@ -22,7 +22,7 @@ from ..kernel.abi import (
     FAN_EVENT_ON_CHILD, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_MARK_ADD, FAN_MARK_REMOVE,
     FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
-    O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc, open_by_handle_at)
+    O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc)
 from .watches import MountFds, Watch
 
 _U32 = struct.Struct("=I")
@@ -120,7 +120,6 @@ class Mirror:
         # FAN_REPORT_TARGET_FID (5.17+) adds the child's file handle to create,
         # delete and move events, for i_ino; older kernels refuse it (EINVAL)
         fd = libc.fanotify_init(flags | FAN_REPORT_TARGET_FID, O_RDONLY | O_LARGEFILE)
-        self.target_fid = fd >= 0
         if fd < 0:
             fd = libc.fanotify_init(flags, O_RDONLY | O_LARGEFILE)
         if fd < 0:
@@ -254,6 +253,29 @@ class Mirror:
         return n
 
     def _record(self, now: float, mask: int, pid: int, info: bytes) -> None:
+        """Remember one mirror event under every (watched object, name, bit) it is for."""
+        keys, child_ino = self._objects_of(info)
+        if not keys:
+            return
+        seq = self._seq
+        self._seq = seq + 1
+        hits, order = self._hits, self._order
+        tid = pid if self.report_tid else 0
+        bits = bits_of(mask)
+        for ino, name in keys:
+            # the child's inode belongs to events naming a child only
+            hit = (pid, tid, child_ino if name else 0)
+            for bit in bits:
+                key = (ino, name, bit)
+                series = hits.get(key)
+                if series is None:
+                    series = hits[key] = Series()
+                series.add(seq, hit)
+                order.append((now, key))
+
+    def _objects_of(self, info: bytes) -> tuple[list[tuple[int, str]], int]:
+        """From an event's info records: ([(inode of a mirrored object, name
+        relative to it)], the child's inode or 0)."""
         keys = []
         child = None
         layout, layout_type = -1, 0
@@ -281,8 +303,6 @@ class Mirror:
                             name = ""
                     keys.append((obj[0], name))
             pos = rec_end
-        if not keys:
-            return
         if len(keys) > 1:
             keys = list(dict.fromkeys(keys))
         # the child's inode, decoded with the layout that gave the watched
@@ -293,21 +313,7 @@ class Mirror:
                 child_ino = HANDLE_LAYOUTS[layout](child[1])
             except struct.error:
                 child_ino = 0
-        seq = self._seq
-        self._seq = seq + 1
-        hits, order = self._hits, self._order
-        tid = pid if self.report_tid else 0
-        bits = bits_of(mask)
-        for ino, name in keys:
-            # the child's inode belongs to events naming a child only
-            hit = (pid, tid, child_ino if name else 0)
-            for bit in bits:
-                key = (ino, name, bit)
-                series = hits.get(key)
-                if series is None:
-                    series = hits[key] = Series()
-                series.add(seq, hit)
-                order.append((now, key))
+        return keys, child_ino
 
     @staticmethod
     def _layout(handle: bytes, ino: int) -> int:

@@ -110,9 +110,6 @@ class Btf:
                 return tid
         raise BtfError(f"{self.source}: no struct {name} in kernel BTF")
 
-    def has_struct(self, name: str) -> bool:
-        return (KIND_STRUCT, name) in self._by_name or (KIND_UNION, name) in self._by_name
-
     def struct_size(self, name: str) -> int:
         return self._types[self.struct_id(name)][4]
 
@@ -147,21 +144,6 @@ class Btf:
             return True
         except BtfError:
             return False
-
-    def enum_value(self, enum_name: str, member: str) -> int:
-        tid = self._by_name.get((KIND_ENUM, enum_name)) or self._by_name.get((KIND_ENUM64, enum_name))
-        if tid is None:
-            raise BtfError(f"{self.source}: no enum {enum_name} in kernel BTF")
-        kind, _n, vlen, _k, _s, extra = self._types[tid]
-        item = 8 if kind == KIND_ENUM else 12
-        for i in range(vlen):
-            name_off = struct.unpack_from("<I", self._data, extra + item * i)[0]
-            if self._str(name_off) == member:
-                if kind == KIND_ENUM:
-                    return struct.unpack_from("<i", self._data, extra + item * i + 4)[0]
-                lo, hi = struct.unpack_from("<II", self._data, extra + item * i + 4)
-                return lo | (hi << 32)
-        raise BtfError(f"{self.source}: enum {enum_name} has no {member}")
 
     def enum_members(self, enum_name: str) -> dict[str, int]:
         tid = self._by_name.get((KIND_ENUM, enum_name))

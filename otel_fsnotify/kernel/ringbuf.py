@@ -32,7 +32,6 @@ class RingReader:
         if data_size & (data_size - 1):
             raise ValueError(f"ring buffer size {data_size} is not a power of two")
         page = mmap.PAGESIZE
-        self._size = data_size
         self._mask = data_size - 1
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._prod = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ,

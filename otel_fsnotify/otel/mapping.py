@@ -139,8 +139,16 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     _process(a, ev, _TRACEE_ROWS)  # the acting process: semantic conventions
     if include_command_line and command_line:
         a["process.command_line"] = command_line
+    _file(a, ev)
+    _process(a, ev, _WATCHER_ROWS)  # the watcher: no convention exists, so fsnotify.watcher.*
+    _details(a, ev)
+    if uid:
+        a["log.record.uid"] = uid
+    return a
 
-    # the file
+
+def _file(a: dict[str, Any], ev: Event) -> None:
+    """file.* (semantic conventions)."""
     path = file_path(ev)
     if path:
         a["file.path"] = path
@@ -154,9 +162,9 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     if ev.i_ino:
         a["file.inode"] = str(ev.i_ino)
 
-    _process(a, ev, _WATCHER_ROWS)  # the watcher: no convention exists, so fsnotify.watcher.*
 
-    # event details
+def _details(a: dict[str, Any], ev: Event) -> None:
+    """fsnotify.*: what the kernel said about the event."""
     m = mask(ev)
     a["fsnotify.type"] = ev.type
     a["fsnotify.mask"] = _i64(m)
@@ -184,6 +192,3 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
             a["fsnotify.fanotify.f_flags"] = _i64(ev.fa_f_flags)
     a["fsnotify.group.priority"] = ev.prio
     a["fsnotify.attribution"] = ev.attribution
-    if uid:
-        a["log.record.uid"] = uid
-    return a
