@@ -95,7 +95,7 @@ struct pending_io {
     u32 pad;
 };
 
-// Ring buffer to user space (tracepoint.py reads its mmap): RINGBUF_PAGES pages.
+// Ring buffer to user space (backends/tracepoint reads its mmap): RINGBUF_PAGES pages.
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 // sys_enter_inotify_add_watch -> sys_exit: the listener fd, keyed by pid_tgid.
 BPF_HASH(pending_writes, u64, struct pending_io, 4096);
@@ -233,7 +233,7 @@ static __always_inline void submit(struct rec_buf *r, long len) {
     // Wake the agent once per WAKEUP_EVERY records of this CPU, not per
     // record (the default while the consumer keeps up, which costs the
     // producing task an irq_work and the agent a context switch per event).
-    // The agent looks at the ring every MAX_WAIT_MS anyway (tracepoint.py).
+    // The agent looks at the ring every MAX_WAIT_MS anyway (backends/tracepoint).
     int zero = 0;
     u64 *cnt = wake_count.lookup(&zero);
     u64 flags = BPF_RB_NO_WAKEUP;
