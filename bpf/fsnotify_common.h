@@ -9,6 +9,11 @@
  * otel_fsnotify/kernel/layout.py (the one place that knows kernel versions),
  * never from the headers bcc compiles with: those may belong to another kernel.
  *
+ * No map is declared or used here: bcc rewrites map calls (map.lookup()) only
+ * in the file it compiles, so in a header they would compile to an indirect
+ * call the verifier refuses. The pid filter maps `tracer_pids` and
+ * `tracee_pids` and their checks live in each program.
+ *
  * Macros every program gets from user space (otel_fsnotify/backends/base.py
  * filter_cflags):
  *   FILTER_INOTIFY_ONLY, FILTER_FANOTIFY_ONLY   1: drop the other kind here
@@ -55,10 +60,6 @@ struct path_walk {
     u32 depth;       /* components written */
     u32 complete;    /* 1: the walk reached the global root (the path is whole) */
 };
-
-/* --tracer-pid / --tracee-pid (tgids), consulted when FILTER_*_PIDS is 1. */
-BPF_HASH(tracer_pids, u32, u8, MAX_PID_FILTERS);
-BPF_HASH(tracee_pids, u32, u8, MAX_PID_FILTERS);
 
 static __always_inline u64 read_ptr(u64 addr)
 {
@@ -156,24 +157,6 @@ static __always_inline int kind_wanted(u32 kind)
 static __always_inline int group_wanted(u64 group)
 {
     return !FILTER_GROUP || group == FILTER_GROUP;
-}
-
-static __always_inline int tracer_pid_wanted(u32 tgid)
-{
-#if FILTER_TRACER_PIDS
-    if (!tracer_pids.lookup(&tgid))
-        return 0;
-#endif
-    return 1;
-}
-
-static __always_inline int tracee_pid_wanted(u32 tgid)
-{
-#if FILTER_TRACEE_PIDS
-    if (!tracee_pids.lookup(&tgid))
-        return 0;
-#endif
-    return 1;
 }
 
 #endif /* FSNOTIFY_COMMON_H */

@@ -109,6 +109,9 @@ BPF_HASH(pending, u64, struct pending_rec, MAX_PENDING);
 BPF_HASH(remove_ctx, u32, u64, 4096);
 /* group_kind: struct fsnotify_group * -> KIND_*, to name overflow events. */
 BPF_HASH(group_kind, u64, u32, 4096);
+/* --tracer-pid / --tracee-pid (tgids), consulted when FILTER_*_PIDS is 1 */
+BPF_HASH(tracer_pids, u32, u8, MAX_PID_FILTERS);
+BPF_HASH(tracee_pids, u32, u8, MAX_PID_FILTERS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct out_event, 1);
 BPF_PERCPU_ARRAY(rec_scratch, struct pending_rec, 1);
@@ -123,8 +126,13 @@ static __always_inline void count(u32 slot)
 
 static __always_inline int passes_filters(struct record *r)
 {
-    return kind_wanted(r->kind) && group_wanted(r->group) &&
-           tracer_pid_wanted(r->tracer.pid) && tracee_pid_wanted(r->tracee.pid);
+    if (!kind_wanted(r->kind) || !group_wanted(r->group))
+        return 0;
+    if (FILTER_TRACER_PIDS && !tracer_pids.lookup(&r->tracer.pid))
+        return 0;
+    if (FILTER_TRACEE_PIDS && !tracee_pids.lookup(&r->tracee.pid))
+        return 0;
+    return 1;
 }
 
 /* ---- tracee side ------------------------------------------------------- */

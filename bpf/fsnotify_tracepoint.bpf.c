@@ -24,7 +24,7 @@
 
 #include "fsnotify_common.h"
 
-// ring buffer record kinds (rec_hdr.kind; tracepoint/records.py RecordKind)
+// ring buffer record kinds (rec_hdr.kind; the same REC_* in tracepoint/records.py)
 #define REC_READ 1        // bytes a tracer read from a listener fd (one chunk)
 #define REC_RESPONSE 2    // struct fanotify_response written by a tracer
 #define REC_ADD_WATCH 3   // inotify_add_watch returned a wd: rescan fdinfo
@@ -103,6 +103,9 @@ BPF_HASH(pending_writes, u64, struct pending_io, 4096);
 BPF_PERCPU_ARRAY(scratch, struct rec_buf, 1);
 // Records submitted per CPU, for the wakeup batching in submit().
 BPF_PERCPU_ARRAY(wake_count, u64, 1);
+// --tracer-pid (tgids), consulted when FILTER_TRACER_PIDS is 1 (--tracee-pid
+// is applied in user space, where this backend learns its tracees).
+BPF_HASH(tracer_pids, u32, u8, MAX_PID_FILTERS);
 // Loss counters, summed over CPUs by user space.
 BPF_PERCPU_ARRAY(counters, u64, CNT_SLOTS);
 // f_op of an inotify fd ([KIND_INOTIFY]) and a fanotify fd ([KIND_FANOTIFY]):
@@ -163,8 +166,11 @@ static __always_inline u32 listener_kind(u64 file) {
 }
 
 static __always_inline int tracer_wanted(u32 tgid, u32 kind, u64 group) {
-    return tgid != SELF_TGID && kind_wanted(kind) && group_wanted(group) &&
-           tracer_pid_wanted(tgid);
+    if (tgid == SELF_TGID || !kind_wanted(kind) || !group_wanted(group))
+        return 0;
+    if (FILTER_TRACER_PIDS && !tracer_pids.lookup(&tgid))
+        return 0;
+    return 1;
 }
 
 // inum of a task's active pid namespace: task->thread_pid->numbers[level].ns

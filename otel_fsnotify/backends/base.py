@@ -42,9 +42,12 @@ def filter_cflags(f: Filters, tracee_pids_in_kernel: bool = True) -> list[str]:
     ]
 
 
-def fill_pid_filters(bpf, f: Filters) -> None:
+def fill_pid_filters(bpf, f: Filters, tracee_pids_in_kernel: bool = True) -> None:
     """Put the --tracer-pid / --tracee-pid tgids into the program's maps."""
-    for table, pids in (("tracer_pids", f.tracer_pids), ("tracee_pids", f.tracee_pids)):
+    tables = [("tracer_pids", f.tracer_pids)]
+    if tracee_pids_in_kernel:
+        tables.append(("tracee_pids", f.tracee_pids))
+    for table, pids in tables:
         for pid in pids:
             bpf[table][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 

@@ -69,11 +69,17 @@ def test_fentry_backend_refuses_in_one_line():
     assert lines[0].startswith("otel-fsnotify: error: fentry") and "BPF_TRACE_FENTRY" in lines[0]
 
 
+EVERY_FILTER = Filters(tracer_pids=(1,), tracee_pids=(2,), tracer_group=0xffff888000001000,
+                      inotify_only=True)
+
+
 @root
-def test_bpf_program_passes_this_kernels_verifier():
+@pytest.mark.parametrize("filters", [Filters(), EVERY_FILTER], ids=["no filter", "every filter"])
+def test_bpf_program_passes_this_kernels_verifier(filters):
     """Compiled with this kernel's BTF offsets; the kprobe programs load (the
-    verifier accepts the variable-size ring output and the path walk)."""
-    be = exact.KprobeBackend(Filters(), logging.getLogger("test"))
+    verifier accepts the variable-size ring output, the path walk and the
+    filter map lookups)."""
+    be = exact.KprobeBackend(filters, logging.getLogger("test"))
     b = bcc.compile_bpf(exact.SOURCE, be._cflags(KernelLayout.load()))
     try:
         BPF = bcc.import_bcc().BPF

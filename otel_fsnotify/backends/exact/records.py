@@ -11,6 +11,7 @@ tracer's watch in /proc/<pid>/fdinfo (enrich/watches.py).
 from __future__ import annotations
 
 import time
+from operator import attrgetter
 
 from ... import masks
 from ...enrich.identity import KernelProcess
@@ -85,53 +86,47 @@ class Decoder:
         tail = buf[off + OUT_EVENT.size: off + min(size, OUT_EVENT.size + r.tail_len)]
         fanotify = r.kind == KIND_FANOTIFY
         answered = r.rtype == REC_RESPONSE
-        ev = Event(
+        if r.rtype == REC_OVERFLOW:
+            what = _FAN_OVERFLOW if fanotify else _IN_OVERFLOW
+        elif fanotify:
+            what = self._fanotify(r, tail, answered)
+        else:
+            what = self._inotify(r, tail)
+        return Event(
             timestamp=(r.ts_now if answered else r.ts_boot) + self.offset,
             type="fa_resp" if answered else ("fanotify" if fanotify else "inotify"),
             **self.tracer.fields(r), **self.tracee.fields(r), prio=r.prio,
-            attribution="exact" if r.tracee_pid else "unknown",
-        )
-        if r.rtype == REC_OVERFLOW:
-            self._overflow(ev, fanotify)
-        elif fanotify:
-            self._fanotify(ev, r, tail, answered)
-        else:
-            self._inotify(ev, r, tail)
-        return ev
+            attribution="exact" if r.tracee_pid and r.rtype != REC_OVERFLOW else "unknown",
+            **what)
 
-    @staticmethod
-    def _overflow(ev: Event, fanotify: bool) -> None:
-        if fanotify:
-            ev.type, ev.fa_mask, ev.fa_mask_names = "fanotify", FAN_Q_OVERFLOW, ["FAN_Q_OVERFLOW"]
-            ev.fa_type = "FANOTIFY_EVENT_TYPE_OVERFLOW"
-        else:
-            ev.i_mask, ev.i_mask_names = IN_Q_OVERFLOW, ["IN_Q_OVERFLOW"]
-        ev.attribution = "unknown"
-
-    def _fanotify(self, ev: Event, r, tail: bytes, answered: bool) -> None:
+    def _fanotify(self, r, tail: bytes, answered: bool) -> dict:
         path = fanotify_path(tail, r)
-        ev.fa_type = self.layout.fa_type_name(r.fa_type)
-        ev.fa_mask = r.fa_mask
-        ev.fa_mask_names = masks.names(r.fa_mask, fanotify=True)
-        ev.fa_pid = r.fa_pid
-        ev.fa_flags = r.fa_flags
-        ev.fa_f_flags = r.fa_f_flags
-        ev.name = path
-        ev.path = path if r.walk_complete else ""
+        what = dict(zip(_FANOTIFY_COPIED, _fanotify_copied(r)),
+                    fa_type=self.layout.fa_type_name(r.fa_type),
+                    fa_mask_names=masks.names(r.fa_mask, fanotify=True),
+                    name=path, path=path if r.walk_complete else "")
         if answered:
-            ev.fa_response = ("interrupted" if r.state != FAN_EVENT_ANSWERED
-                              else masks.fa_response_name(r.response))
+            what["fa_response"] = ("interrupted" if r.state != FAN_EVENT_ANSWERED
+                                   else masks.fa_response_name(r.response))
+        return what
 
-    def _inotify(self, ev: Event, r, tail: bytes) -> None:
+    def _inotify(self, r, tail: bytes) -> dict:
         name = cstr(tail) if tail else ""
-        ev.i_wd = r.i_wd
-        ev.i_mask = r.i_mask
-        ev.i_mask_names = masks.names(r.i_mask, fanotify=False)
-        ev.i_cookie = r.i_cookie
-        ev.i_ino = r.i_ino
-        ev.i_ino_dir = r.i_ino_dir
-        ev.name = name
+        what = dict(zip(_INOTIFY_COPIED, _inotify_copied(r)),
+                    i_mask_names=masks.names(r.i_mask, fanotify=False), name=name)
         pid = r.tracer_pid
         watched = self.watch_paths.dir_path(pid, r.i_wd, r.i_ino_dir, r.i_ino) if pid else ""
         if watched:
-            ev.path = f"{watched}/{name}" if name else watched
+            what["path"] = f"{watched}/{name}" if name else watched
+        return what
+
+
+# record fields an Event takes as they are (same names)
+_INOTIFY_COPIED = ("i_wd", "i_mask", "i_cookie", "i_ino", "i_ino_dir")
+_FANOTIFY_COPIED = ("fa_mask", "fa_pid", "fa_flags", "fa_f_flags")
+_inotify_copied = attrgetter(*_INOTIFY_COPIED)
+_fanotify_copied = attrgetter(*_FANOTIFY_COPIED)
+# a group's queue overflowed: the events themselves are gone, no tracee
+_FAN_OVERFLOW = dict(fa_mask=FAN_Q_OVERFLOW, fa_mask_names=["FAN_Q_OVERFLOW"],
+                     fa_type="FANOTIFY_EVENT_TYPE_OVERFLOW")
+_IN_OVERFLOW = dict(i_mask=IN_Q_OVERFLOW, i_mask_names=["IN_Q_OVERFLOW"])

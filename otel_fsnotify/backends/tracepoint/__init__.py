@@ -123,7 +123,7 @@ class TracepointBackend(Backend):
             self.bpf = bcc.compile_bpf(SOURCE, self._cflags())
         except bcc.BccError as exc:
             raise BackendUnavailable(str(exc)) from None
-        fill_pid_filters(self.bpf, self.filters)
+        fill_pid_filters(self.bpf, self.filters, tracee_pids_in_kernel=False)
         self._learn_listener_fops()
         self.procs.seed()
         if not self.filters.fanotify_only:
