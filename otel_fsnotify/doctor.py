@@ -13,6 +13,7 @@ from .backends import ladder
 from .kernel import probes
 from .kernel.bcc import BccError, describe_headers, import_bcc
 from .kernel.btf import Btf, BtfError
+from .kernel.layout import KernelLayout
 
 _TRACEPOINT_PROBE = r"""
 BPF_RINGBUF_OUTPUT(doctor_ring, 1);
@@ -44,8 +45,8 @@ def _btf() -> tuple[str, str]:
         btf = Btf.load()
     except BtfError as exc:
         return "NO", str(exc)
-    funcs = [f for f in ("fsnotify_insert_event", "fsnotify_add_event", "inotify_handle_inode_event",
-                         "inotify_handle_event", "fanotify_handle_event",
+    layout = KernelLayout(btf)  # which names this kernel's version uses
+    funcs = [f for f in (layout.insert_event, layout.inotify_handle, "fanotify_handle_event",
                          "fsnotify_remove_first_event", "fsnotify_destroy_event") if btf.has_func(f)]
     return "ok", f"/sys/kernel/btf/vmlinux; fsnotify functions: {', '.join(funcs) or 'none'}"
 
