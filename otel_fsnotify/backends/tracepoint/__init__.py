@@ -42,7 +42,7 @@ from ...kernel.probes import tracepoints_available
 from ...kernel.records import cstr
 from ...kernel.ringbuf import RingReader
 from ..base import Backend, BackendUnavailable, Filters, fill_pid_filters, filter_cflags
-from . import records as R
+from . import records
 from .fanotify import FanotifyReads
 from .inotify import InotifyReads
 from .verdicts import Verdicts
@@ -90,11 +90,11 @@ class TracepointBackend(Backend):
         self._polls = 0
         self.decode_errors = 0
         self.procs = ProcTable()
-        self.clock = R.Clock()
+        self.clock = records.Clock()
         self.emit = Emitter(filters.tracee_pids)
         self.identities = Identities(self.procs)
-        self.reads = R.ReadAssembler()
-        self.fan_paths = R.FanPaths()
+        self.reads = records.ReadAssembler()
+        self.fan_paths = records.FanPaths()
         self.verdicts = Verdicts(self.emit, self.identities, self.clock)
         self.listeners = Listeners()  # the mirror joins at start()
         self.inotify = InotifyReads(self.emit, self.identities, self.listeners, self.procs, self.clock)
@@ -113,7 +113,7 @@ class TracepointBackend(Backend):
         except BtfError as exc:
             raise BackendUnavailable(str(exc)) from None
         return layout + filter_cflags(self.filters, tracee_pids_in_kernel=False) + [
-            R.HDR.size_macro("REC_HDR_SIZE"),
+            records.HDR.size_macro("REC_HDR_SIZE"),
             f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
             f"-DSELF_TGID={self._self}",
         ]
@@ -210,7 +210,7 @@ class TracepointBackend(Backend):
         # queued before that read, so it is in the mirror queue by now
         if self.mirror:
             self.mirror.drain()
-        unpack, hsize = R.HDR.unpack_from, R.HDR.size
+        unpack, hsize = records.HDR.unpack_from, records.HDR.size
         for off, _size in recs:
             h = unpack(buf, off)
             self._route(h, buf[off + hsize: off + hsize + h.len])
@@ -218,35 +218,35 @@ class TracepointBackend(Backend):
     def _route(self, h, data: bytes) -> None:
         """One ring record to the piece that handles its kind."""
         kind = h.kind
-        if kind == R.REC_READ:
+        if kind == records.REC_READ:
             for read in self.reads.add(h, data):
                 self._decode_read(*read)
-        elif kind == R.REC_FAN_PATH:
+        elif kind == records.REC_FAN_PATH:
             self.fan_paths.add(h, data)
-        elif kind == R.REC_RESPONSE:
+        elif kind == records.REC_RESPONSE:
             self.verdicts.response(h, data)
-        elif kind == R.REC_ADD_WATCH:
+        elif kind == records.REC_ADD_WATCH:
             self.listeners.refresh(h.proc_pid, h.fd)
-        elif kind in (R.REC_FORK, R.REC_EXEC, R.REC_EXIT, R.REC_THREAD):
+        elif kind in (records.REC_FORK, records.REC_EXEC, records.REC_EXIT, records.REC_THREAD):
             self._process_table(kind, h, data)
-        elif kind == R.REC_KILLED:
+        elif kind == records.REC_KILLED:
             self.verdicts.killed(h)
-        elif kind == R.REC_GROUP_GONE:
+        elif kind == records.REC_GROUP_GONE:
             self.verdicts.group_gone(h)
 
     def _process_table(self, kind: int, h, data: bytes) -> None:
         """fork / exec / exit / a new thread: keep the process table current."""
         pid = h.proc_pid
-        if kind == R.REC_FORK:
+        if kind == records.REC_FORK:
             self.identities.forget(pid)
             self.procs.fork(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid, h.proc_mntns_id)
             if h.pidns != self.fanotify.own_pidns and h.nspid:
                 self.procs.ns_task(h.pidns, h.nspid, pid)
-        elif kind == R.REC_EXEC:
+        elif kind == records.REC_EXEC:
             self.identities.forget(pid, tracers=True)  # a tracer's exe/comm may have changed
             self.procs.exec(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid,
                             h.proc_mntns_id, cstr(data))
-        elif kind == R.REC_EXIT:
+        elif kind == records.REC_EXIT:
             self.procs.exit(pid)
             self.listeners.exited(pid)
         else:  # REC_THREAD
@@ -273,7 +273,7 @@ class TracepointBackend(Backend):
 
     def _kernel_counters(self) -> dict[str, int]:
         table = self.bpf["counters"]
-        out = {name: sum(table[ctypes.c_int(i)]) for i, name in enumerate(R.COUNTERS)}
+        out = {name: sum(table[ctypes.c_int(i)]) for i, name in enumerate(records.COUNTERS)}
         if self.mirror:
             out.update(self.mirror.counters)
             out["mirror_marks"] = self.mirror.marks()
