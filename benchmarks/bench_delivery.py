@@ -27,8 +27,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.collector import Rotel  # noqa: E402
 from tests.e2e.captures import write_capture  # noqa: E402
+from tests.harness.collector import Rotel  # noqa: E402
 
 
 def run_replay_case(protocol: str, capture: str, n: int, work: str) -> dict:

@@ -23,8 +23,8 @@ from otel_fsnotify.delivery.metrics import start_metrics
 from otel_fsnotify.delivery.settings import OtlpSettings
 from otel_fsnotify.delivery.shipper import Shipper
 from otel_fsnotify.otel.resource import build_resource
-from tests.collector import Rotel, free_port
 from tests.e2e.captures import sample_events, write_capture
+from tests.harness.collector import Rotel, free_port
 
 pytestmark = pytest.mark.e2e
 

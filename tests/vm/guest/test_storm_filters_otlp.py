@@ -15,7 +15,7 @@ import pytest
 from conftest import BACKENDS, REPO, Agent, group_of, start_inotifywait, start_listener, stop
 
 sys.path.insert(0, str(REPO))
-from tests.collector import Rotel  # noqa: E402
+from tests.harness.collector import Rotel  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STORM_OPS = 50_000  # open+close per op: 100,000 inotify events
