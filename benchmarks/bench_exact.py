@@ -5,7 +5,7 @@
 
 On the host this boots Debian's 6.1 kernel under qemu (tests/vm/vm.py) and
 runs itself inside with --in-vm. One VM boot; an inotify tracer
-(tests/vm/guest/inotify_reader.py) watches the loop's directory throughout.
+(tests/harness/inotify_reader.py) watches the loop's directory throughout.
 For each backend:
   * a file-operation loop (open+close of the watched file: 2 inotify events
     per op), `--rounds` times without the agent, then with `otel-fsnotify run
@@ -70,8 +70,8 @@ def reader_count(reader: subprocess.Popen, poke: Path) -> int:
 
 
 def start_reader(d: Path) -> subprocess.Popen:
-    reader = subprocess.Popen([sys.executable, str(ROOT / "tests/vm/guest/inotify_reader.py"), str(d)],
-                              stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen([sys.executable, "-m", "tests.harness.inotify_reader", str(d)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "READY"
     return reader
 

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.host.agent_proc import Agent, start_inotifywait, start_listener, stop  # noqa: E402
+from tests.harness.agent import Agent  # noqa: E402
+from tests.harness.listeners import start_inotifywait, start_listener, stop  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -91,7 +92,7 @@ def main() -> int:
         work = Path(tmp)
         d = work / "watched"
         d.mkdir()
-        iw = start_inotifywait(str(d), Path(os.devnull))
+        iw = start_inotifywait(d)
         fan = start_listener("notify", str(d), "--quiet")
         try:
             loop(d, 2000)  # warm-up

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-LISTENER = str(REPO / "tests" / "tools" / "fanotify_listener.py")
 BACKENDS = os.environ.get("VM_BACKENDS", "kprobe,fentry").split(",")
 STATS = "otel-fsnotify: stats "
 
@@ -110,7 +109,8 @@ def wdir():
 
 
 def start_listener(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, LISTENER, *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.harness.fanotify_listener", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     assert line == "READY", f"fanotify listener said {line!r}"
     return proc

@@ -17,7 +17,6 @@ from conftest import BACKENDS, REPO, Agent, group_of, start_inotifywait, start_l
 sys.path.insert(0, str(REPO))
 from tests.harness.collector import Rotel  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 STORM_OPS = 50_000  # open+close per op: 100,000 inotify events
 
 
@@ -29,8 +28,8 @@ def _count_lines(path: Path, needle: bytes) -> int:
 
 
 def test_storm_100k_events(agent, wdir):
-    reader = subprocess.Popen([sys.executable, str(HERE / "inotify_reader.py"), str(wdir)],
-                              stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen([sys.executable, "-m", "tests.harness.inotify_reader", str(wdir)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "READY"
     target = wdir / "storm"
     target.write_bytes(b"")
