@@ -17,4 +17,6 @@ actors             Real tracees (`touch`, `cat` under a permission listener)
 fanotify_listener  Program: a fanotify listener (notify, perm-allow,
                    perm-deny, stall) that prints what it reads.
 inotify_reader     Program: an inotify reader that counts what it reads.
+vm                 Boots Debian's kernel under qemu and runs a script in it
+                   (the VM suite and bench_exact).
 """
