@@ -12,8 +12,10 @@ collector          `Rotel`: a real rotel-agent OTLP collector on loopback,
 listeners          Real tracers as processes: `start_listener` (the fanotify
                    listener below), `start_inotifywait`, `start_inotify_reader`
                    (the counting reader below), `stop`.
-actors             Real tracees (`touch`, `cat` under a permission listener)
-                   and what every backend must report for them.
+actors             Real tracees (`touch`, `run`, `cat` under a permission
+                   listener: `cat_under_verdict`, `blocked_cat`) and what
+                   every backend must report for them.
+poll               `until`, `until_stable`, `lines`: waiting on other processes.
 fanotify_listener  Program: a fanotify listener (notify, perm-allow,
                    perm-deny, stall) that prints what it reads.
 inotify_reader     Program: an inotify reader that counts what it reads.
