@@ -1,7 +1,7 @@
 """End-to-end delivery benchmark: replay -> real rotel collector, per protocol,
 against the stock OpenTelemetry SDK path measured in the same run.
 
-    .venv/bin/python benchmarks/bench_delivery.py [--events 50000]
+    .venv/bin/python -m benchmarks.bench_delivery [--events 50000]
 
 Cases (each with a fresh rotel-agent on loopback, same capture):
 - replay over grpc, http/protobuf, http/json: `otel-fsnotify replay` as a
@@ -24,11 +24,10 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tests.e2e.captures import write_capture
+from tests.harness.collector import Rotel
 
-from tests.collector import Rotel  # noqa: E402
-from tests.e2e.captures import write_capture  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_replay_case(protocol: str, capture: str, n: int, work: str) -> dict:

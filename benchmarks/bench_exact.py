@@ -1,11 +1,10 @@
-#!/usr/bin/env python3
 """Benchmark of the exact correlator (kprobe and fentry backends), in the VM.
 
-    .venv/bin/python benchmarks/bench_exact.py [--ops 20000] [--rounds 3] [--backends kprobe,fentry]
+    .venv/bin/python -m benchmarks.bench_exact [--ops 20000] [--rounds 3] [--backends kprobe,fentry]
 
-On the host this boots Debian's 6.1 kernel under qemu (tests/vm/vm.py) and
-runs itself inside with --in-vm. One VM boot; an inotify tracer
-(tests/vm/guest/inotify_reader.py) watches the loop's directory throughout.
+On the host this boots Debian's 6.1 kernel under qemu (tests/harness/vm.py)
+and runs itself inside with --in-vm. One VM boot; an inotify tracer
+(tests/harness/inotify_reader.py) watches the loop's directory throughout.
 For each backend:
   * a file-operation loop (open+close of the watched file: 2 inotify events
     per op), `--rounds` times without the agent, then with `otel-fsnotify run
@@ -23,16 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "vm"))
-sys.path.insert(0, str(ROOT / "tests" / "vm" / "guest"))
+from tests.harness import vm
+from tests.harness.agent import REPO as ROOT, Agent
+from tests.harness.listeners import start_inotify_reader, stop_inotify_reader
 
 # One process per round: (ops/s by the wall clock, CPU microseconds per op of the loop).
 LOOP = ("import os,sys,time\np=sys.argv[1];n=int(sys.argv[2])\n"
@@ -60,53 +58,34 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def reader_count(reader: subprocess.Popen, poke: Path) -> int:
-    """Stop the counting tracer and return how many events it read."""
-    reader.send_signal(signal.SIGTERM)
-    poke.touch()  # its blocked read returns, then it sees the signal
-    words = reader.stdout.readline().split()
-    reader.wait(30)
-    return int(words[1])
-
-
-def start_reader(d: Path) -> subprocess.Popen:
-    reader = subprocess.Popen([sys.executable, str(ROOT / "tests/vm/guest/inotify_reader.py"), str(d)],
-                              stdout=subprocess.PIPE, text=True)
-    assert reader.stdout.readline().strip() == "READY"
-    return reader
-
-
 def bench_backend(backend: str, work: Path, ops: int, n: int) -> dict:
-    from conftest import Agent  # the guest suite's agent runner
-
     target = work / backend / "watched" / "f"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"")
-    reader = start_reader(target.parent)
+    reader = start_inotify_reader(target.parent)
     loop(str(target), 2000)  # warm caches
     before = rounds(str(target), ops, n)
     # Events before the attach are not the agent's: count the tracer's reads anew.
-    reader_count(reader, target)
-    reader = start_reader(target.parent)
-    agent = Agent(backend, work / backend / "agent").wait_started(600)
+    stop_inotify_reader(reader, target)
+    reader = start_inotify_reader(target.parent)
+    agent = Agent(work / backend / "agent", backend=backend, wait=False).wait_started(600)
     cpu0 = cpu_s(agent.proc.pid)
     start = time.monotonic()
     attached = rounds(str(target), ops, n)
-    read = reader_count(reader, target)
-    needle = f'"tracer_pid":{reader.pid},'.encode()
+    read, _overflows = stop_inotify_reader(reader, target)
     deadline = time.monotonic() + 600
     got = 0
     while time.monotonic() < deadline:
-        got = agent.out.read_bytes().count(needle) if agent.out.exists() else 0
+        got = agent.count(reader.pid)
         if got >= read:
             break
         time.sleep(0.5)
     e2e_s = time.monotonic() - start
     agent_cpu = cpu_s(agent.proc.pid) - cpu0
     stats = agent.stop()
-    reader = start_reader(target.parent)
+    reader = start_inotify_reader(target.parent)
     after = rounds(str(target), ops, n)
-    reader_count(reader, target)
+    stop_inotify_reader(reader, target)
     base_ops = (before[0] + after[0]) / 2
     base_cpu = (before[1] + after[1]) / 2
     lost = sum(stats.get(k, 0) for k in ("ringbuf_lost", "map_full", "tracee_unmatched"))
@@ -163,13 +142,12 @@ def main() -> int:
             Path("/tmp/vmresults/bench.json").write_text(json.dumps(results, indent=1))
         print(table(results, args.ops, args.rounds))
         return 0
-    import vm
     results = os.path.join(vm.CACHE, "bench")
     os.makedirs(results, exist_ok=True)
     # the script travels on the results share (/tmp/vmresults in the guest)
     with open(os.path.join(results, "bench.sh"), "w") as fh:
         fh.write(f"cd {ROOT}\nexport PYTHONDONTWRITEBYTECODE=1 HOME=/root\n"
-                 f"{ROOT}/.venv/bin/python {ROOT}/benchmarks/bench_exact.py --in-vm --ops {args.ops} "
+                 f"{ROOT}/.venv/bin/python -m benchmarks.bench_exact --in-vm --ops {args.ops} "
                  f"--rounds {args.rounds} --backends {args.backends}\n")
     try:
         status = vm.run("/tmp/vmresults/bench.sh", results, 1800)

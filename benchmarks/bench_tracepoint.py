@@ -8,7 +8,7 @@ jsonl` attached; plus the agent's CPU (user+sys from /proc/<pid>/stat) per
 event. Prints median ratios against each round's baseline, by wall clock
 (ops/s) and by the loop's own CPU time per op.
 
-    .venv/bin/python benchmarks/bench_tracepoint.py [--ops 10000] [--rounds 3]
+    .venv/bin/python -m benchmarks.bench_tracepoint [--ops 10000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.host.agent_proc import Agent, start_inotifywait, start_listener, stop  # noqa: E402
+from tests.harness.agent import Agent
+from tests.harness.listeners import start_inotifywait, start_listener, stop
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -91,7 +89,7 @@ def main() -> int:
         work = Path(tmp)
         d = work / "watched"
         d.mkdir()
-        iw = start_inotifywait(str(d), Path(os.devnull))
+        iw = start_inotifywait(d)
         fan = start_listener("notify", str(d), "--quiet")
         try:
             loop(d, 2000)  # warm-up

@@ -1,14 +1,14 @@
 """Shared pytest fixtures.
 
 `rotel`: a real rotel-agent collector on free loopback ports for one test
-(see tests/collector.py for reading back what it received).
+(see tests/harness/collector.py for reading back what it received).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.collector import Rotel
+from tests.harness.collector import Rotel
 
 
 @pytest.fixture

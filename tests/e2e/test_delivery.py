@@ -23,8 +23,8 @@ from otel_fsnotify.delivery.metrics import start_metrics
 from otel_fsnotify.delivery.settings import OtlpSettings
 from otel_fsnotify.delivery.shipper import Shipper
 from otel_fsnotify.otel.resource import build_resource
-from tests.collector import Rotel, free_port
 from tests.e2e.captures import sample_events, write_capture
+from tests.harness.collector import Rotel, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -242,19 +242,26 @@ class FlakyProxy:
         self.server.server_close()
 
 
+def ship_through(proxy: FlakyProxy, tmp_path, protocol: str, backend: str, n: int, close_s: float,
+                 **settings) -> dict:
+    """n sample events shipped to the proxy, all closed within close_s;
+    the shipper's counters. The proxy is closed after."""
+    try:
+        s = OtlpSettings.from_env({}, protocol=protocol, endpoint=f"http://127.0.0.1:{proxy.port}",
+                                  spool_dir=str(tmp_path / "spool"), **settings)
+        shipper = Shipper(s, build_resource(backend), logging.getLogger("test"))
+        for ev in sample_events(n):
+            shipper.submit(ev)
+        assert shipper.close(close_s)
+        return shipper.counters()
+    finally:
+        proxy.close()
+
+
 @pytest.mark.parametrize("protocol", ("http/json", "http/protobuf"))
 def test_503_and_429_with_retry_after_are_honoured(rotel, tmp_path, protocol):
     proxy = FlakyProxy(rotel.http_port, [(503, "2"), (429, "1")])
-    try:
-        s = OtlpSettings.from_env({}, protocol=protocol, endpoint=f"http://127.0.0.1:{proxy.port}",
-                                  spool_dir=str(tmp_path / "spool"), batch_size=100)
-        shipper = Shipper(s, build_resource("tracepoint"), logging.getLogger("test"))
-        for ev in sample_events(100):
-            shipper.submit(ev)
-        assert shipper.close(60)
-        c = shipper.counters()
-    finally:
-        proxy.close()
+    c = ship_through(proxy, tmp_path, protocol, "tracepoint", 100, 60, batch_size=100)
     assert proxy.statuses[:3] == [503, 429, 200]
     assert proxy.times[1] - proxy.times[0] >= 1.9  # Retry-After: 2
     assert proxy.times[2] - proxy.times[1] >= 0.9  # Retry-After: 1
@@ -265,16 +272,7 @@ def test_503_and_429_with_retry_after_are_honoured(rotel, tmp_path, protocol):
 
 def test_permanent_rejection_is_counted_not_retried_forever(rotel, tmp_path):
     proxy = FlakyProxy(rotel.http_port, [(400, "0")])
-    try:
-        s = OtlpSettings.from_env({}, protocol="http/json", endpoint=f"http://127.0.0.1:{proxy.port}",
-                                  spool_dir=str(tmp_path / "spool"), batch_size=10, batch_linger=0.5)
-        shipper = Shipper(s, build_resource(""), logging.getLogger("test"))
-        for ev in sample_events(20):
-            shipper.submit(ev)
-        assert shipper.close(30)
-        c = shipper.counters()
-    finally:
-        proxy.close()
+    c = ship_through(proxy, tmp_path, "http/json", "", 20, 30, batch_size=10, batch_linger=0.5)
     assert c["rejected"] == 10 and c["delivered"] == 10
 
 

@@ -170,7 +170,7 @@ def test_unexpected_sender_error_is_logged_once_and_delivery_carries_on(rotel, t
 
 
 def test_close_without_timeout_waits_drain_timeout_and_keeps_the_rest(tmp_path):
-    from tests.collector import free_port
+    from tests.harness.collector import free_port
 
     s = OtlpSettings.from_env({}, protocol="http/json", endpoint=f"http://127.0.0.1:{free_port()}",
                               spool_dir=str(tmp_path / "spool"), drain_timeout=1.5, timeout=1.0)

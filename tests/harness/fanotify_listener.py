@@ -1,5 +1,6 @@
-#!/usr/bin/env python3
 """A real fanotify listener (ctypes; the ABI from otel_fsnotify.kernel.abi) for the tests.
+
+    python -m tests.harness.fanotify_listener MODE PATH [options]   (from the repository root)
 
 Modes:
   notify      FAN_OPEN|FAN_CLOSE_WRITE|FAN_CLOSE_NOWRITE|FAN_MODIFY (or --mask) notifications
@@ -21,12 +22,8 @@ import errno
 import os
 import signal
 import sys
-from pathlib import Path
 
-# run as a script: the repository root holds the otel_fsnotify package
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from otel_fsnotify.kernel.abi import (  # noqa: E402
+from otel_fsnotify.kernel.abi import (
     FAN_ALLOW, FAN_CLASS_CONTENT, FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_CLOSE_NOWRITE,
     FAN_CLOSE_WRITE, FAN_DENY, FAN_EVENT_ON_CHILD, FAN_MARK_ADD, FAN_MARK_FILESYSTEM,
     FAN_MARK_MOUNT, FAN_METADATA, FAN_MODIFY, FAN_NOFD, FAN_OPEN, FAN_OPEN_PERM, FAN_Q_OVERFLOW,

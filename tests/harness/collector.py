@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-
 
 def rotel_binary() -> str:
     """Path of rotel-agent from the installed `rotel` package (or $ROTEL_AGENT)."""
@@ -148,6 +146,21 @@ def parse_value(text: str) -> Any:
     return inner
 
 
+def _severity_number(text: str) -> int:
+    m = re.search(r"\((\d+)\)", text)  # "Info (9)"
+    return int(m.group(1)) if m else 0
+
+
+# one-line fields of a log record: (line prefix, Record attribute, parser of the rest)
+_RECORD_FIELDS = (
+    ("ObservedTimestamp: ", "observed_timestamp", lambda v: int(v or 0)),
+    ("Timestamp: ", "timestamp", lambda v: int(v or 0)),
+    ("SeverityText: ", "severity_text", str),
+    ("SeverityNumber: ", "severity_number", _severity_number),
+    ("EventName: ", "event_name", str),
+)
+
+
 def parse_debug_log(text: str) -> list[Record]:
     """Parse rotel's detailed logs debug output into Records."""
     records: list[Record] = []
@@ -187,25 +200,10 @@ def parse_debug_log(text: str) -> list[Record]:
             last = (target, key)
             continue
         if cur is not None:
-            if line.startswith("ObservedTimestamp: "):
-                cur.observed_timestamp = int(line.split(": ", 1)[1] or 0)
-                last = None
-                continue
-            if line.startswith("Timestamp: "):
-                cur.timestamp = int(line.split(": ", 1)[1] or 0)
-                last = None
-                continue
-            if line.startswith("SeverityText: "):
-                cur.severity_text = line.split(": ", 1)[1]
-                last = None
-                continue
-            if line.startswith("SeverityNumber: "):
-                m2 = re.search(r"\((\d+)\)", line)
-                cur.severity_number = int(m2.group(1)) if m2 else 0
-                last = None
-                continue
-            if line.startswith("EventName: "):
-                cur.event_name = line.split(": ", 1)[1]
+            one_line = next((f for f in _RECORD_FIELDS if line.startswith(f[0])), None)
+            if one_line:
+                prefix, name, convert = one_line
+                setattr(cur, name, convert(line[len(prefix):]))
                 last = None
                 continue
             if line.startswith("Body: "):
@@ -373,7 +371,6 @@ class Rotel:
 
     def wait_for_records(self, n: int, timeout: float = 30.0) -> list[Record]:
         deadline = time.monotonic() + timeout
-        recs: list[Record] = []
         while time.monotonic() < deadline:
             if self.record_count() >= n:
                 return self.records()

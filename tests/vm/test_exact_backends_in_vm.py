@@ -15,18 +15,17 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from tests.harness import vm
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-import vm  # noqa: E402
-
 GUEST = os.path.join(HERE, "guest")
 RESULTS = os.path.join(vm.CACHE, "results")
 TIMEOUT = float(os.environ.get("OTEL_FSNOTIFY_VM_TIMEOUT", 25 * 60))
 
 
 def _guest_test_ids() -> list[str]:
-    """Guest test ids (e.g. test_exact.py::test_x[kprobe]), collected on the host."""
+    """Guest test ids (e.g. test_attribution.py::test_x[kprobe]), collected on the host."""
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-c", os.path.join(GUEST, "pytest.ini"),
          "--rootdir", GUEST, GUEST], cwd=REPO, capture_output=True, text=True,

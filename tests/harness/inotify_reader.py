@@ -1,8 +1,9 @@
-#!/usr/bin/env python3
-"""A minimal inotify tracer that counts what it reads: `inotify_reader.py DIR`.
+"""A minimal inotify tracer that counts what it reads:
+`python -m tests.harness.inotify_reader DIR` (from the repository root).
 
 Prints READY once the watch is in place; on SIGTERM prints `READ <events> OVERFLOW <n>`
-and exits. Used by the storm test to know exactly how many events a tracer read.
+and exits. The VM storm test and bench_exact use it to know exactly how many
+events a tracer read.
 """
 
 import ctypes

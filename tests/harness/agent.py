@@ -1,0 +1,146 @@
+"""The real agent CLI as a long-running process, for the host and VM suites
+and the benchmarks.
+
+    agent = Agent(workdir, "--tracer-pid", "1")             # tracepoint, started
+    agent = Agent(workdir, backend="kprobe", wait=False)     # several at once...
+    agent.wait_started(600)                                  # ...then wait for each
+    agent.wait_for(lambda e: e["tracer_pid"] == pid, n=4)    # events (dicts)
+    stats = agent.stop()                                     # its exit stats line
+
+With ``output="jsonl"`` (the default) the events go to ``workdir/events.jsonl``
+(``--output-file``; the agent flushes each poll's events); ``output="otlp"``
+takes the delivery flags in ``extra``. The agent's stderr is
+``workdir/agent.err``. One agent at a time per workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STATS = "otel-fsnotify: stats "
+
+
+def cli() -> list[str]:
+    """argv that runs the agent: the venv's console script, else `python -m otel_fsnotify`."""
+    exe = Path(sys.executable).with_name("otel-fsnotify")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "otel_fsnotify"]
+
+
+class Agent:
+    """`otel-fsnotify run --backend B --output O --stats-interval 0 EXTRA...`.
+
+    wait: return only once the agent says ``backend B started`` (else call
+    wait_started()). patience: wait_for()'s default timeout in seconds, poll:
+    how often it rereads the events.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *extra: str, backend: str = "tracepoint",
+                 output: str = "jsonl", wait: bool = True, patience: float = 10.0,
+                 poll: float = 0.1):
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.backend = backend
+        self.patience = patience
+        self.poll = poll
+        self.out = workdir / "events.jsonl"
+        self.err = workdir / "agent.err"
+        self.out.unlink(missing_ok=True)  # the agent appends: no earlier agent's events
+        args = ["run", "--backend", backend, "--stats-interval", "0", "--output", output]
+        if output == "jsonl":
+            args += ["--output-file", str(self.out)]
+        self._errfh = open(self.err, "wb")
+        self.proc = subprocess.Popen(cli() + args + list(extra), cwd=REPO,
+                                     stdout=subprocess.DEVNULL, stderr=self._errfh)
+        if wait:
+            self.wait_started()
+
+    def wait_started(self, timeout: float = 300.0) -> "Agent":
+        deadline = time.monotonic() + timeout
+        marker = f"backend {self.backend} started".encode()
+        while marker not in self.err.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"agent {self.backend} did not start: {self.stderr()}")
+            time.sleep(0.1)
+        return self
+
+    def stderr(self) -> str:
+        """The agent's stderr so far (last 3000 characters), for failure messages."""
+        try:
+            return self.err.read_text(errors="replace")[-3000:]
+        except FileNotFoundError:
+            return ""
+
+    def events(self) -> list[dict]:
+        """Every complete event line written so far."""
+        try:
+            with open(self.out) as fh:
+                return [json.loads(line) for line in fh if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
+
+    def count(self, tracer_pid: int) -> int:
+        """How many events of this tracer were written so far (counted in the
+        raw lines, not decoded: fast on a storm's 100,000 lines)."""
+        try:
+            return self.out.read_bytes().count(f'"tracer_pid":{tracer_pid},'.encode())
+        except FileNotFoundError:
+            return 0
+
+    def wait_for(self, pred, n: int = 1, timeout: float | None = None) -> list[dict]:
+        """The events matching pred, once there are n of them or after timeout
+        (default: patience), whichever comes first."""
+        deadline = time.monotonic() + (self.patience if timeout is None else timeout)
+        while True:
+            got = [e for e in self.events() if pred(e)]
+            if len(got) >= n or time.monotonic() > deadline:
+                return got
+            time.sleep(self.poll)
+
+    def marked_inodes(self) -> set[int]:
+        """Inodes carrying one of the agent's fanotify marks (its mirror of
+        the inotify watches), from its fdinfo."""
+        found = set()
+        pid = self.proc.pid
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("fanotify ino:"):
+                    found.add(int(line.split()[1].split(":")[1], 16))
+        return found
+
+    def wait_marked(self, path, timeout: float = 20.0) -> None:
+        """Until the agent mirrors a watch on path (it does so after seeing
+        the listener's inotify_add_watch): acting earlier would be unmatched."""
+        ino = os.stat(path).st_ino
+        deadline = time.monotonic() + timeout
+        while ino not in self.marked_inodes():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the agent did not mirror the watch on {path}")
+            time.sleep(0.02)
+
+    def stop(self) -> dict:
+        """SIGTERM (SIGKILL after 60 s); returns the stats line the agent
+        prints at exit ({} if none). Stopping twice is harmless."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._errfh.close()
+        for line in self.err.read_text().splitlines():
+            if line.startswith(STATS):
+                return json.loads(line[len(STATS):])
+        return {}

@@ -1,0 +1,37 @@
+"""Polling until something happened, for tests that watch other processes."""
+
+from __future__ import annotations
+
+import time
+
+
+def until(cond, timeout: float = 10.0):
+    """cond()'s first truthy value, polled; its last value after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def until_stable(count, want: int, timeout: float = 60.0) -> int:
+    """Poll count() until it reaches want or stops growing for a second."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = count()
+        if n >= want:
+            return n
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 1.0:
+            return n
+        time.sleep(0.1)
+    return count()
+
+
+def lines(path) -> int:
+    """How many lines the file has now."""
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
