@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up otel-fsnotify on Debian bookworm (run as root):
 #   ./install.sh          runtime: bcc, kernel headers, the venv with the agent
-#   ./install.sh --test   also what the test suite needs: inotify-tools, qemu and
-#                         Debian's 6.1 kernel for the VM tests, rotel, pytest
+#   ./install.sh --test   also what the test suite and benchmarks need: inotify-tools,
+#                         qemu and Debian's 6.1 kernel for the VM tests, bpftool, rotel, pytest
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,8 +18,9 @@ fi
 
 runtime_pkgs=(python3 python3-venv python3-bpfcc linux-headers-amd64 ca-certificates)
 # For the tests: real tracers (inotifywait), qemu + Debian's own kernel for the
-# exact (fentry/kprobe) backends, busybox-static for the VM's initramfs.
-test_pkgs=(inotify-tools util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod)
+# exact (fentry/kprobe) backends, busybox-static for the VM's initramfs,
+# bpftool for the benchmarks' per-hook cost.
+test_pkgs=(inotify-tools util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod bpftool)
 pkgs=("${runtime_pkgs[@]}")
 (( with_test )) && pkgs+=("${test_pkgs[@]}")
 

@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as svc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc as svc_grpc
 
-from otel_fsnotify.otel import mapping as otel_map, resource as otel_resource
+from otel_fsnotify.otel import mapping as otel_map
 from otel_fsnotify.delivery.sdk import SdkExporter
 from otel_fsnotify.otel.otlp_proto import ProtoEncoder
 from otel_fsnotify.delivery.settings import OtlpSettings

@@ -17,6 +17,8 @@ import pytest
 
 from tests.harness import vm
 
+pytestmark = pytest.mark.vm
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 GUEST = os.path.join(HERE, "guest")
