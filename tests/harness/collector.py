@@ -161,66 +161,82 @@ _RECORD_FIELDS = (
 )
 
 
+_STRUCTURE_ONLY = ("ScopeLogs #", "ScopeLogs SchemaURL", "Resource SchemaURL")
+_RECORD_END = ("    Trace ID", "    Span ID", "Flags: ")
+
+
+class _DebugLogParser:
+    """rotel's detailed logs debug output, a line at a time."""
+
+    def __init__(self):
+        self.records: list[Record] = []
+        self.resource: dict[str, Any] = {}
+        self.scope = ("", "")
+        self.section = None  # "resource" | "attributes"
+        self.cur: Record | None = None
+        self.last: tuple[dict, str] | None = None  # (dict, key) a continuation line extends
+
+    def line(self, line: str) -> None:
+        if _ANSI_LOG.match(line) or self._structure(line):
+            return
+        m = _ATTR.match(line)
+        if m and self.section in ("resource", "attributes"):
+            key, val = m.groups()
+            target = self.resource if self.section == "resource" else self.cur.attributes
+            target[key] = val
+            self.last = (target, key)
+        elif self.cur is None or not self._record_line(line):
+            if self.last is not None:
+                target, key = self.last
+                target[key] = target[key] + "\n" + line
+
+    def _structure(self, line: str) -> bool:
+        """Resource / scope / record boundaries; True when the line was one."""
+        if line.startswith("ResourceLog #"):
+            self.resource, self.section, self.last, self.cur = {}, None, None, None
+        elif line == "Resource attributes:":
+            self.section = "resource"
+        elif line.startswith("InstrumentationScope "):
+            parts = line.split(" ")
+            self.scope = (parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else "")
+            self.last = None
+        elif line.startswith("LogRecord #"):
+            self.cur = Record(resource=self.resource, scope_name=self.scope[0],
+                              scope_version=self.scope[1])
+            self.records.append(self.cur)
+            self.section, self.last = None, None
+        elif line.startswith(_STRUCTURE_ONLY):
+            self.last = None
+        else:
+            return False
+        return True
+
+    def _record_line(self, line: str) -> bool:
+        """A field of the current log record; True when the line was one."""
+        cur = self.cur
+        one_line = next((f for f in _RECORD_FIELDS if line.startswith(f[0])), None)
+        if one_line:
+            prefix, name, convert = one_line
+            setattr(cur, name, convert(line[len(prefix):]))
+            self.last = None
+        elif line.startswith("Body: "):
+            cur.body = line.split(": ", 1)[1]
+            self.last = (cur.__dict__, "body")
+        elif line == "Attributes:":
+            self.section, self.last = "attributes", None
+        elif line.startswith(_RECORD_END):
+            self.section, self.last = None, None
+        else:
+            return False
+        return True
+
+
 def parse_debug_log(text: str) -> list[Record]:
     """Parse rotel's detailed logs debug output into Records."""
-    records: list[Record] = []
-    resource: dict[str, Any] = {}
-    scope = ("", "")
-    section = None  # "resource" | "attributes"
-    cur: Record | None = None
-    last: tuple[dict, str] | None = None  # (dict, key) or (record, "body") for continuation
+    parser = _DebugLogParser()
     for line in text.split("\n"):
-        if _ANSI_LOG.match(line):
-            continue
-        if line.startswith("ResourceLog #"):
-            resource, section, last, cur = {}, None, None, None
-            continue
-        if line == "Resource attributes:":
-            section = "resource"
-            continue
-        if line.startswith("InstrumentationScope "):
-            parts = line.split(" ")
-            scope = (parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else "")
-            last = None
-            continue
-        if line.startswith("LogRecord #"):
-            cur = Record(resource=resource, scope_name=scope[0], scope_version=scope[1])
-            records.append(cur)
-            section, last = None, None
-            continue
-        if line.startswith("ScopeLogs #") or line.startswith("ScopeLogs SchemaURL") \
-                or line.startswith("Resource SchemaURL"):
-            last = None
-            continue
-        m = _ATTR.match(line)
-        if m and section in ("resource", "attributes"):
-            key, val = m.groups()
-            target = resource if section == "resource" else cur.attributes
-            target[key] = val
-            last = (target, key)
-            continue
-        if cur is not None:
-            one_line = next((f for f in _RECORD_FIELDS if line.startswith(f[0])), None)
-            if one_line:
-                prefix, name, convert = one_line
-                setattr(cur, name, convert(line[len(prefix):]))
-                last = None
-                continue
-            if line.startswith("Body: "):
-                cur.body = line.split(": ", 1)[1]
-                last = (cur.__dict__, "body")
-                continue
-            if line == "Attributes:":
-                section = "attributes"
-                last = None
-                continue
-            if line.startswith("    Trace ID") or line.startswith("    Span ID") \
-                    or line.startswith("Flags: "):
-                section, last = None, None
-                continue
-        if last is not None:
-            target, key = last
-            target[key] = target[key] + "\n" + line
+        parser.line(line)
+    records = parser.records
     # convert raw value texts
     seen_res: set[int] = set()
     for rec in records:

@@ -51,7 +51,7 @@ def _stop(signum, frame):
     raise SystemExit(0)
 
 
-def main(argv=None) -> int:
+def _arguments(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=sorted(MODES))
     ap.add_argument("path", help="file or directory to mark (directory: its children too)")
@@ -64,10 +64,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tid", action="store_true", help="FAN_REPORT_TID: events carry thread ids")
     ap.add_argument("--count", type=int, default=0, help="exit after this many events")
     ap.add_argument("--quiet", action="store_true", help="print only READY and a final total")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+
+def _open_group(args) -> int:
+    """The fanotify group with its mark in place (OSError if refused)."""
     klass, mask = MODES[args.mode]
     mask = args.mask or mask
     mark_flags = FAN_MARK_ADD
@@ -77,55 +78,74 @@ def main(argv=None) -> int:
         mark_flags |= FAN_MARK_FILESYSTEM
     elif os.path.isdir(args.path):
         mask |= FAN_EVENT_ON_CHILD
+    init = FAN_CLOEXEC | klass
+    if args.fid:
+        init |= FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME
+    if args.tid:
+        init |= FAN_REPORT_TID
+    fan = fanotify_init(init)
+    fanotify_mark(fan, mark_flags, mask, args.path)
+    return fan
+
+
+def _handle(fan: int, args, emask: int, efd: int, pid: int) -> None:
+    """Print one event; answer it in the permission modes (not "stall")."""
+    path = _fd_path(efd)
+    if not args.quiet:
+        tag = "OVERFLOW" if emask & FAN_Q_OVERFLOW else "EVENT"
+        print(f"{tag} pid={pid} mask=0x{emask:x} fd={efd} path={path}", flush=True)
+    if emask & FAN_OPEN_PERM and args.mode != "stall":
+        verdict = FAN_DENY if args.mode == "perm-deny" else FAN_ALLOW
+        os.write(fan, FAN_RESPONSE.pack(efd, verdict))
+        if not args.quiet:
+            print(f"RESPONSE pid={pid} response={'deny' if verdict == FAN_DENY else 'allow'} "
+                  f"path={path}", flush=True)
+    if efd >= 0 and args.mode != "stall":
+        os.close(efd)
+
+
+def _listen(fan: int, args, seen: list[int]) -> None:
+    """Read and handle events until signalled or --count; seen[0] counts them
+    (kept when a signal ends the loop)."""
+    while True:
+        try:
+            buf = os.read(fan, 64 * 1024)
+        except InterruptedError:
+            continue
+        off = 0
+        while off + FAN_METADATA.size <= len(buf):
+            event_len, _vers, _res, _mlen, emask, efd, pid = FAN_METADATA.unpack_from(buf, off)
+            off += event_len or FAN_METADATA.size
+            seen[0] += 1
+            _handle(fan, args, emask, efd, pid)
+            if args.count and seen[0] >= args.count:
+                return
+
+
+def main(argv=None) -> int:
+    args = _arguments(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
-        init = FAN_CLOEXEC | klass
-        if args.fid:
-            init |= FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME
-        if args.tid:
-            init |= FAN_REPORT_TID
-        fan = fanotify_init(init)
-        fanotify_mark(fan, mark_flags, mask, args.path)
+        fan = _open_group(args)
     except OSError as exc:
         print(f"fanotify_listener: {exc}", file=sys.stderr)
         return 1
     print("READY", flush=True)
-
-    seen = 0
+    seen = [0]
+    status = 0
     try:
-        while True:
-            try:
-                buf = os.read(fan, 64 * 1024)
-            except InterruptedError:
-                continue
-            off = 0
-            while off + FAN_METADATA.size <= len(buf):
-                event_len, _vers, _res, _mlen, emask, efd, pid = FAN_METADATA.unpack_from(buf, off)
-                off += event_len or FAN_METADATA.size
-                path = _fd_path(efd)
-                seen += 1
-                if not args.quiet:
-                    tag = "OVERFLOW" if emask & FAN_Q_OVERFLOW else "EVENT"
-                    print(f"{tag} pid={pid} mask=0x{emask:x} fd={efd} path={path}", flush=True)
-                if emask & FAN_OPEN_PERM and args.mode != "stall":
-                    verdict = FAN_DENY if args.mode == "perm-deny" else FAN_ALLOW
-                    os.write(fan, FAN_RESPONSE.pack(efd, verdict))
-                    if not args.quiet:
-                        print(f"RESPONSE pid={pid} response={'deny' if verdict == FAN_DENY else 'allow'} "
-                              f"path={path}", flush=True)
-                if efd >= 0 and args.mode != "stall":
-                    os.close(efd)
-                if args.count and seen >= args.count:
-                    return 0
+        _listen(fan, args, seen)
     except SystemExit:
         pass
     except OSError as exc:
         if exc.errno != errno.EBADF:
             print(f"fanotify_listener: {exc}", file=sys.stderr)
-            return 1
+            status = 1
     finally:
         if args.quiet:
-            print(f"TOTAL {seen}", flush=True)
-    return 0
+            print(f"TOTAL {seen[0]}", flush=True)
+    return status
 
 
 if __name__ == "__main__":
