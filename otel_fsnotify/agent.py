@@ -107,13 +107,30 @@ def run(cfg: AgentConfig) -> int:
                 next_stats = now + cfg.stats_interval
         _write(output, backend.poll(0))  # what the kernel already queued
     finally:
-        _write(output, backend.close())  # and what the backend still held
-        output.close()
+        try:
+            _write(output, backend.close())  # and what the backend still held
+            output.close()  # a second SIGINT/SIGTERM cuts the drain short...
+        finally:
+            stats = _final_stats(backend, output, metrics)  # ...never the stats line
+    if stats.get("spool_corrupt_events"):
+        log.error("%d events were lost to damage in the spool (spool_corrupt_events)",
+                  stats["spool_corrupt_events"])
+        return 1
+    return 0
+
+
+def _final_stats(backend, output, metrics) -> dict:
+    """Print the counters once at exit, whatever interrupted the shutdown."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
         if metrics is not None:
             metrics.shutdown()
-        sys.stderr.write("otel-fsnotify: stats " + json.dumps(_stats(backend, output)) + "\n")
+    finally:
+        stats = _stats(backend, output)
+        sys.stderr.write("otel-fsnotify: stats " + json.dumps(stats) + "\n")
         sys.stderr.flush()
-    return 0
+    return stats
 
 
 def _write(output, events) -> None:

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="otel-fsnotify: %(levelname)s: %(message)s", stream=sys.stderr)
 
     from .agent import OutputUnusable
-    from .delivery.spool import SpoolBusy
+    from .delivery.spool import SpoolBusy, SpoolUnsafe
     from .backends.base import BackendUnavailable
     from .kernel.bcc import BccError
     from .kernel.btf import BtfError
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _cmd_run(args)
         return _cmd_replay(args)
-    except SpoolBusy as exc:  # another agent or replay owns the spool: not a user typo
+    except (SpoolBusy, SpoolUnsafe) as exc:  # the spool is another's: not a user typo
         return _fail(str(exc), EXIT_RUNTIME)
     except (ConfigError, CaptureError, _UsageError) as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -27,7 +27,7 @@ import time
 
 from .event import CaptureError, iter_capture
 from .delivery.settings import OtlpSettings
-from .delivery.spool import SpoolBusy
+from .delivery.spool import SpoolBusy, SpoolUnsafe
 
 PROGRESS_INTERVAL = 1.0
 _POS_EVERY = 1000
@@ -48,30 +48,6 @@ def _fail(msg: str) -> None:
 def _say(msg: str) -> None:
     sys.stderr.write(f"otel-fsnotify: replay: {msg}\n")
     sys.stderr.flush()
-
-
-class _PosFile:
-    def __init__(self, spool_dir: str, cid: str):
-        self.path = os.path.join(spool_dir, f"replay-{cid}.pos")
-
-    def load(self) -> int:
-        try:
-            with open(self.path) as fh:
-                return int(fh.read().strip() or 0)
-        except (OSError, ValueError):
-            return 0
-
-    def save(self, lineno: int) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(str(lineno))
-        os.replace(tmp, self.path)
-
-    def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def _replay_settings(settings: OtlpSettings) -> OtlpSettings:
@@ -110,8 +86,9 @@ class _Replay:
         self.settings = settings
         self.progress = progress
         self.cid = capture_id(path)
-        self.pos = _PosFile(shipper.spool.dir, self.cid)
-        self.resume_after = self.pos.load()
+        # the last line handed to the spool, kept in the spool directory
+        self.pos = shipper.spool.side_file(f"replay-{self.cid}.pos")
+        self.resume_after = self.pos.value[0]
         self.recovered = shipper.counters()["recovered"]
         self.start = time.monotonic()
         self.last_progress = self.start
@@ -174,16 +151,18 @@ class _Replay:
         shipper = self.shipper
         shipper.close(0 if not drained else 5)
         c = shipper.counters()
-        lost = c["dropped_spool_full"] + c["rejected"]
+        lost = c["dropped_spool_full"] + c["rejected"] + c["spool_corrupt_events"]
         if self.progress:
             self.show()
         summary = (f"{self.path}: delivered {c['delivered']} events "
                    f"({self.read} read from the capture, {self.recovered} from the spool of an "
                    f"earlier run) in {time.monotonic() - self.start:.1f}s, lost {lost} (spool full "
-                   f"{c['dropped_spool_full']}, rejected by collector {c['rejected']}), "
+                   f"{c['dropped_spool_full']}, rejected by collector {c['rejected']}, damaged in "
+                   f"the spool {c['spool_corrupt_events']}), "
                    f"retried requests {c['retried']}")
         _say(summary)
         if not drained:
+            self.pos.close()
             _say(f"collector {self.settings.logs_url()} did not accept {c['spool_pending']} events "
                  f"within {self.settings.drain_timeout:g}s; they stay in {shipper.spool.dir} "
                  f"(run the same replay again to send them)")
@@ -206,7 +185,7 @@ def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = N
     settings = _replay_settings(settings)
     try:
         shipper = Shipper(settings, build_resource(backend="replay"), log)
-    except SpoolBusy as exc:  # another agent/replay holds the spool: not bad input
+    except (SpoolBusy, SpoolUnsafe) as exc:  # the spool is another's: not bad input
         _fail(str(exc))
         return 1
     except OSError as exc:

@@ -9,11 +9,13 @@ the collector accepted it. So a collector outage fills the spool, and an
 agent killed at any moment finds its unsent events there on the next start.
 
 The only places an event can be lost are counted (and logged, rate-limited):
-- dropped_spool_full: the spool reached spool_max_bytes;
+- dropped_spool_full: the spool reached spool_max_bytes, or the disk refused
+  the write (full, quota): the event is not written at all, the capture goes on;
 - rejected: the collector refused records for good (HTTP 4xx other than 429,
   a non-retryable gRPC status, or OTLP partial success);
-- spool_corrupt: frames cut off as torn when the spool is opened, and frames
-  that no longer decode (e.g. written by another version of the Event schema).
+- spool_corrupt_events: events in damaged spool frames (a torn tail cut when
+  the spool is opened, damage skipped while reading), and frames that no
+  longer decode (e.g. written by another version of the Event schema).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class Shipper:
             "dropped_spool_full": 0,
             "rejected": 0,  # refused by the collector for good
             "recovered": self.spool.recovered,  # found unsent in the spool at start
-            "spool_corrupt": self.spool.corrupt,  # torn frames cut at start, undecodable frames
+            "spool_corrupt_events": self.spool.corrupt_events,  # lost to damaged spool frames
             "sender_errors": 0,  # unexpected errors in the sender thread (it carries on)
         }
         if self.spool.recovered:
@@ -131,6 +133,7 @@ class Shipper:
         if self.settings.include_command_line and event.tracee_pid:
             cmd = read_command_line(event.tracee_pid)
         frame = encode_entry(LogEntry(uid or self._uid(), time.time_ns(), event, cmd))
+        write_errors = self.spool.write_errors
         ok = self.spool.append(frame)
         with self._lock:
             self._c["submitted"] += 1
@@ -138,11 +141,18 @@ class Shipper:
                 self._c["spooled"] += 1
             else:
                 self._c["dropped_spool_full"] += 1
-        if not ok:
+            dropped = self._c["dropped_spool_full"]
+        if ok:
+            return True
+        if self.spool.write_errors != write_errors:
+            self._rl.warning("spool_full", "spool %s: the disk refused a write (%s): dropping "
+                             "events until the collector drains it; %d dropped so far",
+                             self.spool.dir, self.spool.last_write_error, dropped)
+        else:
             self._rl.warning("spool_full", "spool %s is full (%d bytes): dropping events; "
                              "%d dropped so far", self.spool.dir, self.settings.spool_max_bytes,
-                             self._c["dropped_spool_full"])
-        return ok
+                             dropped)
+        return False
 
     # ----------------------------------------------------------- sender side
     def _run(self) -> None:
@@ -180,22 +190,31 @@ class Shipper:
             return False if self._stop.is_set() else None
         self._idle.clear()
         self.spool.wait_for_frames(s.batch_size, s.batch_linger if not self._stop.is_set() else 0)
-        payloads, pos = self.spool.read(s.batch_size)
-        if not payloads:
+        payloads, pos, damaged = self.spool.read(s.batch_size)
+        if not payloads and not damaged:
             return None
         entries = self._decode(payloads)
         if s.spool_fsync:
             self.spool.sync()
         if not entries or self._deliver(entries):
             self.spool.ack(pos, len(payloads))
+            if damaged:
+                self._count_damaged(damaged)
             return None
         self.spool.rewind()  # aborted: leave the batch in the spool for the next run
         return False
 
+    def _count_damaged(self, events: int) -> None:
+        with self._lock:
+            self._c["spool_corrupt_events"] += events
+            total = self._c["spool_corrupt_events"]
+        self._rl.warning("spool_damaged", "spool %s: %d events lost in damaged frames, skipped; "
+                         "%d so far", self.spool.dir, events, total)
+
     def _decode(self, payloads: list[bytes]) -> list[LogEntry]:
         """Frames -> entries. A frame that does not decode (written by another
-        version of the Event schema, or damaged) cannot ever be sent: it is
-        counted as spool_corrupt, logged, and acknowledged past."""
+        version of the Event schema) cannot ever be sent: it is counted as
+        spool_corrupt_events, logged, and acknowledged past."""
         entries = []
         bad = 0
         for p in payloads:
@@ -206,8 +225,8 @@ class Shipper:
                 detail = str(exc)
         if bad:
             with self._lock:
-                self._c["spool_corrupt"] += bad
-                total = self._c["spool_corrupt"]
+                self._c["spool_corrupt_events"] += bad
+                total = self._c["spool_corrupt_events"]
             self._rl.warning("spool_corrupt", "spool %s: %d undecodable events skipped (%s); "
                              "%d so far", self.spool.dir, bad, detail, total)
         return entries

@@ -12,7 +12,7 @@ import pytest
 
 from otel_fsnotify.delivery.settings import OtlpSettings, SettingsError
 from otel_fsnotify.delivery.shipper import Shipper
-from otel_fsnotify.delivery.spool import Spool, SpoolBusy, encode_entry
+from otel_fsnotify.delivery.spool import Spool, SpoolBusy, encode_entry, frame
 from otel_fsnotify.otel.entry import LogEntry
 from otel_fsnotify.otel.resource import build_resource
 from tests.e2e.captures import sample_events
@@ -38,7 +38,7 @@ def test_spool_with_big_segments_accepts_again_once_everything_is_acked(tmp_path
         assert took > 50, f"round {round_}: only {took} frames accepted into an empty spool"
         assert spool.total_bytes <= 64 * 1024
         while spool.pending:
-            payloads, pos = spool.read(1000)
+            payloads, pos, _damaged = spool.read(1000)
             spool.ack(pos, len(payloads))
         assert spool.pending == 0
     assert accepted > 5 * 50
@@ -99,13 +99,9 @@ def test_replay_into_a_spool_held_by_another_process_exits_1(tmp_path):
 def _future_frame(uid: str) -> bytes:
     """A spool frame as a later version of the agent could write it: its Event
     has a field this version does not know (Event forbids unknown fields)."""
-    import struct
-    import zlib
-
     ev = msgspec.to_builtins(next(sample_events(1)))
     ev["field_from_the_future"] = 42
-    payload = msgspec.msgpack.encode([uid, 1, ev, ""])
-    return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    return frame(msgspec.msgpack.encode([uid, 1, ev, ""]))
 
 
 def test_frame_from_a_future_schema_is_counted_and_skipped_not_fatal(rotel, tmp_path):
@@ -127,7 +123,7 @@ def test_frame_from_a_future_schema_is_counted_and_skipped_not_fatal(rotel, tmp_
         shipper.submit(ev)
     assert shipper.close(20)
     c = shipper.counters()
-    assert c["spool_corrupt"] == 1 and c["delivered"] == 27 and c["spool_pending"] == 0
+    assert c["spool_corrupt_events"] == 1 and c["delivered"] == 27 and c["spool_pending"] == 0
     uids = rotel.wait_for_uids(27, 20)
     assert {f"uid-{i}" for i in range(20)} <= uids and "future-1" not in uids
 

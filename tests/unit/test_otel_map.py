@@ -11,7 +11,6 @@ from otel_fsnotify.delivery.outcome import parse_retry_after
 from otel_fsnotify.delivery.sdk import SdkExporter
 from otel_fsnotify.otel.otlp_json import JsonEncoder
 from otel_fsnotify.delivery.settings import OtlpSettings, SettingsError
-from otel_fsnotify.delivery.spool import Spool, decode_entry, encode_entry
 from otel_fsnotify.otel.entry import LogEntry
 from otel_fsnotify.event import Event
 
@@ -170,55 +169,6 @@ def test_retry_after_parsing():
     assert parse_retry_after(None) is None
     assert parse_retry_after("garbage") is None
     assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-
-
-def _frame(i: int) -> bytes:
-    return encode_entry(LogEntry(f"u{i}", i, Event(name=f"f{i}")))
-
-
-def test_spool_round_trip_ack_and_recovery(tmp_path):
-    sp = Spool(str(tmp_path), 1 << 20, 4096)
-    for i in range(100):
-        assert sp.append(_frame(i))
-    payloads, pos = sp.read(30)
-    assert [decode_entry(p).uid for p in payloads] == [f"u{i}" for i in range(30)]
-    sp.ack(pos, 30)
-    payloads, _pos = sp.read(10)  # read but not acked: must come back after a crash
-    assert decode_entry(payloads[0]).uid == "u30"
-    sp.close()
-    sp = Spool(str(tmp_path), 1 << 20, 4096)
-    assert sp.recovered == 70
-    payloads, pos = sp.read(1000)
-    assert [decode_entry(p).uid for p in payloads] == [f"u{i}" for i in range(30, 100)]
-    sp.ack(pos, len(payloads))
-    assert sp.pending == 0
-    sp.close()
-    assert Spool(str(tmp_path), 1 << 20, 4096).recovered == 0
-
-
-def test_spool_cuts_a_torn_tail_and_counts_it(tmp_path):
-    sp = Spool(str(tmp_path), 1 << 20, 1 << 20)
-    for i in range(5):
-        sp.append(_frame(i))
-    seg = sp._path(sp._wseg)
-    sp.close()
-    with open(seg, "ab") as fh:
-        fh.write(_frame(99)[:-3])  # a write cut short by a power failure
-    sp = Spool(str(tmp_path), 1 << 20, 1 << 20)
-    assert sp.recovered == 5 and sp.corrupt == 1
-    payloads, _ = sp.read(100)
-    assert [decode_entry(p).uid for p in payloads] == [f"u{i}" for i in range(5)]
-    sp.close()
-
-
-def test_spool_full_refuses_and_one_owner_only(tmp_path):
-    sp = Spool(str(tmp_path), 64 * 1024, 4096)
-    results = [sp.append(_frame(i)) for i in range(2000)]
-    assert results[0] and not results[-1]
-    assert sp.total_bytes <= 64 * 1024
-    with pytest.raises(RuntimeError, match="in use"):
-        Spool(str(tmp_path), 64 * 1024, 4096)
-    sp.close()
 
 
 def test_unknown_tid_is_left_out_not_copied_from_the_pid():

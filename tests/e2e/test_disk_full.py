@@ -1,0 +1,84 @@
+"""A full disk is an expected state: the spool on a real 2 MiB tmpfs (mounted
+here, as root), the collector away, then back. Every event is delivered or
+counted in dropped_spool_full, nothing else; the spool drains as soon as the
+collector returns (acknowledging needs no free space), and an agent
+restarted on the full disk starts and delivers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections import Counter
+
+import pytest
+
+from otel_fsnotify.delivery.settings import OtlpSettings
+from otel_fsnotify.delivery.shipper import Shipper
+from otel_fsnotify.otel.resource import build_resource
+from tests.e2e.captures import sample_events
+from tests.harness.collector import Rotel
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root)")]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _shipper(endpoint: str, spool_dir) -> Shipper:
+    s = OtlpSettings.from_env({}, protocol="http/json", endpoint=endpoint, spool_dir=str(spool_dir),
+                              batch_size=256, batch_linger=0.01, max_backoff=0.5)
+    return Shipper(s, build_resource("tracepoint"), logging.getLogger("test.disk"))
+
+
+def _submit(shipper: Shipper, n: int) -> None:
+    for ev in sample_events(n):
+        shipper.submit(ev)  # never raises: what the disk refuses is counted
+
+
+def test_full_disk_drops_are_counted_and_the_spool_drains_when_the_collector_returns(small_disk, tmp_path):
+    rotel = Rotel(tmp_path / "rotel")  # ports chosen, not started: the collector is away
+    shipper = _shipper(rotel.http_endpoint, small_disk / "spool")
+    _submit(shipper, 8000)  # ~4.5 MB of frames for a 2 MiB disk
+    c = shipper.counters()
+    assert c["dropped_spool_full"] > 0 and c["spooled"] > 1000
+    assert c["spooled"] + c["dropped_spool_full"] == c["submitted"] == 8000
+    rotel.start()
+    try:
+        assert shipper.flush(60), shipper.counters()
+        _submit(shipper, 1000)  # the drained disk takes events again
+        assert shipper.close(60)
+        c = shipper.counters()
+        assert c["delivered"] == c["spooled"] and c["spool_corrupt_events"] == 0
+        assert c["dropped_spool_full"] < 8000 - 1000
+        rotel.wait_for_uids(c["delivered"], 30)
+        got = Counter(rotel.uids())
+        assert len(got) == c["delivered"]
+        assert sum(got.values()) - len(got) <= 256  # duplicates: at most one batch in flight
+    finally:
+        rotel.stop()
+
+
+def test_an_agent_restarted_on_a_full_disk_starts_and_delivers(small_disk, tmp_path):
+    rotel = Rotel(tmp_path / "rotel")
+    shipper = _shipper(rotel.http_endpoint, small_disk / "spool")
+    _submit(shipper, 8000)
+    spooled = shipper.counters()["spooled"]
+    assert shipper.counters()["dropped_spool_full"] > 0
+    shipper.close(0)  # the collector never came: everything stays in the spool
+    shipper = _shipper(rotel.http_endpoint, small_disk / "spool")  # no space, still starts
+    assert shipper.counters()["recovered"] == spooled
+    rotel.start()
+    try:
+        assert shipper.close(60)
+        assert shipper.counters()["delivered"] == spooled
+        assert len(rotel.wait_for_uids(spooled, 30)) == spooled
+    finally:
+        rotel.stop()
