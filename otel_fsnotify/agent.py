@@ -18,6 +18,7 @@ import time
 
 from . import backends
 from .config import AgentConfig, filters_of
+from .delivery.settings import OtlpSettings
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
 log = logging.getLogger("otel_fsnotify")
@@ -36,8 +37,9 @@ def _quiet_gc() -> None:
     gc.set_threshold(max(gen0, GC_GEN0), max(gen1, 20), max(gen2, 20))
 
 
-def make_output(cfg: AgentConfig, backend_name: str):
-    """The configured output; OutputUnusable (one line) when it cannot be opened."""
+def make_output(cfg: AgentConfig, backend_name: str, settings=None):
+    """The configured output; OutputUnusable (one line) when it cannot be
+    opened. settings: the OTLP settings already checked (otlp output)."""
     if cfg.output in ("jsonl", "table"):
         try:
             if cfg.output == "jsonl":
@@ -45,10 +47,8 @@ def make_output(cfg: AgentConfig, backend_name: str):
             return TableOutput(cfg.fields, cfg.output_file)
         except OSError as exc:
             raise OutputUnusable(f"output_file {cfg.output_file}: {exc.strerror}") from None
-    from .delivery.settings import OtlpSettings
     from .otel.resource import build_resource
 
-    settings = OtlpSettings.from_env(os.environ, **cfg.otlp)
     try:
         return OtlpOutput(settings, build_resource(backend=backend_name), log)
     except OSError as exc:
@@ -72,14 +72,16 @@ class _Stop:
 
 
 def run(cfg: AgentConfig) -> int:
-    # A file output is opened before any BPF is loaded, so a bad path costs no
-    # compile; the OTLP resource names the backend, so that output comes after.
+    # A file output is opened, and OTLP settings (flags, file, environment)
+    # checked, before any BPF is loaded, so a mistake costs no compile; the
+    # OTLP resource names the backend, so that output comes after.
     output = make_output(cfg, "") if cfg.output != "otlp" else None
+    settings = OtlpSettings.from_env(os.environ, **cfg.otlp) if cfg.output == "otlp" else None
     backend = backends.choose(cfg.backend, filters_of(cfg), log)
     log.info("backend %s started", backend.name)
     if output is None:
         try:
-            output = make_output(cfg, backend.name)
+            output = make_output(cfg, backend.name, settings)
         except BaseException:
             backend.close()
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -25,12 +26,16 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+MAX_PID = (1 << 32) - 1  # pids and tids are 32-bit in the kernel
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
 def _pid(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a pid") from None
-    if value <= 0:
+    if not 0 < value <= MAX_PID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a pid")
     return value
 
@@ -40,8 +45,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0")
+    if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds from 0 to {MAX_SECONDS:g}")
     return value
 
 

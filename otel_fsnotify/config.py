@@ -7,6 +7,7 @@ line naming the file and the key, and the CLI exits 2.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from typing import Any
 
@@ -17,6 +18,7 @@ from .backends.base import MAX_PID_FILTERS, Filters
 from .event import FIELD_NAMES
 
 OUTPUTS = ("otlp", "jsonl", "table")
+MAX_SECONDS = 10 * 365 * 86400.0  # durations and intervals: finite, under ten years
 DEFAULT_TABLE_FIELDS = ("type", "tracer_comm", "tracer_pid", "tracee_comm", "tracee_pid",
                         "i_mask", "fa_mask", "fa_response", "attribution", "name")
 # The seed gadget's column names, accepted so its users' --fields carry over.
@@ -58,10 +60,11 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
     if bad:
         raise ConfigError(f"{where}: fields: unknown field {bad[0]!r} (known: {', '.join(FIELD_NAMES)})")
     cfg.fields = fields
-    if cfg.duration < 0:
-        raise ConfigError(f"{where}: duration = {cfg.duration}: must be >= 0 seconds")
-    if cfg.stats_interval < 0:
-        raise ConfigError(f"{where}: stats_interval = {cfg.stats_interval}: must be >= 0 seconds")
+    for key in ("duration", "stats_interval"):
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+            raise ConfigError(f"{where}: {key} = {value}: must be a number of seconds from 0 "
+                              f"to {MAX_SECONDS:g}")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log_level = {cfg.log_level!r}: expected debug, info, warning or error")
     if cfg.otlp:
@@ -81,7 +84,7 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
             raise ConfigError(f"{where}: filters.{key}: at most {MAX_PID_FILTERS} pids "
                               "(the in-kernel filter map's size)")
         for pid in getattr(f, key):
-            if pid <= 0:
+            if not 0 < pid < 1 << 32:
                 raise ConfigError(f"{where}: filters.{key}: {pid} is not a pid")
     return cfg
 

@@ -7,19 +7,27 @@ so ``--fields`` habits carry over. JSON lines of this struct are both the
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+# Integer widths as the kernel has them: a capture (replay's input) holding a
+# value out of range is refused at decode, naming its line.
+U32 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 32) - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0)]  # msgspec decodes at most 2**64 - 1
+S32 = Annotated[int, msgspec.Meta(ge=-(1 << 31), le=(1 << 31) - 1)]
 
 # What the event says about a process, once for both roles: the tracer (the
 # watcher that read the event) and the tracee (the actor). The jsonl name is
 # f"{role}_{name}". The process table (enrich/procs.py), the identity builders
 # (enrich/identity.py) and the OTel mapping (otel/mapping.py) walk this list.
 PROCESS_FIELDS: tuple[tuple[str, type, object], ...] = (
-    ("pid", int, 0),
-    ("tid", int, 0),
-    ("ppid", int, 0),
-    ("uid", int, 0),
-    ("gid", int, 0),
-    ("mntns_id", int, 0),
+    ("pid", U32, 0),
+    ("tid", U32, 0),
+    ("ppid", U32, 0),
+    ("uid", U32, 0),
+    ("gid", U32, 0),
+    ("mntns_id", U64, 0),
     ("comm", str, ""),
     ("pcomm", str, ""),  # the parent's comm
     ("exe", str, ""),  # full path of the executable when known
@@ -38,24 +46,24 @@ def _role_fields(role: str) -> list[tuple[str, type, object]]:
 # The event's fields in order (the jsonl key order). Unknown values are 0 or ""
 # — never invented.
 _FIELDS: list[tuple[str, type, object]] = [
-    ("timestamp", int, 0),  # ns since epoch when the tracee generated it (fa_resp: when answered)
+    ("timestamp", U64, 0),  # ns since epoch when the tracee generated it (fa_resp: when answered)
     ("type", str, "inotify"),  # inotify | fanotify | fa_resp
     *_role_fields("tracer"),
     *_role_fields("tracee"),
-    ("prio", int, 0),  # fsnotify group priority
+    ("prio", U32, 0),  # fsnotify group priority
     # inotify: struct inotify_event fields, and the inodes (64-bit)
-    ("i_wd", int, 0),
-    ("i_mask", int, 0),
-    ("i_cookie", int, 0),
-    ("i_ino", int, 0),
-    ("i_ino_dir", int, 0),
+    ("i_wd", S32, 0),  # -1 on a queue overflow
+    ("i_mask", U32, 0),
+    ("i_cookie", U32, 0),
+    ("i_ino", U64, 0),
+    ("i_ino_dir", U64, 0),
     ("i_mask_names", list[str], []),
     # fanotify: struct fanotify_event_metadata fields and the group's flags
     ("fa_type", str, ""),
-    ("fa_mask", int, 0),
-    ("fa_pid", int, 0),
-    ("fa_flags", int, 0),
-    ("fa_f_flags", int, 0),
+    ("fa_mask", U64, 0),
+    ("fa_pid", S32, 0),
+    ("fa_flags", U32, 0),
+    ("fa_f_flags", U32, 0),
     ("fa_mask_names", list[str], []),
     ("fa_response", str, "na"),  # na | allow | deny | interrupted
     ("name", str, ""),  # inotify: relative to the watched object; fanotify: full path
@@ -95,11 +103,19 @@ class CaptureError(ValueError):
         self.lineno = lineno
 
 
+_U64_FIELDS = tuple(name for name, typ, _d in _FIELDS if typ is U64)
+_U64_MAX = (1 << 64) - 1
+
+
 def from_json_line(line: bytes | str, source: str = "<input>", lineno: int = 0) -> Event:
     try:
-        return _decoder.decode(line)
+        ev = _decoder.decode(line)
     except msgspec.DecodeError as exc:
         raise CaptureError(source, lineno, str(exc)) from None
+    for name in _U64_FIELDS:  # msgspec bounds stop at int64: the top of u64 here
+        if getattr(ev, name) > _U64_MAX:
+            raise CaptureError(source, lineno, f"Expected `int` <= {_U64_MAX} - at `$.{name}`")
+    return ev
 
 
 def iter_capture(path: str):

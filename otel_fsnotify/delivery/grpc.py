@@ -15,12 +15,22 @@ from typing import Any, Sequence
 from .. import __version__
 from ..otel.entry import LogEntry
 from ..otel.otlp_proto import ProtoEncoder
+from .http import tls_context
 from .outcome import Exporter, Outcome
 from .settings import OtlpSettings
 
-# OTLP/gRPC: these codes are transient; any other is a refusal for good
+# OTLP/gRPC: these codes are transient; any other is a refusal for good...
 _GRPC_RETRYABLE = ("CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
                    "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS")
+# ...but these say the agent is pointed or configured wrongly: pause, keep the data
+_GRPC_MISCONFIGURED = {
+    "UNAUTHENTICATED": "the collector wants credentials: set headers (--header, OTEL_EXPORTER_OTLP_HEADERS)",
+    "PERMISSION_DENIED": "the collector refuses these credentials: check headers",
+    "UNIMPLEMENTED": "no OTLP logs service there: check the endpoint's port and protocol "
+                     "(an HTTP port given for grpc?)",
+}
+# RESOURCE_EXHAUSTED for a message over the receiver's limit (grpc's own wording)
+_TOO_LARGE = ("larger than max", "message too large", "exceeds maximum")
 
 
 def grpc_retry_delay(trailing_metadata) -> float | None:
@@ -61,7 +71,10 @@ class GrpcExporter(Exporter):
             ("grpc.max_reconnect_backoff_ms", int(1000 * max(0.5, min(settings.max_backoff, 5.0)))),
         ]
         compression = grpc.Compression.Gzip if settings.compression == "gzip" else None
+        self.address = (u.hostname or "localhost", u.port or (443 if u.scheme == "https" else 4317))
+        self.max_request_bytes = settings.max_request_bytes
         if u.scheme == "https":
+            tls_context(settings)  # a bad certificate or key: one line now, not at each send
             def read(path):
                 if not path:
                     return None
@@ -83,9 +96,6 @@ class GrpcExporter(Exporter):
     def encode(self, entries: Sequence[LogEntry]) -> bytes:
         return self._encoder.encode(entries)
 
-    def export(self, entries: Sequence[LogEntry]) -> Outcome:
-        return self.send(self.encode(entries))
-
     def send(self, request: bytes) -> Outcome:
         grpc = self._grpc
         try:
@@ -94,13 +104,23 @@ class GrpcExporter(Exporter):
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             details = exc.details() if hasattr(exc, "details") else str(exc)
             name = code.name if code is not None else "UNKNOWN"
-            detail = f"{self.url}: gRPC {name}: {details}"
-            if name in _GRPC_RETRYABLE:
-                trailer = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-                return Outcome(False, True, grpc_retry_delay(trailer), 0, detail)
-            return Outcome(False, False, None, 0, detail)  # permanent
+            return _outcome(name, f"{self.url}: gRPC {name}: {details}", details or "",
+                            exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None)
         rejected = resp.partial_success.rejected_log_records
         return Outcome(True, rejected=rejected, detail="partial success" if rejected else "")
 
     def shutdown(self) -> None:
         self._channel.close()
+
+
+def _outcome(name: str, detail: str, details: str, trailer) -> Outcome:
+    """What a gRPC status code means for the batch."""
+    if name in _GRPC_MISCONFIGURED:
+        return Outcome(False, pause=True, detail=f"{detail}: {_GRPC_MISCONFIGURED[name]}")
+    if name == "RESOURCE_EXHAUSTED" and any(s in details.lower() for s in _TOO_LARGE):
+        return Outcome(False, too_large=True, detail=detail)
+    if name in _GRPC_RETRYABLE:
+        delay = grpc_retry_delay(trailer)
+        return Outcome(False, True, delay, 0, detail,
+                       unreachable=name == "UNAVAILABLE" and delay is None)
+    return Outcome(False, False, None, 0, detail)  # permanent: the data was refused

@@ -7,7 +7,9 @@ Precedence: field default < OTEL_EXPORTER_OTLP_<X> < OTEL_EXPORTER_OTLP_LOGS_<X>
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import urllib.parse
 from typing import Any, Mapping
 
@@ -73,6 +75,9 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
       the event is received; may carry secrets). Default false.
     - metrics_interval: seconds between exports of the agent's counters as
       OTLP metrics; 0 disables them. Default 30.
+    - max_request_bytes: the largest export request sent; a batch that
+      encodes larger is split (default 4 MiB, the collectors' default limit
+      for a gRPC message).
     """
 
     endpoint: str = ""
@@ -95,6 +100,7 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
     drain_timeout: float = 60.0
     include_command_line: bool = False
     metrics_interval: float = 30.0
+    max_request_bytes: int = 4 << 20
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -143,17 +149,14 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
         self._validate_tls_and_headers()
 
     def _validate_numbers(self) -> None:
-        for key in ("timeout", "batch_linger", "max_backoff", "drain_timeout", "metrics_interval"):
-            if getattr(self, key) < 0:
-                raise SettingsError(f"otlp.{key}: must be >= 0, got {getattr(self, key)}")
+        for key, (low, high) in NUMBER_RANGES.items():
+            value = getattr(self, key)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise SettingsError(f"otlp.{key}: must be a number from {low:g} to {high:g}, got {value}")
         if self.timeout == 0:
             raise SettingsError("otlp.timeout: must be > 0")
-        if self.batch_size < 1 or self.batch_size > 100_000:
-            raise SettingsError(f"otlp.batch_size: must be 1..100000, got {self.batch_size}")
-        if self.spool_max_bytes < 64 * 1024:
-            raise SettingsError(f"otlp.spool_max_bytes: must be >= 65536, got {self.spool_max_bytes}")
-        if self.spool_segment_bytes < 4096:
-            raise SettingsError(f"otlp.spool_segment_bytes: must be >= 4096, got {self.spool_segment_bytes}")
+        if self.max_backoff == 0:
+            raise SettingsError("otlp.max_backoff: must be > 0")
         if self.spool_segment_bytes > self.spool_max_bytes // 4:
             raise SettingsError(f"otlp.spool_segment_bytes: must be <= spool_max_bytes/4 "
                                 f"({self.spool_max_bytes // 4}), got {self.spool_segment_bytes}")
@@ -165,9 +168,12 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
                 raise SettingsError(f"otlp.{key}: {path}: no such file")
         if bool(self.client_key) != bool(self.client_certificate):
             raise SettingsError("otlp.client_key: client_key and client_certificate go together")
-        for k in self.headers:
-            if not k or any(c in k for c in " \t\r\n:"):
-                raise SettingsError(f"otlp.headers: {k!r} is not a valid header name")
+        for k, v in self.headers.items():
+            if not _TOKEN.fullmatch(k):
+                raise SettingsError(f"otlp.headers: {k!r} is not a valid header name (RFC 9110 token)")
+            if _CONTROL.search(v):
+                raise SettingsError(f"otlp.headers: the value of {k!r} holds control characters "
+                                    "(CR, LF...), refused")
 
     # -------------------------------------------------------------- resolved
     def logs_url(self) -> str:
@@ -227,6 +233,8 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
         try:
             raw["timeout"] = float(p[1]) / 1000.0
         except ValueError:
+            raw["timeout"] = math.nan
+        if not math.isfinite(raw["timeout"]) or raw["timeout"] <= 0:
             raise SettingsError(f"{p[0]}: {p[1]!r} is not a number of milliseconds") from None
     if (p := pick("INSECURE")):
         raw["insecure"] = _parse_bool(p[1], p[0])
@@ -240,7 +248,20 @@ def _with_scheme(url: str, s: OtlpSettings) -> str:
     return ("http://" if s.insecure else "https://") + url
 
 
+# number settings: (lowest, highest) accepted; every one must be finite
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "timeout": (0, 3600), "batch_linger": (0, 60), "max_backoff": (0, 3600),
+    "drain_timeout": (0, 7 * 86400), "metrics_interval": (0, 86400),
+    "batch_size": (1, 100_000), "spool_max_bytes": (64 * 1024, 1 << 50),
+    "spool_segment_bytes": (4096, 1 << 40), "max_request_bytes": (64 * 1024, 1 << 30),
+}
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field name
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_url(url: str, key: str, protocol: str) -> None:
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        raise SettingsError(f"otlp.{key}: {url!r}: spaces or control characters in a URL")
     probe = url if "://" in url else "https://" + url
     u = urllib.parse.urlsplit(probe)
     if u.scheme not in ("http", "https"):
@@ -251,6 +272,8 @@ def _check_url(url: str, key: str, protocol: str) -> None:
         u.port
     except ValueError:
         raise SettingsError(f"otlp.{key}: {url!r}: bad port") from None
+    if u.username or u.password:
+        raise SettingsError(f"otlp.{key}: credentials in the URL are not sent: use headers")
 
 
 def parse_headers(text: str, where: str) -> dict[str, str]:

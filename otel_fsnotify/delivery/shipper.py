@@ -11,11 +11,18 @@ agent killed at any moment finds its unsent events there on the next start.
 The only places an event can be lost are counted (and logged, rate-limited):
 - dropped_spool_full: the spool reached spool_max_bytes, or the disk refused
   the write (full, quota): the event is not written at all, the capture goes on;
-- rejected: the collector refused records for good (HTTP 4xx other than 429,
-  a non-retryable gRPC status, or OTLP partial success);
+- rejected: the collector refused records for good (HTTP 400 and the other
+  4xx that are not about the agent's configuration, a non-retryable gRPC
+  status, OTLP partial success, a single record larger than it accepts).
 - spool_corrupt_events: events in damaged spool frames (a torn tail cut when
   the spool is opened, damage skipped while reading), and frames that no
   longer decode (e.g. written by another version of the Event schema).
+
+Not losses: an answer that says the agent is misconfigured (401, 403, 404,
+405, redirects; gRPC UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED)
+pauses delivery (`delivery_paused`) and keeps the data until it is fixed; a
+request too large (413, gRPC RESOURCE_EXHAUSTED for size, max_request_bytes)
+is split in halves (`batches_split`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from .settings import OtlpSettings
 from .spool import Spool, decode_entry, encode_entry
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+PROBE_S = 0.25  # while the collector is unreachable, a connection is tried this often
 
 
 class UidGenerator:
@@ -116,6 +124,8 @@ class Shipper:
             "recovered": self.spool.recovered,  # found unsent in the spool at start
             "spool_corrupt_events": self.spool.corrupt_events,  # lost to damaged spool frames
             "sender_errors": 0,  # unexpected errors in the sender thread (it carries on)
+            "delivery_paused": 0,  # attempts the collector refused as misconfigured (data kept)
+            "batches_split": 0,  # requests too large for the collector, sent as halves
         }
         if self.spool.recovered:
             self.log.info("spool %s: %d events from an earlier run will be sent first",
@@ -232,7 +242,9 @@ class Shipper:
         return entries
 
     def _deliver(self, entries: list[LogEntry]) -> bool:
-        """Export until accepted or permanently refused. False only when aborted."""
+        """Export until accepted or refused for good; a batch too large for
+        the collector is split and its halves delivered in turn. False only
+        when aborted."""
         attempt = 0
         n = len(entries)
         while True:
@@ -240,12 +252,14 @@ class Shipper:
                 self._c["export_requests"] += 1
             out = self.exporter.export(entries)
             if out.ok:
-                with self._lock:
-                    self._c["delivered"] += n - out.rejected
-                    self._c["rejected"] += out.rejected
-                if out.rejected:
-                    self._rl.warning("rejected", "collector rejected %d of %d records", out.rejected, n)
+                self._accepted(n, out)
                 return True
+            if out.too_large:
+                return self._split(entries, out.detail)
+            if out.pause:
+                if self._paused(n, out.detail):
+                    return False
+                continue
             if not out.retryable:
                 with self._lock:
                     self._c["rejected"] += n
@@ -254,15 +268,62 @@ class Shipper:
                 return True
             with self._lock:
                 self._c["retried"] += 1
-            delay = min(self.settings.max_backoff, 0.25 * (2 ** min(attempt, 16)))
-            delay *= random.uniform(0.8, 1.2)
-            if out.retry_after is not None:
-                delay = min(self.settings.max_backoff, out.retry_after)
-            attempt += 1
-            self._rl.warning("retry", "export of %d records failed (%s); retrying in %.1fs, "
-                             "events wait in the spool", n, out.detail, delay)
-            if self._abort.wait(delay):
+            if self._back_off(attempt, out, n):
                 return False
+            attempt += 1
+
+    def _accepted(self, n: int, out) -> None:
+        rejected = max(0, min(n, out.rejected))  # a collector's count, clamped to the batch
+        with self._lock:
+            self._c["delivered"] += n - rejected
+            self._c["rejected"] += rejected
+        if rejected:
+            self._rl.warning("rejected", "collector rejected %d of %d records", rejected, n)
+
+    def _split(self, entries: list[LogEntry], detail: str) -> bool:
+        if len(entries) == 1:
+            with self._lock:
+                self._c["rejected"] += 1
+            self._rl.warning("too_large", "a record too large for the collector was refused: %s", detail)
+            return True
+        with self._lock:
+            self._c["batches_split"] += 1
+        half = len(entries) // 2
+        return self._deliver(entries[:half]) and self._deliver(entries[half:])
+
+    def _paused(self, n: int, detail: str) -> bool:
+        """The collector refuses this agent as configured: keep everything,
+        say what to fix (rate-limited), ask again every max_backoff.
+        True when aborted meanwhile."""
+        with self._lock:
+            self._c["delivery_paused"] += 1
+        self._rl.warning("paused", "delivery paused, %d+ events kept in the spool: %s",
+                         max(n, self.spool.pending), detail)
+        return self._abort.wait(max(self.settings.max_backoff, 0.1))
+
+    def _back_off(self, attempt: int, out, n: int) -> bool:
+        """Wait before retrying: the collector's delay, else exponential with
+        jitter (within max_backoff). While the collector cannot be reached at
+        all, probe it every PROBE_S and retry as soon as it answers. True
+        when aborted meanwhile."""
+        cap = self.settings.max_backoff
+        if out.retry_after is not None:
+            delay = min(cap, out.retry_after)
+        else:
+            delay = min(cap, 0.25 * (2 ** min(attempt, 16)) * random.uniform(0.8, 1.2))
+        self._rl.warning("retry", "export of %d records failed (%s); retrying in %.1fs, "
+                         "events wait in the spool", n, out.detail, delay)
+        if out.retry_after is not None or not out.unreachable:
+            return self._abort.wait(delay)
+        deadline = time.monotonic() + delay
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._abort.wait(min(PROBE_S, left)):
+                return True
+            if self.exporter.reachable(timeout=min(PROBE_S, 0.5)):
+                return False  # it is back: retry now
 
     # ----------------------------------------------------------- control
     def flush(self, timeout_s: float) -> bool:

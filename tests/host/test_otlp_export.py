@@ -45,3 +45,34 @@ def test_events_exported_over_otlp(tmp_path, rotel):
         assert r.attributes["fsnotify.watcher.pid"] == iw.pid
         assert r.attributes["fsnotify.attribution"] == "inferred"
         assert r.attributes["file.path"] == str(d / "sent")
+
+
+def test_a_second_sigterm_cuts_the_drain_short_and_still_prints_the_stats_line(tmp_path):
+    """The collector is away and the drain would wait a minute: a second
+    SIGTERM ends it at once, the events stay in the spool, and the exit
+    stats line is printed all the same."""
+    import signal
+    import time
+
+    from tests.harness.collector import free_port
+
+    d = tmp_path / "away"
+    d.mkdir()
+    work = tmp_path / "agent"
+    agent = Agent(work, "--endpoint", f"http://127.0.0.1:{free_port()}", "--protocol", "http/json",
+                  "--spool-dir", str(work / "spool"), output="otlp")
+    iw = start_inotifywait(d)
+    try:
+        agent.wait_marked(d)
+        touch(d / "kept")
+        time.sleep(1)
+        agent.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)  # now draining towards the unreachable collector (drain_timeout 60 s)
+        assert agent.proc.poll() is None
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.proc.wait(15)
+    finally:
+        stop(iw)
+    stats = agent.stop()
+    assert stats, agent.stderr()
+    assert stats["spool_pending"] >= 4 and stats["delivered"] == 0

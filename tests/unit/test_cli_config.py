@@ -67,7 +67,12 @@ def test_missing_config_file(tmp_path):
     (["run", "--tracer-pid", "abc"], "not a pid"),
     (["run", "--backend", "ebpf"], "invalid choice"),
     (["run", "--tracer-group", "zz"], "not an address"),
-    (["run", "--duration", "-3"], "must be >= 0"),
+    (["run", "--duration", "-3"], "must be a number of seconds from 0"),
+    (["run", "--duration", "nan"], "must be a number of seconds from 0"),
+    (["run", "--stats-interval", "inf"], "must be a number of seconds from 0"),
+    (["run", "--tracer-pid", str(1 << 32)], "not a pid"),
+    (["run", "--header", "a=b\r\nX-Injected: 1", "--duration", "0.1"], "control characters"),
+    (["run", "--endpoint", "http://collector example:4318", "--duration", "0.1"], "spaces or control"),
     (["run", "--header", "novalue", "--duration", "0.1"], "expected KEY=VALUE"),
 ])
 def test_bad_flags(args, needle):
@@ -129,3 +134,22 @@ def test_shipped_example_config_is_valid():
 
     cfg = config.load(str(pathlib.Path(__file__).parents[2] / "config" / "agent.toml"))
     assert cfg.backend == "auto" and cfg.otlp["protocol"] == "http/json"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "1e400"])
+def test_a_timeout_that_cannot_run_is_one_line_and_exit_2(value):
+    proc = run_cli("run", "--duration", "0.1", env={**os.environ, "OTEL_EXPORTER_OTLP_TIMEOUT": value})
+    assert proc.returncode == 2
+    assert "OTEL_EXPORTER_OTLP_TIMEOUT" in one_error_line(proc)
+
+
+def test_a_capture_with_a_pid_past_32_bits_names_its_line(tmp_path):
+    from otel_fsnotify.event import Event, to_json_line
+
+    cap = tmp_path / "cap.jsonl"
+    good = to_json_line(Event(tracee_pid=7))
+    cap.write_bytes(good + good.replace(b'"tracee_pid":7', b'"tracee_pid":18446744073709551616'))
+    proc = run_cli("replay", str(cap), "--endpoint", "http://127.0.0.1:9", "--spool-dir",
+                   str(tmp_path / "spool"))
+    assert proc.returncode == 2
+    assert f"{cap}:2:" in one_error_line(proc) and "tracee_pid" in proc.stderr
