@@ -66,9 +66,11 @@ class GrpcExporter(Exporter):
         target = u.netloc or u.path
         options = [
             ("grpc.primary_user_agent", f"otel-fsnotify/{__version__}"),
-            # a collector that comes back is found again within a few seconds
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", int(1000 * max(0.5, min(settings.max_backoff, 5.0)))),
+            # a collector that comes back is connected to again within half a
+            # second (the shipper probes it and retries as soon as it answers)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
         ]
         compression = grpc.Compression.Gzip if settings.compression == "gzip" else None
         self.address = (u.hostname or "localhost", u.port or (443 if u.scheme == "https" else 4317))

@@ -100,18 +100,59 @@ def test_http_400_is_counted_as_rejected_and_not_retried(rotel, tmp_path, protoc
     assert len(rotel.wait_for_uids(10, 20)) == 10
 
 
-@pytest.mark.parametrize("code", ("INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"))
-def test_grpc_permanent_status_is_counted_as_rejected_and_not_retried(rotel, tmp_path, code):
-    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [(code, None)])
+def test_grpc_invalid_argument_is_counted_as_rejected_and_not_retried(rotel, tmp_path):
+    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [("INVALID_ARGUMENT", None)])
     try:
         c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
                                         spool_dir=str(tmp_path / "spool"), batch_size=10,
                                         batch_linger=0.5), 20)
     finally:
         proxy.close()
-    assert proxy.answers == [code, "OK"]
+    assert proxy.answers == ["INVALID_ARGUMENT", "OK"]
     assert c["rejected"] == 10 and c["delivered"] == 10 and c["retried"] == 0
     assert len(rotel.wait_for_uids(10, 20)) == 10
+
+
+@pytest.mark.parametrize("code", ("UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED"))
+def test_grpc_misconfiguration_pauses_delivery_and_keeps_every_event(rotel, tmp_path, code, caplog):
+    """The collector refuses the agent as configured (twice), then accepts
+    (the configuration fixed): nothing was dropped meanwhile."""
+    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [(code, None), (code, None)])
+    try:
+        with caplog.at_level(logging.WARNING, logger="test"):
+            c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
+                                            spool_dir=str(tmp_path / "spool"), batch_size=10,
+                                            batch_linger=0.5, max_backoff=0.5), 20)
+    finally:
+        proxy.close()
+    assert proxy.answers[:3] == [code, code, "OK"]
+    assert c["rejected"] == 0 and c["delivered"] == 20 and c["delivery_paused"] == 2
+    assert any("delivery paused" in r.getMessage() and code in r.getMessage() for r in caplog.records)
+    assert len(rotel.wait_for_uids(20, 20)) == 20
+
+
+def test_a_batch_over_max_request_bytes_goes_as_smaller_requests(rotel, tmp_path):
+    """10,000 events encode to ~9 MB: over the 4 MiB default cap, split."""
+    s = OtlpSettings.from_env({}, protocol="grpc", endpoint=rotel.grpc_endpoint,
+                              spool_dir=str(tmp_path / "spool"), batch_size=10000, batch_linger=2.0)
+    c = _ship(s, 10000)
+    assert c["delivered"] == 10000 and c["rejected"] == 0 and c["batches_split"] >= 2
+    assert len(rotel.wait_for_uids(10000, 30)) == 10000
+
+
+def test_grpc_message_over_the_receivers_limit_is_split_not_dropped(rotel, tmp_path):
+    """rotel takes any size, so the receiver here is the test double, whose
+    gRPC server keeps grpc's own 4 MiB receive limit: it answers
+    RESOURCE_EXHAUSTED for the ~9 MB request (our cap raised past it)."""
+    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [])
+    try:
+        c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
+                                        spool_dir=str(tmp_path / "spool"), batch_size=10000,
+                                        batch_linger=2.0, max_request_bytes=64 << 20), 10000)
+    finally:
+        proxy.close()
+    assert c["delivered"] == 10000 and c["rejected"] == 0 and c["batches_split"] >= 2
+    assert len(rotel.wait_for_uids(10000, 30)) == 10000
 
 
 def test_grpc_unavailable_is_retried_with_the_collectors_retry_delay(rotel, tmp_path):
