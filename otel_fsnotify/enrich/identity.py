@@ -74,7 +74,7 @@ class Identities:
         self.procs = procs
         self._tracer = KernelProcess("tracer", "proc_", _ProcTableExe(procs))
         self._tracers: dict[tuple, Event] = {}  # tracer identity -> Event template
-        self._tracees: dict[int, dict] = {}  # pid -> tracee fields
+        self._tracees: dict[int, tuple[Proc, dict]] = {}  # pid -> (identity, its fields)
 
     def tracer(self, rec) -> Event:
         """An Event template holding the tracer's fields and the group
@@ -94,18 +94,19 @@ class Identities:
         tmpl = self.tracer(rec)
         return {k: getattr(tmpl, k) for k in _TRACER_KEYS}
 
-    def tracee(self, pid: int) -> dict:
-        """The tracee's fields by pid; just the pid when nobody knows it."""
-        fields = self._tracees.get(pid)
-        if fields is not None:
-            return fields
-        proc = self.procs.get(pid)
+    def tracee(self, pid: int, at_ns: int = 0) -> dict:
+        """The tracee's fields by pid, as it was at at_ns (CLOCK_MONOTONIC:
+        an exec after that does not count); just the pid when nobody knows it."""
+        proc = self.procs.get(pid, at_ns)
         if proc is None:
             return {"tracee_pid": pid}  # not cached: /proc may know it next time
-        fields = from_proc("tracee", proc, self.procs.get(proc.ppid))
+        cached = self._tracees.get(pid)
+        if cached is not None and cached[0] is proc:
+            return cached[1]
+        fields = from_proc("tracee", proc, self.procs.get(proc.ppid, at_ns))
         if len(self._tracees) > 16 * MAX_CACHED:
             self._tracees.clear()
-        self._tracees[pid] = fields
+        self._tracees[pid] = (proc, fields)
         return fields
 
     def forget(self, pid: int, tracers: bool = False) -> None:

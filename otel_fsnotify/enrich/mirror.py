@@ -26,7 +26,7 @@ from ..kernel.abi import (
 from .watches import MountFds, Watch
 
 _U32 = struct.Struct("=I")
-NO_MATCH = (0, 0, 0)
+NO_MATCH = (0, 0, 0, 0)
 _U64 = struct.Struct("=Q")
 
 # Where file handles keep the inode number, by encoder: u32 first
@@ -69,19 +69,20 @@ class Series:
 
     def __init__(self):
         self.seqs: list[int] = []
-        self.hits: list[tuple[int, int, int]] = []  # (pid, tid, child inode), 0 when unknown
+        # (pid, tid, child inode, when drained: CLOCK_MONOTONIC ns), 0 when unknown
+        self.hits: list[tuple[int, int, int, int]] = []
         self.start = 0  # entries before start have expired
         self.cursors: dict = {}
         self.run = 0  # index where the last run of entries of one actor (pid, tid) begins
 
-    def add(self, seq: int, hit: tuple[int, int, int]) -> None:
+    def add(self, seq: int, hit: tuple[int, int, int, int]) -> None:
         hits = self.hits
         if hits and hits[-1][:2] != hit[:2]:
             self.run = len(hits)
         self.seqs.append(seq)
         hits.append(hit)
 
-    def match(self, consumer) -> tuple[tuple[int, int, int], bool] | None:
+    def match(self, consumer) -> tuple[tuple[int, int, int, int], bool] | None:
         """(the oldest entry this consumer has not matched yet, whether it is
         certain), None if none.
 
@@ -237,6 +238,7 @@ class Mirror:
             if not buf:
                 break
             now = time.monotonic()
+            seen_ns = time.monotonic_ns()  # the actor acted before this
             off = 0
             while off + FAN_METADATA.size <= len(buf):
                 event_len, _v, _r, mlen, mask, _fd, pid = FAN_METADATA.unpack_from(buf, off)
@@ -245,14 +247,14 @@ class Mirror:
                 if mask & FAN_Q_OVERFLOW:
                     self.counters["mirror_overflow"] += 1
                 else:
-                    self._record(now, mask, pid, buf[off + mlen: off + event_len])
+                    self._record(now, seen_ns, mask, pid, buf[off + mlen: off + event_len])
                     n += 1
                 off += event_len
         self.counters["mirror_events"] += n
         self.expire()
         return n
 
-    def _record(self, now: float, mask: int, pid: int, info: bytes) -> None:
+    def _record(self, now: float, seen_ns: int, mask: int, pid: int, info: bytes) -> None:
         """Remember one mirror event under every (watched object, name, bit) it is for."""
         keys, child_ino = self._objects_of(info)
         if not keys:
@@ -264,7 +266,7 @@ class Mirror:
         bits = bits_of(mask)
         for ino, name in keys:
             # the child's inode belongs to events naming a child only
-            hit = (pid, tid, child_ino if name else 0)
+            hit = (pid, tid, child_ino if name else 0, seen_ns)
             for bit in bits:
                 key = (ino, name, bit)
                 series = hits.get(key)
@@ -338,11 +340,11 @@ class Mirror:
             if series is not None and series.drop_oldest():
                 del hits[key]
 
-    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int], bool]:
-        """((pid, tid, child inode), certain) of the oldest mirror event of
-        (ino, name, any bit of mask) this consumer (tracer pid, fd) has not
-        matched yet; ((0, 0, 0), False) if none. tid and child inode are 0
-        when unknown; certain: see Series.match."""
+    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int, int], bool]:
+        """((pid, tid, child inode, when drained), certain) of the oldest
+        mirror event of (ino, name, any bit of mask) this consumer (tracer
+        pid, fd) has not matched yet; (NO_MATCH, False) if none. tid and
+        child inode are 0 when unknown; certain: see Series.match."""
         hits = self._hits
         for bit in bits_of(mask):
             series = hits.get((ino, name, bit))

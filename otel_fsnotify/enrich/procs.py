@@ -110,6 +110,7 @@ def pid_from_ns(pidns: int, nspid: int, thread: bool = False) -> int:
     return 0
 
 GRACE_S = 30.0  # keep exited processes this long
+MAX_EXECS_KEPT = 4  # identities kept per pid from before its latest execs
 MAX_EXITED = 65536  # bound on remembered exited processes
 MAX_THREADS = 65536  # bound on remembered tid -> tgid (oldest forgotten first)
 
@@ -126,6 +127,19 @@ class Proc(msgspec.Struct):
     exited_at: float = 0.0  # monotonic seconds, 0 while alive
 
 
+def _exec_path(pid: int, filename: str) -> str:
+    """The executable an exec record names: /proc/<pid>/exe while it still
+    shows that program (resolved in the process's own mount namespace),
+    else the record's own path resolved here (the process may have exec'd
+    again since)."""
+    now = exe_path(pid)
+    if now and os.path.basename(now) == os.path.basename(filename):
+        return now
+    if filename.startswith("/"):
+        return os.path.realpath(filename)
+    return now
+
+
 class ProcTable:
     def __init__(self):
         self._procs: dict[int, Proc] = {}
@@ -134,6 +148,9 @@ class ProcTable:
         self._threads: dict[int, int] = {}  # tid -> tgid of threads (not leaders)
         # (pid namespace inum, number in it) -> tid, for tasks born outside the agent's
         self._ns_tasks: dict[tuple[int, int], int] = {}
+        # pid -> [(exec time, the identity it had until then)], oldest first:
+        # an event is attributed to the identity current when it happened
+        self._before_exec: dict[int, list[tuple[int, Proc]]] = {}
 
     def seed(self) -> None:
         """Load every process running now."""
@@ -163,17 +180,25 @@ class ProcTable:
     # -- feed from the sched tracepoints --------------------------------------
     def fork(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int) -> None:
         parent = self._procs.get(ppid)
+        self._before_exec.pop(pid, None)  # a new process: a reused pid's past is not its own
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
                                 exe=parent.exe if parent else "",
                                 container_id=parent.container_id if parent else "")
 
     def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
-             filename: str) -> None:
+             filename: str, at_ns: int = 0) -> None:
+        """The process exec'd `filename` at at_ns (CLOCK_MONOTONIC): a new
+        identity from then on; the one before is kept for events before it."""
         old = self._procs.get(pid)
-        exe = exe_path(pid) or (filename if filename.startswith("/") else "")
+        if old is not None and at_ns:
+            history = self._before_exec.setdefault(pid, [])
+            history.append((at_ns, old))
+            del history[:-MAX_EXECS_KEPT]
+            if len(self._before_exec) > MAX_EXITED:
+                del self._before_exec[next(iter(self._before_exec))]
         cid = (old.container_id if old else "") or container_id(pid)
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
-                                exe=exe, container_id=cid)
+                                exe=_exec_path(pid, filename), container_id=cid)
 
     def thread(self, tid: int, tgid: int) -> None:
         """A new thread (from the sched fork tracepoint)."""
@@ -230,12 +255,18 @@ class ProcTable:
             proc = self._procs.get(pid)
             if proc and proc.exited_at and now - proc.exited_at >= 0:
                 del self._procs[pid]
+                self._before_exec.pop(pid, None)
 
     # -- lookups ---------------------------------------------------------------
-    def get(self, pid: int) -> Proc | None:
-        """The process, from the table or (first sight) from /proc; None if unknown."""
+    def get(self, pid: int, at_ns: int = 0) -> Proc | None:
+        """The process, from the table or (first sight) from /proc; None if
+        unknown. at_ns (CLOCK_MONOTONIC): as it was then, before any later exec."""
         if pid <= 0:
             return None
+        if at_ns:
+            for exec_ns, before in self._before_exec.get(pid, ()):
+                if at_ns < exec_ns:
+                    return before
         proc = self._procs.get(pid)
         if proc is None:
             proc = self._from_proc(pid)

@@ -341,3 +341,50 @@ def test_tracee_killed_while_waiting_is_interrupted(agent, tmp_path):
         assert e["fa_mask_names"] == ["FAN_OPEN_PERM"] and e["path"] == str(f)
     finally:
         stop(listener)
+
+
+def test_a_write_is_attributed_to_the_program_that_wrote_not_the_one_it_exec_d(agent, tmp_path):
+    """`sh -c 'echo x > f; exec sleep 1'`: the shell writes, then becomes
+    sleep. The events are the shell's: the identity current when the tracer
+    read them, not the one the agent found afterwards."""
+    d = tmp_path / "exec"
+    d.mkdir()
+    iw = start_inotifywait(d)
+    try:
+        agent.wait_marked(d)
+        proc = subprocess.Popen(["sh", "-c", f"echo x > {d}/f; exec sleep 1"])
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == iw.pid and e["name"] == "f", n=3)
+        proc.wait(10)
+    finally:
+        stop(iw)
+    sh = os.path.realpath("/bin/sh")
+    assert evs and all(e["tracee_pid"] == proc.pid for e in evs), evs
+    assert {e["tracee_comm"] for e in evs} == {"sh"}, evs
+    assert {e["tracee_exe"] for e in evs} == {sh}, evs
+
+
+def test_a_tracer_reading_after_the_actors_exec_still_names_the_actor_as_it_was(agent, tmp_path):
+    """The tracer is stopped while the shell writes and then becomes sleep:
+    it reads only afterwards. The agent's own mirror saw the write before the
+    exec, so the events still name the shell."""
+    d = tmp_path / "late-read"
+    d.mkdir()
+    iw = start_inotifywait(d)
+    try:
+        agent.wait_marked(d)
+        iw.send_signal(signal.SIGSTOP)
+        proc = subprocess.Popen(["sh", "-c", f"echo x > {d}/f; sleep 0.3; exec sleep 2"])
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{proc.pid}/exe") != os.path.realpath("/usr/bin/sleep"):
+            assert time.monotonic() < deadline, "the shell did not exec sleep"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the agent has seen the exec
+        iw.send_signal(signal.SIGCONT)
+        evs = agent.wait_for(lambda e: e["tracer_pid"] == iw.pid and e["name"] == "f", n=3)
+        proc.wait(10)
+    finally:
+        iw.send_signal(signal.SIGCONT)
+        stop(iw)
+    assert evs and all(e["tracee_pid"] == proc.pid for e in evs), evs
+    assert {e["tracee_comm"] for e in evs} == {"sh"}, evs
+    assert {e["tracee_exe"] for e in evs} == {os.path.realpath("/bin/sh")}, evs

@@ -245,7 +245,7 @@ class TracepointBackend(Backend):
         elif kind == records.REC_EXEC:
             self.identities.forget(pid, tracers=True)  # a tracer's exe/comm may have changed
             self.procs.exec(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid,
-                            h.proc_mntns_id, cstr(data))
+                            h.proc_mntns_id, cstr(data), h.ts)
         elif kind == records.REC_EXIT:
             self.procs.exit(pid)
             self.listeners.exited(pid)

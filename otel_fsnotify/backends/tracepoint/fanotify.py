@@ -99,7 +99,7 @@ class FanotifyReads:
                     # FID modes: a name relative to the directory whose file
                     # handle the event carries, not a path
                     fields["name"] = fid_name(data[off + mlen: off + event_len])
-                ev = self._with_tracee(tmpl, fields, h.pidns, apid, fan_flags & FAN_REPORT_TID)
+                ev = self._with_tracee(tmpl, fields, h, apid, fan_flags & FAN_REPORT_TID)
             off += event_len
             self.emit(ev)
             if mask & FAN_PERM_EVENTS and efd >= 0:
@@ -114,15 +114,16 @@ class FanotifyReads:
         else:  # past MAX_FAN_PATHS, cut, or its record lost
             self.counters["fanotify_path_unresolved"] += 1
 
-    def _with_tracee(self, tmpl: Event, fields: dict, pidns: int, apid: int, report_tid: int) -> Event:
+    def _with_tracee(self, tmpl: Event, fields: dict, h, apid: int, report_tid: int) -> Event:
         # the event's pid as the agent numbers it: a tgid, or with
-        # FAN_REPORT_TID a thread id mapped to its process
-        tracee, tid = self._tracee(pidns, apid, report_tid)
+        # FAN_REPORT_TID a thread id mapped to its process; its identity as
+        # it was when the listener read the event (an exec since does not count)
+        tracee, tid = self._tracee(h.pidns, apid, report_tid)
         if tid:
             fields["tracee_tid"] = tid
         if not tracee:  # pid 0 (actor outside the reader's pid namespace) or untranslatable
             return msgspec.structs.replace(tmpl, **fields)
-        return msgspec.structs.replace(tmpl, **fields, **self.identities.tracee(tracee),
+        return msgspec.structs.replace(tmpl, **fields, **self.identities.tracee(tracee, h.ts),
                                        attribution="exact")
 
     def _tracee(self, pidns: int, apid: int, report_tid: int) -> tuple[int, int]:

@@ -64,7 +64,8 @@ class InotifyReads:
                 self.emit(msgspec.structs.replace(tmpl, **fields))
                 continue
             listener, ino = self._locate(listener, consumer, wd, mask, name, fields)
-            key = (ino, name, mask, consumer)
+            # the actor acted before the tracer's read: its identity then counts
+            key = (ino, name, mask, consumer, h.ts)
             if not self._try_match(tmpl, fields, key):
                 self._waiting.append((time.monotonic() + MATCH_WAIT_S, tmpl, fields, key))
 
@@ -96,11 +97,11 @@ class InotifyReads:
         return listener, watch.ino
 
     def _try_match(self, tmpl: Event, fields: dict, key) -> bool:
-        ino, name, mask, consumer = key
+        ino, name, mask, consumer, read_ns = key
         mirror = self.listeners.mirror
         if not ino or mirror is None:
             return False
-        (pid, tid, child_ino), certain = mirror.match(ino, name, mask, consumer)
+        (pid, tid, child_ino, seen_ns), certain = mirror.match(ino, name, mask, consumer)
         if not pid:
             return False
         if child_ino and name:
@@ -118,7 +119,10 @@ class InotifyReads:
                 self.counters["tracee_tgid_unknown"] += 1
                 fields["tracee_pid"] = 0
         self.counters["inotify_inferred"] += 1
-        tracee = self.identities.tracee(pid) if pid else {}
+        # the actor acted before both the tracer's read and the agent's drain
+        # of its mirror event: its identity then counts, not a later exec's
+        acted_by = min(read_ns, seen_ns) if seen_ns else read_ns
+        tracee = self.identities.tracee(pid, acted_by) if pid else {}
         self.emit(msgspec.structs.replace(tmpl, **fields, **tracee, attribution="inferred"))
         return True
 
