@@ -121,11 +121,16 @@ def load(path: str | None) -> AgentConfig:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_mapping(raw, path)
+
+
+def from_mapping(raw: Any, where: str) -> AgentConfig:
+    """A config from parsed TOML (tables as dicts); ConfigError naming `where`."""
     try:
         cfg = msgspec.convert(raw, AgentConfig)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_msgspec_path(str(exc))}") from None
-    return _check(cfg, path)
+        raise ConfigError(f"{where}: {_msgspec_path(str(exc))}") from None
+    return _check(cfg, where)
 
 
 def apply_overrides(cfg: AgentConfig, where: str, **flags: Any) -> AgentConfig:
