@@ -82,3 +82,29 @@ def test_an_agent_restarted_on_a_full_disk_starts_and_delivers(small_disk, tmp_p
         assert len(rotel.wait_for_uids(spooled, 30)) == spooled
     finally:
         rotel.stop()
+
+
+def test_events_lost_to_a_damaged_spool_are_counted_and_replay_exits_1(rotel, tmp_path):
+    """A spool left with one damaged frame: replay sends every other event,
+    names the loss in its summary and exits 1."""
+    from otel_fsnotify.delivery.spool import SEGMENT_MAGIC, Spool, encode_entry
+    from otel_fsnotify.otel.entry import LogEntry
+    from tests.e2e.captures import write_capture
+    from tests.e2e.test_delivery import replay
+
+    spool_dir = tmp_path / "spool"
+    sp = Spool(str(spool_dir), 1 << 20, 1 << 20)
+    frames = [encode_entry(LogEntry(f"old-{i}", 1, ev)) for i, ev in enumerate(sample_events(10))]
+    for f in frames:
+        sp.append(f)
+    sp.close()
+    seg = sorted(p for p in spool_dir.iterdir() if p.suffix == ".seg")[-1]
+    data = bytearray(seg.read_bytes())
+    data[len(SEGMENT_MAGIC) + len(frames[0]) + len(frames[1]) + 30] ^= 0xFF  # inside frame 2
+    seg.write_bytes(bytes(data))
+    cap = write_capture(tmp_path / "cap.jsonl", 5)
+    p = replay(cap, "http/json", rotel.http_endpoint, spool_dir, "--no-progress")
+    assert p.returncode == 1, p.stderr
+    assert "damaged in the spool 1" in p.stderr and "delivered 14 events" in p.stderr
+    uids = rotel.wait_for_uids(14, 20)
+    assert {f"old-{i}" for i in range(10) if i != 2} <= uids and "old-2" not in uids

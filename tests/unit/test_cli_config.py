@@ -153,3 +153,17 @@ def test_a_capture_with_a_pid_past_32_bits_names_its_line(tmp_path):
                    str(tmp_path / "spool"))
     assert proc.returncode == 2
     assert f"{cap}:2:" in one_error_line(proc) and "tracee_pid" in proc.stderr
+
+
+def test_an_unusable_ca_file_is_named_as_a_tls_problem(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    cap = tmp_path / "cap.jsonl"
+    from otel_fsnotify.event import Event, to_json_line
+
+    cap.write_bytes(to_json_line(Event()))
+    proc = run_cli("replay", str(cap), "--endpoint", "https://127.0.0.1:9", "--certificate", str(bad),
+                   "--spool-dir", str(tmp_path / "spool"))
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "otlp.certificate" in line and "CA certificates" in line and "spool_dir" not in line
