@@ -57,15 +57,3 @@ def test_a_wrong_path_keeps_the_events_until_the_endpoint_is_fixed(rotel, tmp_pa
     assert shipper.close(20)
     assert shipper.counters()["delivered"] == 50
     assert len(rotel.wait_for_uids(50, 20)) == 50
-
-
-def test_a_bogus_partial_success_count_is_clamped_to_the_batch(rotel, tmp_path):
-    from tests.e2e.test_protocols import GrpcFlakyProxy, _ship
-
-    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [("PARTIAL", 12000)])
-    try:
-        c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
-                                        spool_dir=str(tmp_path / "spool"), batch_size=20), 20)
-    finally:
-        proxy.close()
-    assert c["rejected"] == 20 and c["delivered"] == 0

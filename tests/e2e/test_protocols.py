@@ -168,14 +168,17 @@ def test_grpc_unavailable_is_retried_with_the_collectors_retry_delay(rotel, tmp_
     assert len(rotel.wait_for_uids(50, 20)) == 50
 
 
-def test_grpc_partial_success_counts_the_rejected_records(rotel, tmp_path):
-    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [("PARTIAL", 3)])
+@pytest.mark.parametrize("claimed, rejected", [(3, 3), (12000, 20)])
+def test_grpc_partial_success_counts_the_rejected_records(rotel, tmp_path, claimed, rejected):
+    """A collector's count of rejected records, clamped to the batch (a bogus
+    12,000 for 20 records must not make "delivered" negative)."""
+    proxy = GrpcFlakyProxy(rotel.grpc_endpoint, [("PARTIAL", claimed)])
     try:
         c = _ship(OtlpSettings.from_env({}, protocol="grpc", endpoint=proxy.endpoint,
                                         spool_dir=str(tmp_path / "spool"), batch_size=20), 20)
     finally:
         proxy.close()
-    assert c["rejected"] == 3 and c["delivered"] == 17 and c["retried"] == 0
+    assert c["rejected"] == rejected and c["delivered"] == 20 - rejected and c["retried"] == 0
 
 
 def test_protobuf_encoder_matches_the_sdk_encoding():
