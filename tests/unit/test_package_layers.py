@@ -18,7 +18,7 @@ LAYERS = (
     ("cli",),
     ("agent", "config", "doctor", "replay"),
     ("backends", "outputs"),
-    ("enrich", "delivery"),
+    ("enrich", "fim", "delivery"),
     ("kernel", "otel"),
     ("event", "masks"),
 )
