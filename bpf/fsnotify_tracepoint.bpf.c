@@ -341,10 +341,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
     if (!r)
         return 0;
     u32 total = ret;
-    clear_record(&r->h, REC_FAN_PATH);
-    r->h.proc.tid = (u32)id;
-    r->h.proc.pid = tgid;
     if (listener == KIND_FANOTIFY) {
+        clear_record(&r->h, REC_FAN_PATH);
+        r->h.proc.tid = (u32)id;
+        r->h.proc.pid = tgid;
         // fanotify_event_metadata: u32 event_len; u8 vers, reserved; u16
         // metadata_len; u64 mask; s32 fd; s32 pid. Walk the first events.
         u32 pos = 0;

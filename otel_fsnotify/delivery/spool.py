@@ -438,9 +438,8 @@ class Spool:
         size = self._sizes[self._wseg]
         try:
             written = os.write(self._wfd, data)
-        except OSError:
-            written = -1
-            err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:  # ENOSPC, EDQUOT, EIO...: said as the kernel said it
+            written, err = -1, exc
         else:
             err = OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
         if written == len(data):

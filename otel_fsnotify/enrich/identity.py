@@ -109,11 +109,11 @@ class Identities:
         self._tracees[pid] = (proc, fields)
         return fields
 
-    def forget(self, pid: int, tracers: bool = False) -> None:
-        """A process forked or exec'd: its cached fields are stale (and any
-        tracer's exe/comm may have changed)."""
-        self._tracees.pop(pid, None)
-        if tracers and self._tracers:
+    def exec_seen(self) -> None:
+        """A process exec'd: a tracer's exe/comm may have changed. (Cached
+        tracee fields need nothing: they are kept with the identity they
+        describe, and a fork or exec makes a new one.)"""
+        if self._tracers:
             self._tracers.clear()
 
 

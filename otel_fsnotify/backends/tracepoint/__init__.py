@@ -238,12 +238,11 @@ class TracepointBackend(Backend):
         """fork / exec / exit / a new thread: keep the process table current."""
         pid = h.proc_pid
         if kind == records.REC_FORK:
-            self.identities.forget(pid)
             self.procs.fork(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid, h.proc_mntns_id)
             if h.pidns != self.fanotify.own_pidns and h.nspid:
                 self.procs.ns_task(h.pidns, h.nspid, pid)
         elif kind == records.REC_EXEC:
-            self.identities.forget(pid, tracers=True)  # a tracer's exe/comm may have changed
+            self.identities.exec_seen()
             self.procs.exec(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid,
                             h.proc_mntns_id, cstr(data), h.ts)
         elif kind == records.REC_EXIT:

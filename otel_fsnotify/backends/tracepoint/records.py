@@ -72,8 +72,8 @@ class ReadAssembler:
     def add(self, h, data: bytes) -> list[tuple]:
         """Take one REC_READ chunk; returns the reads it completes as (hdr, bytes)."""
         total, off, ln = h.total, h.offset, h.len
-        if off == 0 and ln >= total:  # the whole read in one record
-            return [(h, data[:total])]
+        if off == 0 and ln >= total:  # the whole read in one record (no copy of it)
+            return [(h, data if len(data) <= total else data[:total])]
         tid = h.proc_tid
         done = []
         ent = self._partial.get(tid)
