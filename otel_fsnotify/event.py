@@ -16,6 +16,7 @@ import msgspec
 U32 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 32) - 1)]
 U64 = Annotated[int, msgspec.Meta(ge=0)]  # msgspec decodes at most 2**64 - 1
 S32 = Annotated[int, msgspec.Meta(ge=-(1 << 31), le=(1 << 31) - 1)]
+S64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 
 # What the event says about a process, once for both roles: the tracer (the
 # watcher that read the event) and the tracee (the actor). The jsonl name is
@@ -47,7 +48,7 @@ def _role_fields(role: str) -> list[tuple[str, type, object]]:
 # — never invented.
 _FIELDS: list[tuple[str, type, object]] = [
     ("timestamp", U64, 0),  # ns since epoch when the tracee generated it (fa_resp: when answered)
-    ("type", str, "inotify"),  # inotify | fanotify | fa_resp
+    ("type", str, "inotify"),  # inotify | fanotify | fa_resp | fim
     *_role_fields("tracer"),
     *_role_fields("tracee"),
     ("prio", U32, 0),  # fsnotify group priority
@@ -69,6 +70,20 @@ _FIELDS: list[tuple[str, type, object]] = [
     ("name", str, ""),  # inotify: relative to the watched object; fanotify: full path
     ("path", str, ""),  # full path when resolvable
     ("attribution", str, "unknown"),  # exact | inferred | unknown: how the tracee was found
+    # watch mode (type "fim", fim/): one change to a watched file, with its facts
+    ("action", str, ""),  # created | modified | deleted | renamed | attributes
+    ("origin", str, ""),  # live (seen as it happened) | scan (found against the baseline)
+    ("old_path", str, ""),  # renamed: the path before
+    ("file_size", U64, 0),  # the file after the change (lstat)
+    ("file_mode", U32, 0),  # st_mode
+    ("file_uid", U32, 0),
+    ("file_gid", U32, 0),
+    ("file_mtime", S64, 0),  # ns since the epoch
+    ("file_ino", U64, 0),
+    ("file_hashes", dict[str, str], {}),  # algorithm -> lowercase hex
+    ("hash_skipped", str, ""),  # "" | too_large | vanished | unreadable | not_regular
+    ("tags", list[str], []),  # the watched path's tags
+    ("severity", str, ""),  # the record's severity when not the default (trace..fatal)
 ]
 
 # One fsnotify event, linked to its tracee (actor) and tracer (reader).

@@ -49,18 +49,18 @@ class Hasher:
         except OSError:
             return FileState(0, 0, 0, 0, 0, 0, hash_skipped="unreadable")
         if not stat.S_ISREG(st.st_mode):
-            return _meta(st, skipped="not_regular")
+            return metadata(st, skipped="not_regular")
         if st.st_size > self.max_file_size:
-            return _meta(st, skipped="too_large")
+            return metadata(st, skipped="too_large")
         for _attempt in range(2):
             got = self._hash(path)
             if isinstance(got, str):
-                return _meta(st, skipped=got)
+                return metadata(st, skipped=got)
             hashes, before, after = got
             if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
-                return _meta(after, hashes=hashes)
+                return metadata(after, hashes=hashes)
             st = after  # rewritten while read: once more
-        return _meta(st, hashes=hashes)
+        return metadata(st, hashes=hashes)
 
     def _hash(self, path: str):
         """(hashes, stat before, stat after) or the reason it was skipped."""
@@ -110,7 +110,7 @@ def _open_quietly(path: str) -> int:
         return os.open(path, flags)
 
 
-def _meta(st: os.stat_result, hashes: dict[str, str] | None = None, skipped: str = "") -> FileState:
+def metadata(st: os.stat_result, hashes: dict[str, str] | None = None, skipped: str = "") -> FileState:
     return FileState(size=st.st_size, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
                      mtime_ns=st.st_mtime_ns, ino=st.st_ino, hashes=hashes or {},
                      hash_skipped=skipped)

@@ -29,6 +29,7 @@ FAN_REPORT_NAME = 0x800
 FAN_REPORT_TARGET_FID = 0x1000
 FAN_REPORT_FD_ERROR = 0x2000
 FAN_REPORT_MNT = 0x4000
+FAN_REPORT_DFID_NAME = FAN_REPORT_DIR_FID | FAN_REPORT_NAME  # 5.9
 # any of these: events carry info records (file handles, names), no fd
 FAN_REPORT_FID_BITS = (FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME
                        | FAN_REPORT_TARGET_FID | FAN_REPORT_MNT)
@@ -42,9 +43,16 @@ FAN_MARK_FILESYSTEM = 0x100
 # -- fanotify event bits ---------------------------------------------------------
 FAN_ACCESS = 0x1
 FAN_MODIFY = 0x2
+FAN_ATTRIB = 0x4
 FAN_CLOSE_WRITE = 0x8
 FAN_CLOSE_NOWRITE = 0x10
 FAN_OPEN = 0x20
+FAN_MOVED_FROM = 0x40
+FAN_MOVED_TO = 0x80
+FAN_CREATE = 0x100
+FAN_DELETE = 0x200
+FAN_DELETE_SELF = 0x400
+FAN_MOVE_SELF = 0x800
 FAN_Q_OVERFLOW = 0x4000
 FAN_OPEN_PERM = 0x10000
 FAN_ACCESS_PERM = 0x20000
@@ -52,6 +60,7 @@ FAN_OPEN_EXEC_PERM = 0x40000
 FAN_PRE_ACCESS = 0x100000
 FAN_PERM_EVENTS = FAN_OPEN_PERM | FAN_ACCESS_PERM | FAN_OPEN_EXEC_PERM | FAN_PRE_ACCESS
 FAN_EVENT_ON_CHILD = 0x08000000
+FAN_RENAME = 0x10000000  # 5.17: one event with both names
 FAN_ONDIR = 0x40000000
 
 # -- responses -------------------------------------------------------------------
@@ -106,6 +115,17 @@ libc.inotify_init1.argtypes = [ctypes.c_int]
 libc.inotify_init1.restype = ctypes.c_int
 libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 libc.open_by_handle_at.restype = ctypes.c_int
+libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                                   ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+libc.name_to_handle_at.restype = ctypes.c_int
+libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+libc.statfs.restype = ctypes.c_int
+
+MAX_HANDLE_SZ = 128
+AT_SYMLINK_FOLLOW = 0x400
+# struct statfs (x86_64): seven longs, then __kernel_fsid_t f_fsid (two ints)
+STATFS_SIZE = 120
+STATFS_FSID_AT = 56
 
 
 def errno_error(what: str) -> OSError:
@@ -145,3 +165,24 @@ def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int
     if fd < 0:
         raise errno_error("open_by_handle_at")
     return fd
+
+
+def name_to_handle_at(path: str) -> tuple[int, bytes]:
+    """(handle_type, handle bytes) of path (not following a final symlink):
+    the handle fanotify reports for that object; OSError on failure."""
+    buf = ctypes.create_string_buffer(FILE_HANDLE_HDR.size + MAX_HANDLE_SZ)
+    FILE_HANDLE_HDR.pack_into(buf, 0, MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    if libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), buf, ctypes.byref(mount_id), 0) < 0:
+        raise errno_error(f"name_to_handle_at {path}")
+    size, htype = FILE_HANDLE_HDR.unpack_from(buf, 0)
+    return htype, buf.raw[FILE_HANDLE_HDR.size: FILE_HANDLE_HDR.size + size]
+
+
+def fsid(path: str) -> bytes:
+    """The filesystem id statfs(2) gives for path: the 8 bytes fanotify puts
+    in each info record (struct fanotify_event_info_fid.fsid)."""
+    buf = ctypes.create_string_buffer(STATFS_SIZE)
+    if libc.statfs(os.fsencode(path), buf) < 0:
+        raise errno_error(f"statfs {path}")
+    return buf.raw[STATFS_FSID_AT: STATFS_FSID_AT + 8]
