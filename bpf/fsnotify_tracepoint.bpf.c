@@ -47,6 +47,10 @@
 // fanotify_path_unresolved): the fd numbers they carry are reused too soon
 // for a readlink of /proc/<tracer>/fd to be trusted.
 #define MAX_FAN_PATHS 64
+// events of the agent's watch group looked at per exec (newest first)
+#define WATCH_QUEUE_LOOK 256
+#define LIST_HEAD_PREV 8  // struct list_head { next, prev }
+#define LEARN_WATCH_GROUP 3  // learn_fds value: the agent's watch group
 
 // counter slots (index into `counters`; names in tracepoint/records.py COUNTERS)
 #define CNT_RINGBUF_LOST 0     // ring buffer full: a record was dropped
@@ -74,7 +78,10 @@ struct rec_hdr {
                      // REC_FORK / REC_THREAD: the new task's pid namespace
     u32 nspid;       // REC_FORK / REC_THREAD: the new task's number in it
     u32 event_off;   // REC_FAN_PATH: the event's offset in the read it belongs to
+    u32 queued;      // REC_EXEC: events of this process still waiting in the agent's
+                     // watch group (queued before the exec: they were the old program's)
     struct path_walk walk;  // REC_FAN_PATH: the components in data
+    u32 pad;         // no hidden tail padding: the size is what user space declares
 };
 _Static_assert(sizeof(struct rec_hdr) == REC_HDR_SIZE,
                "struct rec_hdr does not match otel_fsnotify/backends/tracepoint/records.py");
@@ -117,6 +124,9 @@ BPF_HASH(learn_fds, u32, u32, 4);
 // [0], [1]: pt_regs->di seen for THREAD_SIZE_SMALL / _LARGE while learning;
 // [2]: the THREAD_SIZE user space chose (0 until learnt).
 BPF_ARRAY(learn_regs, u64, 3);
+// The agent's own watch-mode fanotify group (struct fsnotify_group *), learnt
+// from its fd at start (LEARN_WATCH_GROUP), 0 without watch mode.
+BPF_ARRAY(watch_group, u64, 1);
 // Processes reading a permission-capable fanotify group (priority > 0): tgid
 // -> the fd last read. Lets close(2) and exit find the file cheaply.
 BPF_HASH(perm_readers, u32, u32, 10240);
@@ -211,6 +221,7 @@ static __always_inline void clear_record(struct rec_hdr *h, u32 kind) {
     h->pidns = 0;
     h->nspid = 0;
     h->event_off = 0;
+    h->queued = 0;
     h->walk.len = 0;
     h->walk.depth = 0;
     h->walk.complete = 0;
@@ -263,6 +274,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_read) {
     if (!kind)
         return 0;
     int k = *kind;
+    if (k == LEARN_WATCH_GROUP) {
+        int zero = 0;
+        u64 group = read_ptr(fd_file(fd) + OFF_FILE_PRIVATE_DATA);
+        watch_group.update(&zero, &group);
+        return 0;
+    }
     u64 fop = read_ptr(fd_file(fd) + OFF_FILE_F_OP);
     listener_fops.update(&k, &fop);
     // candidate THREAD_SIZEs (kernel/layout.py THREAD_SIZES): user space keeps
@@ -581,10 +598,39 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
     return 0;
 }
 
+// How many of the newest WATCH_QUEUE_LOOK events waiting in the agent's watch
+// group the current process caused. At exec they are the old program's doing,
+// though the agent reads them after it: user space gives that many of the
+// process's next watch events its identity from before the exec. The queue
+// (group->notification_list, oldest first) is read without its lock: a
+// reader removing events meanwhile can only make the count short.
+static __always_inline u32 queued_in_watch_group(void) {
+    int zero = 0;
+    u64 *group = watch_group.lookup(&zero);
+    if (!group || !*group)
+        return 0;
+    u64 head = *group + OFF_GROUP_NOTIFICATION_LIST;
+    // fanotify_event.pid is task_tgid() at the event; after exec the task is
+    // its group's leader, whose thread_pid is that same struct pid
+    u64 me = read_ptr(bpf_get_current_task() + OFF_TASK_THREAD_PID);
+    u64 pos = read_ptr(head + LIST_HEAD_PREV);  // the newest event
+    u32 n = 0;
+    for (int i = 0; i < WATCH_QUEUE_LOOK; i++) {
+        if (!pos || pos == head)
+            break;
+        u64 event = pos - OFF_FSN_EVENT_LIST - OFF_FANOTIFY_EVENT_FSE;
+        if (read_ptr(event + OFF_FANOTIFY_EVENT_PID) == me)
+            n++;
+        pos = read_ptr(pos + LIST_HEAD_PREV);
+    }
+    return n;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     struct rec_buf *r = stage_record(REC_EXEC);  // comm is already the new program's
     if (!r)
         return 0;
+    r->h.queued = queued_in_watch_group();
     unsigned short loc = args->data_loc_filename & 0xFFFF;
     long got = bpf_probe_read_kernel_str(r->data, NAME_MAX_Z, (void *)args + loc);
     submit(r, got > 0 ? got : 0);

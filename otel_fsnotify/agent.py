@@ -1,6 +1,7 @@
 """The `run` job: one backend feeding one output until told to stop.
 
-    backend (kernel hooks -> Event) -> output (table | jsonl | OTLP)
+    backend (kernel hooks -> Event) ----------------------> output (table | jsonl | OTLP)
+    watch mode (fim/: the agent's own fanotify group) --^   (its actors from the backend)
 
 Loss counters of both sides are logged every `stats_interval` seconds and
 printed once at exit as `otel-fsnotify: stats {json}` on stderr.
@@ -17,13 +18,14 @@ import sys
 import time
 
 from . import backends
-from .config import AgentConfig, filters_of
+from .config import AgentConfig, default_state_dir, filters_of
 from .delivery.settings import OtlpSettings
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
 log = logging.getLogger("otel_fsnotify")
 
 POLL_MS = 200
+LOSS_CHECK_S = 1.0  # how often watch mode looks for ring buffer losses (then it rescans)
 GC_GEN0 = 50_000  # allocations between young-generation collections (see _quiet_gc)
 
 
@@ -71,20 +73,53 @@ class _Stop:
         log.info("received %s, stopping", signal.Signals(signum).name)
 
 
+def start_fim(cfg: AgentConfig):
+    """Watch mode's monitor with its group and marks in place (before the
+    backend starts: the backend learns the group), or None without paths."""
+    if not cfg.fim.paths:
+        return None
+    from .fim.excludes import Excludes
+    from .fim.hashing import Hasher
+    from .fim.monitor import FimMonitor, Watched
+
+    f = cfg.fim
+    watched = [Watched(p.path, tuple(p.tags), p.severity) for p in f.paths]
+    monitor = FimMonitor(watched, Excludes(f.exclude, [w.path for w in watched]),
+                         Hasher(f.hash, f.max_file_size), Hasher(f.hash, f.max_file_size, f.scan_rate),
+                         f.state_dir or default_state_dir(), log)
+    try:
+        monitor.start()
+    except BaseException:
+        monitor.close()
+        raise
+    return monitor
+
+
 def run(cfg: AgentConfig) -> int:
     # A file output is opened, and OTLP settings (flags, file, environment)
     # checked, before any BPF is loaded, so a mistake costs no compile; the
     # OTLP resource names the backend, so that output comes after.
     output = make_output(cfg, "") if cfg.output != "otlp" else None
     settings = OtlpSettings.from_env(os.environ, **cfg.otlp) if cfg.output == "otlp" else None
-    backend = backends.choose(cfg.backend, filters_of(cfg), log)
+    fim = start_fim(cfg)
+    try:
+        backend = backends.choose(cfg.backend, filters_of(cfg), log,
+                                  own_group_fd=fim.fd if fim else -1)
+    except BaseException:
+        if fim is not None:
+            fim.close()
+        raise
     log.info("backend %s started", backend.name)
     if output is None:
         try:
             output = make_output(cfg, backend.name, settings)
         except BaseException:
             backend.close()
+            if fim is not None:
+                fim.close()
             raise
+    if fim is not None:
+        fim.begin()  # marks are in place: the start-up scan against the baseline
     _quiet_gc()
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
@@ -95,25 +130,35 @@ def run(cfg: AgentConfig) -> int:
     next_stats = started + cfg.stats_interval if cfg.stats_interval else None
     metrics = None
     if cfg.output == "otlp":
-        metrics = _start_metrics(cfg, output, backend)
+        metrics = _start_metrics(cfg, output, backend, fim)
+    watch = _Watch(fim, backend) if fim is not None else None
     try:
         while not stop.requested:
             now = time.monotonic()
             if deadline and now >= deadline:
                 break
             wait = POLL_MS if not deadline else max(1, min(POLL_MS, int((deadline - now) * 1000)))
-            _write(output, backend.poll(wait))
+            if watch is None:
+                _write(output, backend.poll(wait))
+            else:
+                watch.turn(output, wait, now)
             output.flush()  # a reader following --output-file sees each poll's events at once
             if next_stats and now >= next_stats:
-                log.info("stats %s", json.dumps(_stats(backend, output)))
+                log.info("stats %s", json.dumps(_stats(backend, output, fim)))
                 next_stats = now + cfg.stats_interval
-        _write(output, backend.poll(0))  # what the kernel already queued
+        if watch is None:
+            _write(output, backend.poll(0))  # what the kernel already queued
+        else:
+            watch.turn(output, 0, time.monotonic())
     finally:
         try:
             _write(output, backend.close())  # and what the backend still held
+            if fim is not None:
+                _write(output, fim.finish())  # changes still being written
+                fim.close()
             output.close()  # a second SIGINT/SIGTERM cuts the drain short...
         finally:
-            stats = _final_stats(backend, output, metrics)  # ...never the stats line
+            stats = _final_stats(backend, output, metrics, fim)  # ...never the stats line
     if stats.get("spool_corrupt_events"):
         log.error("%d events were lost to damage in the spool (spool_corrupt_events)",
                   stats["spool_corrupt_events"])
@@ -121,7 +166,35 @@ def run(cfg: AgentConfig) -> int:
     return 0
 
 
-def _final_stats(backend, output, metrics) -> dict:
+class _Watch:
+    """One turn of watch mode beside the backend: read the watch group, then
+    drain the ring (the records of that read are in it by then), then let
+    the monitor name each change's actor."""
+
+    def __init__(self, fim, backend):
+        self.fim = fim
+        self.backend = backend
+        self.next_loss_check = 0.0
+        self.lost_seen = 0
+
+    def turn(self, output, wait_ms: int, now: float) -> None:
+        fim = self.fim
+        raw = fim.read()
+        if raw or fim.scanning:
+            wait_ms = 0
+        elif fim.busy:
+            wait_ms = min(wait_ms, 20)
+        _write(output, self.backend.poll(wait_ms))
+        _write(output, fim.process(raw, self.backend.fim_actor))
+        if now >= self.next_loss_check:
+            self.next_loss_check = now + LOSS_CHECK_S
+            lost = self.backend.counters().get("ringbuf_lost", 0)
+            if lost > self.lost_seen:
+                fim.rescan(f"{lost - self.lost_seen} ring buffer records were lost (ringbuf_lost)")
+                self.lost_seen = lost
+
+
+def _final_stats(backend, output, metrics, fim=None) -> dict:
     """Print the counters once at exit, whatever interrupted the shutdown."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -129,7 +202,7 @@ def _final_stats(backend, output, metrics) -> dict:
         if metrics is not None:
             metrics.shutdown()
     finally:
-        stats = _stats(backend, output)
+        stats = _stats(backend, output, fim)
         sys.stderr.write("otel-fsnotify: stats " + json.dumps(stats) + "\n")
         sys.stderr.flush()
     return stats
@@ -141,15 +214,16 @@ def _write(output, events) -> None:
         write(event)
 
 
-def _stats(backend, output) -> dict:
-    return {"backend": backend.name, **backend.counters(), **output.counters()}
+def _stats(backend, output, fim=None) -> dict:
+    return {"backend": backend.name, **backend.counters(), **(fim.counters if fim else {}),
+            **output.counters()}
 
 
-def _start_metrics(cfg: AgentConfig, output, backend):
+def _start_metrics(cfg: AgentConfig, output, backend, fim=None):
     """Export loss/throughput counters as OTLP metrics next to the logs."""
     try:
         from .delivery.metrics import start_metrics
     except ImportError:
         return None
     return start_metrics(output.shipper.settings, output.shipper.resource,
-                         lambda: _stats(backend, output))
+                         lambda: _stats(backend, output, fim))

@@ -95,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
     r.add_argument("--stats-interval", type=_seconds, metavar="SECONDS",
                    help="log loss/throughput counters this often (default 60; 0 = only at exit)")
+    w = r.add_argument_group("watch mode: file integrity of the paths you name (flags replace [fim])")
+    w.add_argument("--watch", dest="fim_paths", action="append", metavar="PATH",
+                   help="watch this file or tree (repeatable): every change, its actor and hashes")
+    w.add_argument("--exclude", dest="fim_exclude", action="append", metavar="GLOB",
+                   help="leave out matching paths (repeatable): a basename glob (*.swp) or, with /, "
+                        "a full-path glob (/var/log/**)")
+    w.add_argument("--hash", dest="fim_hash", action="append", metavar="ALGO",
+                   help="content hash (repeatable): sha256 (default), sha1, md5, blake2b")
+    w.add_argument("--fim-only", dest="fim_only", action="store_const", const=True,
+                   help="report only watch-mode events (not other listeners' events)")
+    w.add_argument("--state-dir", dest="fim_state_dir", metavar="DIR",
+                   help="where the baseline is kept (default /var/lib/otel-fsnotify/fim)")
     _add_otlp_flags(r)
 
     rp = sub.add_parser("replay", help="ship a jsonl capture over OTLP")
@@ -148,7 +160,8 @@ def _cmd_run(args) -> int:
         cfg, "command line", backend=args.backend, output=args.output, output_file=args.output_file,
         fields=fields, duration=args.duration, stats_interval=args.stats_interval,
         tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
-        inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, **_otlp_flags(args))
+        inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, **_otlp_flags(args),
+        **{k: v for k, v in vars(args).items() if k.startswith("fim_")})
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())
     problem = _needs_bpf_privilege()
@@ -176,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="otel-fsnotify: %(levelname)s: %(message)s", stream=sys.stderr)
 
     from .agent import OutputUnusable
+    from .fim.fid_group import WatchUnavailable
     from .delivery.spool import SpoolBusy, SpoolUnsafe
     from .backends.base import BackendUnavailable
     from .kernel.bcc import BccError
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:  # OtlpSettings: a bad endpoint/protocol/header value
         return _fail(str(exc), EXIT_USAGE)
-    except (BackendUnavailable, BccError, BtfError, OutputUnusable) as exc:
+    except (BackendUnavailable, BccError, BtfError, OutputUnusable, WatchUnavailable) as exc:
         return _fail(str(exc), EXIT_RUNTIME)
     except PermissionError as exc:
         return _fail(f"{exc.filename or 'operation'}: permission denied (run as root)", EXIT_RUNTIME)

@@ -8,14 +8,18 @@ line naming the file and the key, and the CLI exits 2.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
-from typing import Any
+from typing import Any, Union
 
 import msgspec
 
 from .backends import CHOICES as BACKEND_CHOICES
 from .backends.base import MAX_PID_FILTERS, Filters
 from .event import FIELD_NAMES
+from .fim.excludes import ExcludeError, Excludes
+from .fim.hashing import ALGORITHMS, DEFAULT_MAX_FILE_SIZE
+from .otel.mapping import SEVERITY_NUMBERS
 
 OUTPUTS = ("otlp", "jsonl", "table")
 MAX_SECONDS = 10 * 365 * 86400.0  # durations and intervals: finite, under ten years
@@ -37,6 +41,33 @@ class FilterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fanotify_only: bool = False
 
 
+class FimPath(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A watched path with what its events carry."""
+
+    path: str
+    tags: list[str] = []
+    severity: str = ""  # the records' severity: trace, debug, info, warn, error, fatal
+
+
+class FimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Watch mode (`[fim]`, `--watch`): paths are strings or {path, tags, severity}."""
+
+    paths: list[Union[str, FimPath]] = []
+    exclude: list[str] = []
+    hash: list[str] = msgspec.field(default_factory=lambda: ["sha256"])
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # bytes; larger files get metadata, no hash
+    scan_rate: float = 0.0  # bytes/s hashed during scans; 0 = as fast as the disk goes
+    state_dir: str = ""  # where the baseline lives; "" = default_state_dir()
+    only: bool = False  # --fim-only: no events of other listeners
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/otel-fsnotify/fim"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "otel-fsnotify", "fim")
+
+
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backend: str = "auto"
     output: str = "otlp"
@@ -46,6 +77,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stats_interval: float = 60.0  # seconds between loss/throughput log lines; 0 = only at exit
     log_level: str = "info"
     filters: FilterConfig = msgspec.field(default_factory=FilterConfig)
+    fim: FimConfig = msgspec.field(default_factory=FimConfig)
     # OTLP delivery settings; keys are OtlpSettings fields (see delivery/settings.py).
     otlp: dict[str, Any] = {}
 
@@ -74,6 +106,7 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
             OtlpSettings.from_env({}, **cfg.otlp)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    _check_fim(cfg.fim, where)
     f = cfg.filters
     if f.inotify_only and f.fanotify_only:
         raise ConfigError(f"{where}: inotify_only and fanotify_only exclude each other")
@@ -87,6 +120,41 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
             if not 0 < pid < 1 << 32:
                 raise ConfigError(f"{where}: filters.{key}: {pid} is not a pid")
     return cfg
+
+
+def _check_fim(fim: FimConfig, where: str) -> None:
+    paths: list[FimPath] = []
+    for item in fim.paths:
+        entry = FimPath(path=item) if isinstance(item, str) else item
+        if not entry.path.startswith("/"):
+            raise ConfigError(f"{where}: fim.paths: {entry.path!r}: give an absolute path")
+        entry.path = os.path.normpath(entry.path).replace("//", "/")
+        if not os.path.lexists(entry.path):
+            raise ConfigError(f"{where}: fim.paths: {entry.path}: no such file or directory")
+        if entry.severity and entry.severity not in SEVERITY_NUMBERS:
+            raise ConfigError(f"{where}: fim.paths: {entry.path}: severity {entry.severity!r}: expected "
+                              f"one of {', '.join(SEVERITY_NUMBERS)}")
+        if any(p.path == entry.path for p in paths):
+            raise ConfigError(f"{where}: fim.paths: {entry.path} is given twice")
+        paths.append(entry)
+    fim.paths = paths
+    if fim.only and not paths:
+        raise ConfigError(f"{where}: fim only (--fim-only) needs at least one watched path (--watch)")
+    bad = [a for a in fim.hash if a not in ALGORITHMS]
+    if bad or not fim.hash:
+        raise ConfigError(f"{where}: fim.hash: {bad[0] if bad else '(none)'!r}: expected one or more "
+                          f"of {', '.join(ALGORITHMS)}")
+    if fim.max_file_size < 0:
+        raise ConfigError(f"{where}: fim.max_file_size = {fim.max_file_size}: must be 0 or more bytes")
+    if not (math.isfinite(fim.scan_rate) and fim.scan_rate >= 0):
+        raise ConfigError(f"{where}: fim.scan_rate = {fim.scan_rate}: must be 0 (unlimited) or more "
+                          "bytes per second")
+    if fim.state_dir and not fim.state_dir.startswith("/"):
+        raise ConfigError(f"{where}: fim.state_dir: {fim.state_dir!r}: give an absolute path")
+    try:
+        Excludes(fim.exclude, [p.path for p in paths] or ["/"])
+    except ExcludeError as exc:
+        raise ConfigError(f"{where}: fim.{exc}") from None
 
 
 def parse_group(text: str, where: str = "--tracer-group") -> int:
@@ -139,7 +207,9 @@ def apply_overrides(cfg: AgentConfig, where: str, **flags: Any) -> AgentConfig:
     for key, value in flags.items():
         if value is None:
             continue
-        if key in filter_keys:
+        if key.startswith("fim_"):
+            setattr(cfg.fim, key.removeprefix("fim_"), value)
+        elif key in filter_keys:
             setattr(cfg.filters, key, value)
         elif key.startswith("otlp_"):
             cfg.otlp = {**cfg.otlp, key.removeprefix("otlp_"): value}
@@ -152,4 +222,5 @@ def filters_of(cfg: AgentConfig) -> Filters:
     f = cfg.filters
     return Filters(tracer_pids=tuple(f.tracer_pid), tracee_pids=tuple(f.tracee_pid),
                    tracer_group=parse_group(f.tracer_group) if f.tracer_group else 0,
-                   inotify_only=f.inotify_only, fanotify_only=f.fanotify_only)
+                   inotify_only=f.inotify_only, fanotify_only=f.fanotify_only,
+                   fim_only=cfg.fim.only)

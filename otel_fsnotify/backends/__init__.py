@@ -43,14 +43,17 @@ def ladder(name: str = "auto") -> Iterator[tuple[str, type[Backend] | None, str 
         yield candidate, cls, reason
 
 
-def choose(name: str, filters: Filters, log: logging.Logger) -> Backend:
-    """Start the named backend, or for `auto` the first on the ladder that loads."""
+def choose(name: str, filters: Filters, log: logging.Logger, own_group_fd: int = -1) -> Backend:
+    """Start the named backend, or for `auto` the first on the ladder that loads.
+    own_group_fd: the agent's watch-mode fanotify group, whose actors the
+    backend resolves (`Backend.fim_actor`)."""
     reasons = []
     for candidate, cls, reason in ladder(name):
         try:
             if reason:
                 raise BackendUnavailable(reason)
             backend = cls(filters, log)
+            backend.own_group_fd = own_group_fd
             backend.start()
         except BackendUnavailable as exc:
             if name != "auto":

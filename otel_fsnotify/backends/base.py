@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import ctypes
 import logging
+import os
 from typing import ClassVar
 
 import msgspec
@@ -28,6 +29,7 @@ class Filters(msgspec.Struct, frozen=True):
     tracer_group: int = 0  # struct fsnotify_group address, 0 = any
     inotify_only: bool = False
     fanotify_only: bool = False
+    fim_only: bool = False  # only the agent's own watch group (run --fim-only)
 
 
 def filter_cflags(f: Filters, tracee_pids_in_kernel: bool = True) -> list[str]:
@@ -36,15 +38,18 @@ def filter_cflags(f: Filters, tracee_pids_in_kernel: bool = True) -> list[str]:
         f"-DFILTER_INOTIFY_ONLY={int(f.inotify_only)}",
         f"-DFILTER_FANOTIFY_ONLY={int(f.fanotify_only)}",
         f"-DFILTER_GROUP={f.tracer_group}ULL",
-        f"-DFILTER_TRACER_PIDS={int(bool(f.tracer_pids))}",
+        f"-DFILTER_TRACER_PIDS={int(bool(f.tracer_pids) or f.fim_only)}",
         f"-DFILTER_TRACEE_PIDS={int(bool(f.tracee_pids) and tracee_pids_in_kernel)}",
         f"-DMAX_PID_FILTERS={MAX_PID_FILTERS}",
     ]
 
 
 def fill_pid_filters(bpf, f: Filters, tracee_pids_in_kernel: bool = True) -> None:
-    """Put the --tracer-pid / --tracee-pid tgids into the program's maps."""
-    tables = [("tracer_pids", f.tracer_pids)]
+    """Put the --tracer-pid / --tracee-pid tgids into the program's maps. A
+    tracer filter always lets the agent itself through: its watch group's
+    events are how the exact backends name the actors of watch mode."""
+    tracers = f.tracer_pids + (os.getpid(),) if f.tracer_pids or f.fim_only else ()
+    tables = [("tracer_pids", tracers)]
     if tracee_pids_in_kernel:
         tables.append(("tracee_pids", f.tracee_pids))
     for table, pids in tables:
@@ -60,6 +65,8 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: what `attribution` this backend can claim for its tracee
     description: ClassVar[str]
+    #: the agent's own watch-mode fanotify group (-1: none), set before start()
+    own_group_fd: int = -1
 
     def __init__(self, filters: Filters, log: logging.Logger | None = None):
         if filters.inotify_only and filters.fanotify_only:
@@ -90,3 +97,24 @@ class Backend(abc.ABC):
         """Detach and free kernel resources; returns the events still held
         (e.g. waiting for a match), finished as well as they can be."""
         return []
+
+    def fim_actor(self, pid: int, mask: int, wanted: bool) -> tuple[dict, int] | None:
+        """The actor of the next event read from the agent's watch group, in
+        queue order: (tracee fields with `attribution`, the event's time in ns
+        or 0 if unknown), None when not wanted. This default knows only the
+        pid's process as /proc shows it now ("inferred")."""
+        if not wanted or pid <= 0:
+            return None
+        return inferred_actor(pid), 0
+
+
+def inferred_actor(pid: int) -> dict:
+    """A pid's tracee fields read from /proc now (it may have exec'd since)."""
+    from ..enrich.identity import from_proc
+    from ..enrich.procs import ProcTable
+
+    table = ProcTable()
+    proc = table.get(pid)
+    if proc is None:
+        return {"tracee_pid": pid, "attribution": "inferred"}
+    return {**from_proc("tracee", proc, table.get(proc.ppid)), "attribution": "inferred"}

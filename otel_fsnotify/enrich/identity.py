@@ -109,6 +109,14 @@ class Identities:
         self._tracees[pid] = (proc, fields)
         return fields
 
+    def tracee_queued(self, pid: int) -> dict:
+        """The tracee fields of the next watch-group event of pid (see
+        ProcTable.queued); just the pid when nobody knows it."""
+        proc = self.procs.queued(pid)
+        if proc is None:
+            return {"tracee_pid": pid}
+        return from_proc("tracee", proc, self.procs.get(proc.ppid))
+
     def exec_seen(self) -> None:
         """A process exec'd: a tracer's exe/comm may have changed. (Cached
         tracee fields need nothing: they are kept with the identity they

@@ -148,9 +148,10 @@ class ProcTable:
         self._threads: dict[int, int] = {}  # tid -> tgid of threads (not leaders)
         # (pid namespace inum, number in it) -> tid, for tasks born outside the agent's
         self._ns_tasks: dict[tuple[int, int], int] = {}
-        # pid -> [(exec time, the identity it had until then)], oldest first:
-        # an event is attributed to the identity current when it happened
-        self._before_exec: dict[int, list[tuple[int, Proc]]] = {}
+        # pid -> [[exec time, the identity it had until then, how many of its
+        # events were waiting in the agent's watch group at the exec]], oldest
+        # first: an event is attributed to the identity current when it happened
+        self._before_exec: dict[int, list[list]] = {}
 
     def seed(self) -> None:
         """Load every process running now."""
@@ -186,13 +187,14 @@ class ProcTable:
                                 container_id=parent.container_id if parent else "")
 
     def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
-             filename: str, at_ns: int = 0) -> None:
+             filename: str, at_ns: int = 0, queued: int = 0) -> None:
         """The process exec'd `filename` at at_ns (CLOCK_MONOTONIC): a new
-        identity from then on; the one before is kept for events before it."""
+        identity from then on; the one before is kept for events before it
+        (and for the `queued` watch-group events it left unread)."""
         old = self._procs.get(pid)
         if old is not None and at_ns:
             history = self._before_exec.setdefault(pid, [])
-            history.append((at_ns, old))
+            history.append([at_ns, old, queued])
             del history[:-MAX_EXECS_KEPT]
             if len(self._before_exec) > MAX_EXITED:
                 del self._before_exec[next(iter(self._before_exec))]
@@ -264,7 +266,7 @@ class ProcTable:
         if pid <= 0:
             return None
         if at_ns:
-            for exec_ns, before in self._before_exec.get(pid, ()):
+            for exec_ns, before, _queued in self._before_exec.get(pid, ()):
                 if at_ns < exec_ns:
                     return before
         proc = self._procs.get(pid)
@@ -275,6 +277,19 @@ class ProcTable:
         elif not proc.exe and not proc.exited_at:
             proc.exe = exe_path(pid)
         return proc
+
+    def queued(self, pid: int) -> Proc | None:
+        """The process as it was when it caused the next event the agent
+        reads from its watch group: the identity before an exec that found
+        events of it still queued (the kernel counted them), else as now."""
+        history = self._before_exec.get(pid, ())
+        for i, entry in enumerate(history):
+            if entry[2] > 0:
+                for later in history[i:]:  # still queued at each later exec too
+                    if later[2] > 0:
+                        later[2] -= 1
+                return entry[1]
+        return self.get(pid)
 
     def __len__(self) -> int:
         return len(self._procs)

@@ -151,6 +151,10 @@ class FimMonitor:
         self._queue_scans()
 
     @property
+    def scanning(self) -> bool:
+        return bool(self._scans)
+
+    @property
     def busy(self) -> bool:
         """Work is waiting that should not wait for the next event."""
         return bool(self._scans or self._sessions or self._moved_from)
@@ -261,6 +265,10 @@ class FimMonitor:
     def _touched(self, path: str, who, now: float) -> None:
         fields, ts, mask = who
         s = self._sessions.get(path)
+        if s is not None and s.fields.get("tracee_pid") != fields.get("tracee_pid"):
+            del self._sessions[path]  # another process's change: each keeps its actor
+            self._report(path, s)
+            s = None
         if s is None:
             s = self._sessions[path] = Session(fields, ts)
         s.mask |= mask

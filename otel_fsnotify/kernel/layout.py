@@ -80,6 +80,11 @@ TRACEPOINT_OFFSETS = {
     "OFF_UPID_NS": ("upid", "ns"),
     "OFF_UPID_NR": ("upid", "nr"),
     "OFF_PIDNS_INUM": ("pid_namespace", "ns.inum"),
+    # the agent's watch group's queue (a process's events waiting at its exec)
+    "OFF_GROUP_NOTIFICATION_LIST": ("fsnotify_group", "notification_list"),
+    "OFF_FSN_EVENT_LIST": ("fsnotify_event", "list"),
+    "OFF_FANOTIFY_EVENT_FSE": ("fanotify_event", "fse"),
+    "OFF_FANOTIFY_EVENT_PID": ("fanotify_event", "pid"),
 }
 
 # x86_64 kernel stack sizes (THREAD_SIZE): 16 KiB, 32 KiB with KASAN. The

@@ -9,6 +9,7 @@ sent as if they were facts — except uid/gid 0 of a known process, which is roo
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from ..event import Event
@@ -20,10 +21,13 @@ EVENT_NAMES = {
     "inotify": "fsnotify.inotify",
     "fanotify": "fsnotify.fanotify",
     "fa_resp": "fsnotify.fanotify.response",
+    "fim": "fsnotify.fim",
 }
 
 SEVERITY_INFO = (9, "INFO")
 SEVERITY_WARN = (13, "WARN")
+# Event.severity (a watched path's, a rule's) -> OTel severity_number
+SEVERITY_NUMBERS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21}
 
 _INT64_MAX = (1 << 63) - 1
 
@@ -33,7 +37,10 @@ def event_name(ev: Event) -> str:
 
 
 def severity(ev: Event) -> tuple[int, str]:
-    """(severity_number, severity_text): a denied permission event is WARN."""
+    """(severity_number, severity_text): the event's own severity (a watched
+    path's), else WARN for a denied permission event, else INFO."""
+    if ev.severity:
+        return SEVERITY_NUMBERS.get(ev.severity, 9), ev.severity.upper()
     return SEVERITY_WARN if ev.fa_response == "deny" else SEVERITY_INFO
 
 
@@ -67,6 +74,11 @@ def mask_names(ev: Event) -> list[str]:
 def body(ev: Event) -> str:
     """A short human line, e.g. ``touch (pid 12) create /tmp/x; read by inotifywait (pid 9)``."""
     what = file_path(ev) or ev.name or "(no name)"
+    if ev.type == "fim":
+        change = f"{ev.action} {what}" + (f" (was {ev.old_path})" if ev.old_path else "")
+        if ev.origin == "scan":
+            return f"{change}: found by comparing with the baseline"
+        return f"{change} by {_who(ev.tracee_comm, ev.tracee_pid)}"
     verb = action(mask(ev), fanotify=ev.type != "inotify")
     tracee = _who(ev.tracee_comm, ev.tracee_pid)
     tracer = _who(ev.tracer_comm, ev.tracer_pid)
@@ -140,8 +152,11 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     if include_command_line and command_line:
         a["process.command_line"] = command_line
     _file(a, ev)
-    _process(a, ev, _WATCHER_ROWS)  # the watcher: no convention exists, so fsnotify.watcher.*
-    _details(a, ev)
+    if ev.type == "fim":
+        _watched_file(a, ev)
+    else:
+        _process(a, ev, _WATCHER_ROWS)  # the watcher: no convention exists, so fsnotify.watcher.*
+        _details(a, ev)
     if uid:
         a["log.record.uid"] = uid
     return a
@@ -161,6 +176,47 @@ def _file(a: dict[str, Any], ev: Event) -> None:
         a["file.name"] = ev.name
     if ev.i_ino:
         a["file.inode"] = str(ev.i_ino)
+
+
+def _watched_file(a: dict[str, Any], ev: Event) -> None:
+    """Watch mode: the file after the change (semconv file.*; hashes as
+    ECS-style file.hash.<algo>, which semconv lacks) and what changed."""
+    if ev.file_mode or ev.file_ino:
+        a["file.size"] = _i64(ev.file_size)
+        a["file.mode"] = f"{ev.file_mode & 0o7777:04o}"
+        a["file.owner.id"] = str(ev.file_uid)
+        a["file.group.id"] = str(ev.file_gid)
+        a["file.modified"] = _iso8601(ev.file_mtime)
+        a["file.inode"] = str(ev.file_ino)
+        a["fsnotify.file.type"] = _file_type(ev.file_mode)
+    for algo, digest in ev.file_hashes.items():
+        a[f"file.hash.{algo}"] = digest
+    if ev.hash_skipped:
+        a["fsnotify.hash_skipped"] = ev.hash_skipped
+    a["fsnotify.type"] = "fim"
+    a["fsnotify.action"] = ev.action
+    a["fsnotify.origin"] = ev.origin
+    if ev.old_path:
+        a["fsnotify.old_path"] = ev.old_path
+    if ev.tags:
+        a["fsnotify.tags"] = list(ev.tags)
+    if ev.fa_mask:
+        a["fsnotify.mask"] = _i64(ev.fa_mask)
+        a["fsnotify.mask.names"] = list(ev.fa_mask_names)
+    a["fsnotify.attribution"] = ev.attribution
+
+
+_FILE_TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink", 0o020000: "char_device",
+               0o060000: "block_device", 0o010000: "fifo", 0o140000: "socket"}
+
+
+def _file_type(mode: int) -> str:
+    return _FILE_TYPES.get(mode & 0o170000, "unknown")
+
+
+def _iso8601(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
 def _details(a: dict[str, Any], ev: Event) -> None:

@@ -13,8 +13,10 @@ mmap (kernel/ringbuf.py), a batch per poll.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import os
+from collections import deque
 
 from ...enrich.watches import WatchPaths
 from ...event import Event
@@ -23,7 +25,7 @@ from ...kernel.btf import BtfError
 from ...kernel.layout import KernelLayout
 from ...kernel.probes import kprobes_available, probe_fentry_load
 from ...kernel.ringbuf import RingReader
-from ..base import Backend, BackendUnavailable, fill_pid_filters, filter_cflags
+from ..base import Backend, BackendUnavailable, fill_pid_filters, filter_cflags, inferred_actor
 from .records import COUNTERS, OUT_EVENT, Decoder
 
 SOURCE = "fsnotify_exact.bpf.c"
@@ -32,6 +34,9 @@ SOURCE = "fsnotify_exact.bpf.c"
 MAX_PENDING = 16384     # events queued in kernel and not yet freed (all groups)
 RINGBUF_PAGES = 8192    # 32 MiB: ~130,000 inotify records of ~250 B wait for the reader
 PATH_STEPS = 28         # dentries and mount crossings walked per fanotify path
+OWN_KEPT = 1 << 17      # the agent's own read records kept for watch mode (oldest dropped)
+OWN_LOOKAHEAD = 64      # records looked past for a watch event's own (a lost one is skipped)
+_TRACEE_KEYS = tuple(f for f in Event.__struct_fields__ if f.startswith("tracee_"))
 
 
 def _ksym(name: str) -> int:
@@ -59,6 +64,11 @@ class _ExactBackend(Backend):
         self.decoder: Decoder | None = None
         self._decode_errors = 0
         self._final_counters: dict[str, int] = {}  # the kernel's, at close()
+        # the agent's own reads (its watch group), in read order, waiting for
+        # watch mode to take their actors (fim_actor)
+        self._self = os.getpid()
+        self._own: deque[Event] = deque(maxlen=OWN_KEPT)
+        self._own_unmatched = 0
 
     # -- loading -------------------------------------------------------------
     def _cflags(self, layout: KernelLayout) -> list[str]:
@@ -107,13 +117,39 @@ class _ExactBackend(Backend):
         buf, recs = self._ring.read(timeout_ms)
         decode = self.decoder.decode
         events = []
+        own = self._self
         for off, size in recs:
             try:
-                events.append(decode(buf, off, size))
+                ev = decode(buf, off, size)
             except Exception:  # never let one bad record stop the stream; counted
                 self._decode_errors += 1
                 self.log.exception("cannot decode an event")
+                continue
+            if ev.tracer_pid == own:
+                self._own.append(ev)  # watch mode's: not another listener's event
+            else:
+                events.append(ev)
         return events
+
+    def fim_actor(self, pid: int, mask: int, wanted: bool) -> tuple[dict, int] | None:
+        """The record the kernel made when the agent read this event from its
+        watch group: the tracee as it was when it caused the event, and when.
+        Records and events come in the same order; one missing (ring buffer
+        loss) is stepped over and counted (fim_actor_unmatched)."""
+        own = self._own
+        for i, ev in enumerate(itertools.islice(own, OWN_LOOKAHEAD)):
+            if ev.fa_pid == pid and ev.fa_mask == mask & 0xFFFFFFFF:
+                for _ in range(i):
+                    own.popleft()
+                self._own_unmatched += i
+                own.popleft()
+                if not wanted:
+                    return None
+                return {k: getattr(ev, k) for k in _TRACEE_KEYS} | {"attribution": ev.attribution}, ev.timestamp
+        self._own_unmatched += 1
+        if not wanted or pid <= 0:
+            return None
+        return inferred_actor(pid), 0
 
     def counters(self) -> dict[str, int]:
         out = dict(self._final_counters) or {name: 0 for name in COUNTERS}
@@ -122,6 +158,7 @@ class _ExactBackend(Backend):
             for i, name in enumerate(COUNTERS):
                 out[name] = int(sum(table[ctypes.c_int(i)]))
         out["decode_errors"] = self._decode_errors
+        out["fim_actor_unmatched"] = self._own_unmatched
         out["inotify_path_unresolved"] = self._paths.unresolved
         return out
 

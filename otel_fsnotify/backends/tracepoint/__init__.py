@@ -50,6 +50,7 @@ from .verdicts import Verdicts
 SOURCE = "fsnotify_tracepoint.bpf.c"
 RINGBUF_PAGES = 2048  # 8 MiB (BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES))
 KIND_INOTIFY, KIND_FANOTIFY = 1, 2  # rec_hdr.listener (fsnotify_common.h)
+LEARN_WATCH_GROUP = 3  # learn_fds: the agent's watch group (its queue is looked at on exec)
 MAX_WAIT_MS = 25  # longest wait for the ring between looks (the kernel wakes us for bulk only)
 EXPIRE_EVERY = 64  # polls between expiries of exited processes and killed pids
 
@@ -126,7 +127,7 @@ class TracepointBackend(Backend):
         fill_pid_filters(self.bpf, self.filters, tracee_pids_in_kernel=False)
         self._learn_listener_fops()
         self.procs.seed()
-        if not self.filters.fanotify_only:
+        if not self.filters.fanotify_only and not self.filters.fim_only:
             try:
                 self.mirror = Mirror(report_tid=True)
             except OSError as exc:
@@ -159,6 +160,10 @@ class TracepointBackend(Backend):
             except BlockingIOError:
                 pass
             os.close(fd)
+        if self.own_group_fd >= 0:
+            # a read(2) of no bytes: the program learns the group, no event is taken
+            learn[ctypes.c_uint32(self.own_group_fd)] = ctypes.c_uint32(LEARN_WATCH_GROUP)
+            libc.read(self.own_group_fd, None, 0)
         learn.clear()
         regs = self.bpf["learn_regs"]
         for slot, size in enumerate(THREAD_SIZES):
@@ -244,7 +249,7 @@ class TracepointBackend(Backend):
         elif kind == records.REC_EXEC:
             self.identities.exec_seen()
             self.procs.exec(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid,
-                            h.proc_mntns_id, cstr(data), h.ts)
+                            h.proc_mntns_id, cstr(data), h.ts, h.queued)
         elif kind == records.REC_EXIT:
             self.procs.exit(pid)
             self.listeners.exited(pid)
@@ -261,6 +266,14 @@ class TracepointBackend(Backend):
                 self.fanotify.read(h, data)
         except (struct.error, ValueError):
             self.decode_errors += 1
+
+    def fim_actor(self, pid: int, mask: int, wanted: bool) -> tuple[dict, int] | None:
+        """The watch group's actor from the process table: as the process was
+        before an exec that found this event still queued, else as it is (or
+        was, when it exited: kept GRACE_S). fanotify gave the pid: "exact"."""
+        if not wanted or pid <= 0:
+            return None
+        return {**self.identities.tracee_queued(pid), "attribution": "exact"}, 0
 
     def counters(self) -> dict[str, int]:
         out = {"decode_errors": self.decode_errors, "proc_unknown": self.procs.misses}

@@ -17,7 +17,7 @@ HDR = RecordLayout("rec_hdr", [
     ("ts", "Q"), ("group", "Q"), ("kind", "I"), *nested("proc", PROC_ID),
     ("fd", "i"), ("ret", "i"), ("prio", "I"), ("listener", "I"), ("total", "I"),
     ("offset", "I"), ("len", "I"), ("pidns", "I"), ("nspid", "I"), ("event_off", "I"),
-    *nested("walk", PATH_WALK),
+    ("queued", "I"), *nested("walk", PATH_WALK), ("pad", "I"),
 ])
 
 # rec_hdr.kind (the REC_* defines of the program)
