@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 STATS = "otel-fsnotify: stats "
+FIM_READY = "otel-fsnotify: fim ready"
 
 
 def cli() -> list[str]:
@@ -69,6 +70,18 @@ class Agent:
                 raise RuntimeError(f"agent {self.backend} did not start: {self.stderr()}")
             time.sleep(0.1)
         return self
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        """Watch mode: until the agent prints its `fim ready` line (marks in
+        place, start-up scan done); returns that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.err.read_text(errors="replace").splitlines():
+                if line.startswith(FIM_READY):
+                    return line
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"watch mode did not get ready: {self.stderr()}")
+            time.sleep(0.1)
 
     def stderr(self) -> str:
         """The agent's stderr so far (last 3000 characters), for failure messages."""
