@@ -43,6 +43,11 @@
 #define REC_EVENT 1        /* a tracer read an event */
 #define REC_RESPONSE 2     /* a permission event was answered or interrupted */
 #define REC_OVERFLOW 3     /* a tracer read the group's queue-overflow event */
+/* the process table's feed (user space keeps each process's exe and container
+ * as of every event: one that exec'd or exited since is still named right) */
+#define REC_FORK 4         /* a new process: tracee is the child */
+#define REC_EXEC 5         /* a process exec'd: tracee is it, tail the file name */
+#define REC_EXIT 6         /* a process (its leader) exited: tracee is it */
 
 /* Counter slots (per-CPU array `counters`); names in exact/records.py COUNTERS. */
 #define CNT_EMITTED 0
@@ -301,6 +306,12 @@ static __always_inline int on_remove_exit(u64 group, u64 event)
     }
     struct record *r = &p->rec;
     fill_proc(&r->tracer);
+    if (r->kind == KIND_FANOTIFY) {
+        /* fanotify merges later events of the same object and process into
+         * a queued one (fanotify_merge() ORs the masks): what the tracer
+         * reads is the mask now, not the one inserted */
+        r->fa_mask = read_u32(event + OFF_FANOTIFY_EVENT_MASK);
+    }
     if (!passes_filters(r)) {
         count(CNT_FILTERED);
         return 0;
@@ -349,6 +360,77 @@ static __always_inline int on_destroy(u64 group, u64 event)
         }
     }
     pending.delete(&event);
+    return 0;
+}
+
+/* ---- the process table's feed ------------------------------------------- */
+
+/* Not events: never filtered, not counted as emitted. */
+static __always_inline void submit_process(struct out_event *out)
+{
+    u64 size = OUT_HDR_SIZE + (u64)out->tail_len;
+    if (size > sizeof(*out))
+        size = sizeof(*out);
+    if (events.ringbuf_output(out, size, 0) != 0)
+        count(CNT_RINGBUF_LOST);
+}
+
+static __always_inline struct out_event *process_record(u32 rtype)
+{
+    u32 zero = 0;
+    struct pending_rec *p = rec_scratch.lookup(&zero);
+    if (!p)
+        return 0;
+    struct record *r = &p->rec;
+    __builtin_memset(r, 0, sizeof(*r));
+    r->ts_boot = bpf_ktime_get_boot_ns();
+    fill_proc(&r->tracee);
+    return new_out(r, rtype);
+}
+
+/* raw tracepoint: args[1] is the child task (the classic one cannot tell a
+ * thread from a process) */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    u64 child = ctx->args[1];
+    u32 pid = 0, tgid = 0;
+    bpf_probe_read_kernel(&pid, 4, (void *)(child + OFF_TASK_PID));
+    bpf_probe_read_kernel(&tgid, 4, (void *)(child + OFF_TASK_TGID));
+    if (pid != tgid)
+        return 0;   /* a thread: its events carry its process */
+    struct out_event *out = process_record(REC_FORK);   /* the parent's identity... */
+    if (!out)
+        return 0;
+    struct proc_id *t = &out->rec.tracee;
+    t->ppid = t->pid;                                    /* ...made the child's */
+    t->pid = tgid;
+    t->tid = pid;
+    __builtin_memcpy(t->pcomm, t->comm, TASK_COMM);
+    bpf_probe_read_kernel(&t->comm, TASK_COMM, (void *)(child + OFF_TASK_COMM));
+    submit_process(out);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    struct out_event *out = process_record(REC_EXEC);   /* comm is the new program's */
+    if (!out)
+        return 0;
+    unsigned short loc = args->data_loc_filename & 0xFFFF;
+    long got = bpf_probe_read_kernel_str(out->tail, NAME_MAX_Z, (void *)args + loc);
+    out->tail_len = got > 0 ? got : 0;
+    submit_process(out);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id != (u32)(id >> 32))
+        return 0;   /* a thread, not the leader */
+    struct out_event *out = process_record(REC_EXIT);
+    if (out)
+        submit_process(out);
     return 0;
 }
 

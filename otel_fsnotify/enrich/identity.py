@@ -42,10 +42,12 @@ class KernelProcess:
                 self._strings[raw] = s
         return s
 
-    def fields(self, rec) -> dict:
+    def fields(self, rec, at_ns: int = 0) -> dict:
+        """The role's fields; exe and container id as of at_ns where the
+        exe source keeps history (0: now)."""
         out = {key: (self._str(v) if text else v)
                for key, text, v in zip(self._keys, self._text, self._get(rec))}
-        exe, cid = self._exe.get(out[self._keys[0]])
+        exe, cid = self._exe.get(out[self._keys[0]], at_ns)
         out[self._exe_key] = exe
         if self._cid_key:
             out[self._cid_key] = cid
@@ -134,6 +136,6 @@ class _ProcTableExe:
     def __init__(self, procs: ProcTable):
         self.procs = procs
 
-    def get(self, pid: int) -> tuple[str, str]:
+    def get(self, pid: int, at_ns: int = 0) -> tuple[str, str]:
         proc = self.procs.get(pid)
         return (proc.exe, proc.container_id) if proc else ("", "")

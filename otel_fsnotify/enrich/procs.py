@@ -304,7 +304,7 @@ class ExeCache:
     def __init__(self):
         self._cache: dict[int, tuple[float, str, str]] = {}
 
-    def get(self, pid: int) -> tuple[str, str]:
+    def get(self, pid: int, at_ns: int = 0) -> tuple[str, str]:
         if not pid:
             return "", ""
         now = time.monotonic()

@@ -33,6 +33,7 @@ COMMON_OFFSETS = {
     "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
     "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
     "OFF_GROUP_PRIORITY": ("fsnotify_group", "priority"),
+    "OFF_TASK_PID": ("task_struct", "pid"),  # both programs' process table feed
 }
 
 # fsnotify_exact.bpf.c: the fsnotify internals
@@ -61,7 +62,6 @@ EXACT_OFFSETS = {
 # fsnotify_tracepoint.bpf.c: fd tables, files, saved user registers, pid namespaces
 TRACEPOINT_OFFSETS = {
     "OFF_TASK_FILES": ("task_struct", "files"),
-    "OFF_TASK_PID": ("task_struct", "pid"),
     "OFF_TASK_STACK": ("task_struct", "stack"),
     "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
     "OFF_PT_REGS_DI": ("pt_regs", "di"),

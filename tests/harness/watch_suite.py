@@ -4,9 +4,11 @@ hashes that match the coreutils. One suite, every kernel: imported by
 tests/host/test_watch_mode.py (tracepoint backend, this host) and
 tests/vm/guest/test_watch_mode.py (fentry and kprobe, Debian's kernel).
 
-The importing module provides the fixture `watch` (a Watch: a running agent
-with `--watch root`, and `outside`, a directory on the same filesystem that
-is not watched). No other inotify/fanotify listener runs during these tests.
+The importing module provides the fixtures `watch` (a Watch: a running
+agent with `--watch root`, and `outside`, a directory on the same filesystem
+that is not watched) and `start_agent(workdir, *flags)` (another agent of the
+same backend, not waited for). No other inotify/fanotify listener runs
+during these tests.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_a_new_file_is_one_created_event_with_its_hash_and_actor(watch, wd):
     st = os.lstat(f)
     assert (e["file_size"], e["file_mode"], e["file_uid"], e["file_gid"], e["file_ino"], e["file_mtime"]) == (
         st.st_size, st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_mtime_ns)
-    assert e["tracee_pid"] == proc.pid and e["tracee_comm"] == "sh"
+    assert e["tracee_pid"] == proc.pid and e["tracee_comm"] == "sh", e
     assert e["tracee_exe"] == os.path.realpath("/bin/sh") and e["tracee_ppid"] == os.getpid()
     assert e["attribution"] == watch.attribution
     assert e["name"] == "new.conf" and e["old_path"] == ""
@@ -238,3 +239,54 @@ def test_the_agents_own_reads_for_hashing_are_not_events(watch, wd):
     watch.settled(wd)
     agent_pid = watch.agent.proc.pid
     assert not [e for e in watch.agent.events() if e["tracee_pid"] == agent_pid]
+
+
+# ------------------------------------------------------------ the baseline
+
+def _ready(agent: Agent) -> str:
+    agent.wait_started()
+    return agent.wait_ready()
+
+
+def _fim(agent: Agent) -> list[dict]:
+    return [e for e in agent.events() if e["type"] == "fim"]
+
+
+def _tree(root: Path) -> None:
+    (root / "dir").mkdir(parents=True)
+    for name in ("keep.txt", "mod.txt", "del.txt", "mode.txt", "dir/inner"):
+        (root / name).write_text(name * 10)
+
+
+def test_changes_made_while_down_are_reported_once_at_the_next_start(start_agent, tmp_path):
+    root, state = tmp_path / "tree", tmp_path / "state"
+    _tree(root)
+    first = start_agent(tmp_path / "a1", "--watch", str(root), "--state-dir", str(state), "--fim-only")
+    _ready(first)
+    stats = first.stop()
+    assert _fim(first) == [], "the first start records the baseline without an event per file"
+    assert stats["fim_baseline_recorded"] == 7 and "baseline of" in first.stderr()
+
+    (root / "mod.txt").write_text("changed while down\n")
+    (root / "del.txt").unlink()
+    (root / "mode.txt").chmod(0o600)
+    (root / "new.txt").write_text("new")
+    (root / "dir" / "newdir").mkdir()
+
+    second = start_agent(tmp_path / "a2", "--watch", str(root), "--state-dir", str(state), "--fim-only")
+    ready = _ready(second)
+    got = {(e["action"], e["path"]) for e in second.wait_for(lambda e: e["origin"] == "scan", n=5)}
+    second.stop()
+    assert "created=2 modified=1 deleted=1 attributes=1" in ready, ready
+    assert got == {("created", str(root / "new.txt")), ("created", str(root / "dir" / "newdir")),
+                   ("modified", str(root / "mod.txt")), ("deleted", str(root / "del.txt")),
+                   ("attributes", str(root / "mode.txt"))}
+    scan = [e for e in _fim(second) if e["origin"] == "scan"]
+    assert len(scan) == 5, scan
+    mod = next(e for e in scan if e["action"] == "modified")
+    assert mod["file_hashes"]["sha256"] == sha256(root / "mod.txt") and mod["tracee_pid"] == 0
+
+    third = start_agent(tmp_path / "a3", "--watch", str(root), "--state-dir", str(state), "--fim-only")
+    _ready(third)
+    third.stop()
+    assert _fim(third) == [], "nothing changed since: nothing to report"

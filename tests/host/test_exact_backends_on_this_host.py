@@ -20,6 +20,7 @@ from otel_fsnotify.backends import exact
 from otel_fsnotify.backends.base import Filters
 from otel_fsnotify.backends.exact.records import (
     KIND_FANOTIFY, OUT_EVENT, REC_RESPONSE, Decoder)
+from otel_fsnotify.enrich.procs import ProcTable
 from otel_fsnotify.enrich.watches import WatchPaths
 from otel_fsnotify.kernel import bcc
 from otel_fsnotify.kernel.layout import KernelLayout
@@ -32,7 +33,7 @@ root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF)")
 
 
 def _decoder() -> Decoder:
-    return Decoder(KernelLayout.load(), WatchPaths())
+    return Decoder(KernelLayout.load(), WatchPaths(), ProcTable())
 
 
 def _proc(prefix: str, pid: int, comm: bytes, pcomm: bytes = b"bash") -> dict:

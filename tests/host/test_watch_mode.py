@@ -10,7 +10,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +21,12 @@ from tests.harness.watch_suite import *  # noqa: F401,F403 (the suite's tests ru
 from tests.harness.watch_suite import Watch, sha256
 
 pytestmark = pytest.mark.host
+
+
+@pytest.fixture
+def start_agent():
+    """Another agent of this host's backend (the suite's restart test)."""
+    return lambda workdir, *extra: Agent(workdir, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -39,46 +44,6 @@ def watch(tmp_path_factory):
 
 def _fim(agent: Agent) -> list[dict]:
     return [e for e in agent.events() if e["type"] == "fim"]
-
-
-def _tree(root: Path) -> None:
-    (root / "dir").mkdir(parents=True)
-    for name in ("keep.txt", "mod.txt", "del.txt", "mode.txt", "dir/inner"):
-        (root / name).write_text(name * 10)
-
-
-def test_changes_made_while_down_are_reported_once_at_the_next_start(tmp_path):
-    root, state = tmp_path / "tree", tmp_path / "state"
-    _tree(root)
-    first = Agent(tmp_path / "a1", "--watch", str(root), "--state-dir", str(state), "--fim-only")
-    first.wait_ready()
-    stats = first.stop()
-    assert _fim(first) == [], "the first start records the baseline without an event per file"
-    assert stats["fim_baseline_recorded"] == 7 and "baseline of" in first.stderr()
-
-    (root / "mod.txt").write_text("changed while down\n")
-    (root / "del.txt").unlink()
-    (root / "mode.txt").chmod(0o600)
-    (root / "new.txt").write_text("new")
-    (root / "dir" / "newdir").mkdir()
-
-    second = Agent(tmp_path / "a2", "--watch", str(root), "--state-dir", str(state), "--fim-only")
-    ready = second.wait_ready()
-    got = {(e["action"], e["path"]) for e in second.wait_for(lambda e: e["origin"] == "scan", n=5)}
-    second.stop()
-    assert "created=2 modified=1 deleted=1 attributes=1" in ready, ready
-    assert got == {("created", str(root / "new.txt")), ("created", str(root / "dir" / "newdir")),
-                   ("modified", str(root / "mod.txt")), ("deleted", str(root / "del.txt")),
-                   ("attributes", str(root / "mode.txt"))}
-    scan = [e for e in _fim(second) if e["origin"] == "scan"]
-    assert len(scan) == 5, scan
-    mod = next(e for e in scan if e["action"] == "modified")
-    assert mod["file_hashes"]["sha256"] == sha256(root / "mod.txt") and mod["tracee_pid"] == 0
-
-    third = Agent(tmp_path / "a3", "--watch", str(root), "--state-dir", str(state), "--fim-only")
-    third.wait_ready()
-    third.stop()
-    assert _fim(third) == [], "nothing changed since: nothing to report"
 
 
 def test_a_sigkill_during_the_first_scan_leaves_a_baseline_that_completes(tmp_path):

@@ -18,6 +18,7 @@ import mmap
 import os
 from collections import deque
 
+from ...enrich.procs import ProcTable
 from ...enrich.watches import WatchPaths
 from ...event import Event
 from ...kernel import bcc
@@ -34,6 +35,7 @@ SOURCE = "fsnotify_exact.bpf.c"
 MAX_PENDING = 16384     # events queued in kernel and not yet freed (all groups)
 RINGBUF_PAGES = 8192    # 32 MiB: ~130,000 inotify records of ~250 B wait for the reader
 PATH_STEPS = 28         # dentries and mount crossings walked per fanotify path
+EXPIRE_EVERY = 64       # polls between expiries of exited processes
 OWN_KEPT = 1 << 17      # the agent's own read records kept for watch mode (oldest dropped)
 OWN_LOOKAHEAD = 64      # records looked past for a watch event's own (a lost one is skipped)
 _TRACEE_KEYS = tuple(f for f in Event.__struct_fields__ if f.startswith("tracee_"))
@@ -69,6 +71,7 @@ class _ExactBackend(Backend):
         self._self = os.getpid()
         self._own: deque[Event] = deque(maxlen=OWN_KEPT)
         self._own_unmatched = 0
+        self._polls = 0
 
     # -- loading -------------------------------------------------------------
     def _cflags(self, layout: KernelLayout) -> list[str]:
@@ -101,7 +104,9 @@ class _ExactBackend(Backend):
         except Exception as exc:  # bcc attach errors are bare Exceptions
             raise BackendUnavailable(f"{self.name}: cannot attach: {exc}") from None
         fill_pid_filters(self._bpf, self.filters)
-        self.decoder = Decoder(layout, self._paths)
+        procs = ProcTable()
+        procs.seed()  # attached first: a process born meanwhile is in the feed
+        self.decoder = Decoder(layout, self._paths, procs)
         try:
             # read the ring through its mmap, a batch at a time (no per-record
             # ctypes callback)
@@ -115,6 +120,9 @@ class _ExactBackend(Backend):
         if self._ring is None:
             return []
         buf, recs = self._ring.read(timeout_ms)
+        self._polls += 1
+        if self._polls % EXPIRE_EVERY == 0:
+            self.decoder.procs.expire()
         decode = self.decoder.decode
         events = []
         own = self._self
@@ -125,6 +133,8 @@ class _ExactBackend(Backend):
                 self._decode_errors += 1
                 self.log.exception("cannot decode an event")
                 continue
+            if ev is None:
+                continue  # the process table's feed
             if ev.tracer_pid == own:
                 self._own.append(ev)  # watch mode's: not another listener's event
             else:
@@ -138,7 +148,7 @@ class _ExactBackend(Backend):
         loss) is stepped over and counted (fim_actor_unmatched)."""
         own = self._own
         for i, ev in enumerate(itertools.islice(own, OWN_LOOKAHEAD)):
-            if ev.fa_pid == pid and ev.fa_mask == mask & 0xFFFFFFFF:
+            if ev.fa_pid == pid and ev.fa_mask == mask & 0xFFFFFFFF:  # the mask as read
                 for _ in range(i):
                     own.popleft()
                 self._own_unmatched += i

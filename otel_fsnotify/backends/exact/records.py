@@ -3,7 +3,9 @@ bpf/fsnotify_exact.bpf.c), declared once, and its decoding into an Event.
 
 A record is a fixed header plus only the bytes of name (inotify) or path
 components (fanotify) the event has. Both processes come from the kernel
-(struct proc_id, read in their own contexts); exe and container id from /proc.
+(struct proc_id, read in their own contexts); exe and container id from the
+process table the program's fork/exec/exit records keep (as of the event:
+an actor that exec'd or exited since is named as it was).
 The inotify `path` (watched object's path + name) is resolved from the
 tracer's watch in /proc/<pid>/fdinfo (enrich/watches.py).
 """
@@ -15,7 +17,7 @@ from operator import attrgetter
 
 from ... import masks
 from ...enrich.identity import KernelProcess
-from ...enrich.procs import ExeCache
+from ...enrich.procs import ProcTable
 from ...enrich.watches import WatchPaths
 from ...event import Event
 from ...kernel.abi import FAN_Q_OVERFLOW, IN_Q_OVERFLOW
@@ -38,6 +40,7 @@ OUT_EVENT = RecordLayout("out_event", [
 
 KIND_INOTIFY, KIND_FANOTIFY = 1, 2  # record.kind (fsnotify_common.h)
 REC_EVENT, REC_RESPONSE, REC_OVERFLOW = 1, 2, 3  # out_event.rtype
+REC_FORK, REC_EXEC, REC_EXIT = 4, 5, 6  # out_event.rtype: the process table's feed
 # fs/notify/fanotify/fanotify.h: fanotify_perm_event.state values (#defines, not in BTF)
 FAN_EVENT_ANSWERED = 2
 # Slots of the per-CPU `counters` array, in the order of the CNT_* macros.
@@ -70,20 +73,25 @@ def fanotify_path(tail: bytes, r) -> str:
 class Decoder:
     """Ring records -> Events."""
 
-    def __init__(self, layout: KernelLayout, watch_paths: WatchPaths):
+    def __init__(self, layout: KernelLayout, watch_paths: WatchPaths, procs: ProcTable):
         self.layout = layout
         self.watch_paths = watch_paths
+        self.procs = procs
         self.offset = boot_to_epoch_offset()
-        exe = ExeCache()
+        exe = _ExeAsOf(procs)
         self.tracee = KernelProcess("tracee", "tracee_", exe)
         self.tracer = KernelProcess("tracer", "tracer_", exe)
 
-    def decode(self, buf: bytes, off: int = 0, size: int | None = None) -> Event:
-        """One record (OUT_EVENT + tail) at buf[off:off+size]."""
+    def decode(self, buf: bytes, off: int = 0, size: int | None = None) -> Event | None:
+        """One record (OUT_EVENT + tail) at buf[off:off+size]; None for a
+        process table record (taken in here)."""
         r = OUT_EVENT.unpack_from(buf, off)
         if size is None:
             size = OUT_EVENT.size + r.tail_len
         tail = buf[off + OUT_EVENT.size: off + min(size, OUT_EVENT.size + r.tail_len)]
+        if r.rtype >= REC_FORK:
+            self._process(r, tail)
+            return None
         fanotify = r.kind == KIND_FANOTIFY
         answered = r.rtype == REC_RESPONSE
         if r.rtype == REC_OVERFLOW:
@@ -95,9 +103,19 @@ class Decoder:
         return Event(
             timestamp=(r.ts_now if answered else r.ts_boot) + self.offset,
             type="fa_resp" if answered else ("fanotify" if fanotify else "inotify"),
-            **self.tracer.fields(r), **self.tracee.fields(r), prio=r.prio,
+            **self.tracer.fields(r), **self.tracee.fields(r, r.ts_boot), prio=r.prio,
             attribution="exact" if r.tracee_pid and r.rtype != REC_OVERFLOW else "unknown",
             **what)
+
+    def _process(self, r, tail: bytes) -> None:
+        pid, comm = r.tracee_pid, cstr(r.tracee_comm)
+        if r.rtype == REC_FORK:
+            self.procs.fork(pid, r.tracee_ppid, comm, r.tracee_uid, r.tracee_gid, r.tracee_mntns_id)
+        elif r.rtype == REC_EXEC:
+            self.procs.exec(pid, r.tracee_ppid, comm, r.tracee_uid, r.tracee_gid, r.tracee_mntns_id,
+                            cstr(tail), r.ts_boot)
+        else:
+            self.procs.exit(pid)
 
     def _fanotify(self, r, tail: bytes, answered: bool) -> dict:
         path = fanotify_path(tail, r)
@@ -119,6 +137,18 @@ class Decoder:
         if watched:
             what["path"] = f"{watched}/{name}" if name else watched
         return what
+
+
+class _ExeAsOf:
+    """exe and container id of a pid as of a record's time (boot ns), from
+    the process table."""
+
+    def __init__(self, procs: ProcTable):
+        self.procs = procs
+
+    def get(self, pid: int, at_ns: int = 0) -> tuple[str, str]:
+        proc = self.procs.get(pid, at_ns)
+        return (proc.exe, proc.container_id) if proc else ("", "")
 
 
 # record fields an Event takes as they are (same names)
