@@ -112,17 +112,20 @@ class FimMonitor:
         except BaselineError as exc:
             raise WatchUnavailable(str(exc)) from None
         self.group = FidGroup()
+        refused = []
         for w in self.watched:
             try:
                 fs = self.group.mark(w.path)
             except WatchUnavailable as exc:
                 self.counters["fim_mark_failed"] += 1
-                self.log.error("fim: %s", exc)
+                refused.append(str(exc))
                 continue
             self.fsids[w.path] = fs
             self.dirs.add_filesystem(fs, w.path)
-        if not self.fsids:
-            raise WatchUnavailable("no watched path could be marked (see the lines above)")
+        if not self.fsids:  # nothing to watch: that is the error, in one line
+            raise WatchUnavailable("; ".join(refused))
+        for why in refused:  # the others are watched: say which are not
+            self.log.error("fim: %s", why)
 
     @property
     def fd(self) -> int:
@@ -169,7 +172,7 @@ class FimMonitor:
         with self.baseline.batch():
             for rc in raw:
                 self._live(rc, actor, read_ts, now)
-            self._pair_moves(None, read_ts, now)
+            self._pair_moves(now)
             self._settle(now)
             if self._scans:
                 self._scan_slice()
@@ -179,7 +182,7 @@ class FimMonitor:
     def finish(self) -> list[Event]:
         """At exit: report every change still being written."""
         with self.baseline.batch():
-            self._pair_moves(None, time.time_ns(), time.monotonic())
+            self._pair_moves(time.monotonic())
             self._settle(float("inf"))
         out, self._out = self._out, []
         return out
@@ -208,6 +211,8 @@ class FimMonitor:
         return None
 
     def _live(self, rc: RawChange, actor: Actor, read_ts: int, now: float) -> None:
+        """One event as read: dropped (overflow, the agent's own, outside the
+        watched paths) or handed on with its actor."""
         mask = rc.mask
         if mask & FAN_Q_OVERFLOW:
             actor(0, mask, False)
@@ -230,37 +235,40 @@ class FimMonitor:
                 self.dirs.moved(old, path)  # a directory outside moved: cached paths follow
             return
         fields, ts = got if got else ({"tracee_pid": rc.pid}, 0)
-        who = (fields, ts or read_ts, mask)
-        if mask & FAN_MOVED_TO and self._moved_from is None:
-            self._moved(path, w, "", None, who, now)  # moved in from outside the marks
-        elif mask & FAN_MOVED_TO:
-            self._pair_moves((path, w), read_ts, now, who)
-        else:
-            self._pair_moves(None, read_ts, now)
-            if mask & FAN_RENAME:
-                self._moved(path, w, old, wo, who, now)
-            elif mask & FAN_MOVED_FROM:
-                self._moved_from = (path, w, who)
-            elif mask & FAN_DELETE:
-                self._deleted(path, w, who, now)
-            elif mask & (FAN_DELETE_SELF | FAN_MOVE_SELF):
-                if any(path == x.path for x in self.watched):
-                    self.log.warning("fim: watched path %s was %s", path,
-                                     "deleted" if mask & FAN_DELETE_SELF else "moved away")
-            else:
-                self._touched(path, who, now)
+        self._change(path, w, old, wo, (fields, ts or read_ts, mask), now)
 
-    def _pair_moves(self, to, read_ts: int, now: float, who=None) -> None:
-        """Before FAN_RENAME: a FAN_MOVED_FROM followed by its FAN_MOVED_TO is
-        one rename; alone, it moved out of the watched paths."""
-        if self._moved_from is None:
+    def _change(self, path: str, w, old: str, wo, who, now: float) -> None:
+        """A change under the watched paths, by what the kernel said happened."""
+        mask = who[2]
+        if mask & FAN_MOVED_TO:  # before FAN_RENAME: the second half of a rename
+            if self._moved_from is None:
+                self._moved(path, w, "", None, who, now)  # moved in from outside the marks
+            else:
+                old, wo, _who = self._moved_from
+                self._moved_from = None
+                self._moved(path, w, old, wo, who, now)
             return
-        old, wo, from_who = self._moved_from
-        self._moved_from = None
-        if to is None:
-            self._moved("", None, old, wo, from_who, now)
+        self._pair_moves(now)
+        if mask & FAN_RENAME:
+            self._moved(path, w, old, wo, who, now)
+        elif mask & FAN_MOVED_FROM:
+            self._moved_from = (path, w, who)
+        elif mask & FAN_DELETE:
+            self._deleted(path, w, who, now)
+        elif mask & (FAN_DELETE_SELF | FAN_MOVE_SELF):
+            if any(path == x.path for x in self.watched):
+                self.log.warning("fim: watched path %s was %s", path,
+                                 "deleted" if mask & FAN_DELETE_SELF else "moved away")
         else:
-            self._moved(to[0], to[1], old, wo, who, now)
+            self._touched(path, who, now)
+
+    def _pair_moves(self, now: float) -> None:
+        """Before FAN_RENAME: a FAN_MOVED_FROM not followed by its
+        FAN_MOVED_TO moved out of the watched paths."""
+        if self._moved_from is not None:
+            old, wo, who = self._moved_from
+            self._moved_from = None
+            self._moved("", None, old, wo, who, now)
 
     def _touched(self, path: str, who, now: float) -> None:
         fields, ts, mask = who
@@ -399,20 +407,24 @@ class FimMonitor:
         self._scan_iter = None
         self.counters["fim_scan_errors"] += scan.errors
         took = time.monotonic() - self._scan_started
+        mb = (self.scan_hasher.bytes_hashed - self._hashed_at_start) / 1e6
         if recording:
             self.baseline.mark_recorded(scan.root)
             self.counters["fim_baseline_recorded"] += scan.files
-            mb = (self.scan_hasher.bytes_hashed - self._hashed_at_start) / 1e6
-            self.log.info("fim: baseline of %s recorded: %d entries, %.1f MB hashed in %.1f s",
+            self.log.info("fim: baseline of %s recorded: %d entries, %.1f MB hashed in %.2f s",
+                          scan.root, scan.files, mb, took)
+        else:
+            self.log.info("fim: scan of %s against the baseline: %d entries, %.1f MB hashed in %.2f s",
                           scan.root, scan.files, mb, took)
         if not self._scans and not self._ready:
             self._ready = True
             found = " ".join(f"{k}={self._scan_found.get(k, 0)}"
                              for k in ("created", "modified", "deleted", "attributes"))
             sys.stderr.write(
-                f"otel-fsnotify: fim ready: {len(self.fsids)} paths watched on "
-                f"{len(set(self.fsids.values()))} filesystems, {len(self.baseline)} baseline "
-                f"entries, changes while down: {found}, {time.monotonic() - self._started:.1f} s\n")
+                f"otel-fsnotify: fim ready: watching {_count(len(self.fsids), 'path')} on "
+                f"{_count(len(set(self.fsids.values())), 'filesystem')}, "
+                f"{_count(len(self.baseline), 'baseline entry', 'baseline entries')}, "
+                f"changes while down: {found}, {time.monotonic() - self._started:.1f} s\n")
             sys.stderr.flush()
 
     # -- events ------------------------------------------------------------------------
@@ -441,6 +453,10 @@ class FimMonitor:
         if self.baseline is not None:
             self.baseline.close()
             self.baseline = None
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _under(path: str, root: str) -> bool:

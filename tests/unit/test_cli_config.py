@@ -167,3 +167,58 @@ def test_an_unusable_ca_file_is_named_as_a_tls_problem(tmp_path):
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "otlp.certificate" in line and "CA certificates" in line and "spool_dir" not in line
+
+
+# ---------------------------------------------------------------- watch mode
+
+def test_fim_table_per_path_tags_and_severity_and_flags_replacing_it(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "app").mkdir()
+    cfg = config.load(write(tmp_path, f'[fim]\npaths = ["{tmp_path}/etc/", '
+                                      f'{{ path = "{tmp_path}/app", tags = ["pci"], severity = "error" }}]\n'
+                                      'hash = ["sha256", "blake2b"]\nexclude = ["*.swp"]\n'))
+    assert [(p.path, p.tags, p.severity) for p in cfg.fim.paths] == [
+        (f"{tmp_path}/etc", [], ""), (f"{tmp_path}/app", ["pci"], "error")]
+    assert cfg.fim.hash == ["sha256", "blake2b"] and cfg.fim.max_file_size == 100 << 20
+    cfg = config.apply_overrides(cfg, "command line", fim_paths=[str(tmp_path / "etc")], fim_only=True)
+    assert [p.path for p in cfg.fim.paths] == [f"{tmp_path}/etc"] and cfg.fim.only
+    assert config.filters_of(cfg).fim_only
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--watch", "/no/such/dir"], "fim.paths: /no/such/dir: no such file or directory"),
+    (["--watch", "relative/dir"], "give an absolute path"),
+    (["--watch", "/tmp", "--hash", "sha3"], "fim.hash: 'sha3': expected one or more of sha256, sha1, md5, blake2b"),
+    (["--watch", "/tmp", "--exclude", "/var/log/**"], "exclude '/var/log/**' can never match a path under"),
+    (["--watch", "/tmp", "--exclude", "cache/*"], "start it with / or **"),
+    (["--fim-only"], "needs at least one watched path (--watch)"),
+    (["--watch", "/tmp", "--watch", "/tmp/"], "/tmp is given twice"),
+])
+def test_a_watch_mode_mistake_is_one_line_and_exit_2(args, needle):
+    proc = run_cli("run", "--output", "jsonl", "--duration", "0.1", *args)
+    assert proc.returncode == 2
+    assert needle in one_error_line(proc)
+
+
+def test_a_bad_severity_in_the_fim_table_names_the_path(tmp_path):
+    path = write(tmp_path, f'[fim]\npaths = [{{ path = "{tmp_path}", severity = "loud" }}]\n')
+    proc = run_cli("run", "--config", path, "--output", "jsonl")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert path in line and f"fim.paths: {tmp_path}: severity 'loud'" in line
+
+
+def test_a_state_dir_that_cannot_be_made_is_one_line_and_exit_1(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_cli("run", "--output", "jsonl", "--duration", "0.1", "--watch", str(tmp_path),
+                   "--state-dir", str(blocker / "state"))
+    assert proc.returncode == 1
+    assert f"state_dir {blocker}/state: Not a directory" in one_error_line(proc)
+
+
+def test_a_filesystem_that_refuses_file_handle_marks_is_one_line_and_exit_1():
+    proc = run_cli("run", "--output", "jsonl", "--duration", "0.1", "--watch", "/proc",
+                   "--state-dir", "/tmp/otel-fsnotify-test-state")
+    assert proc.returncode == 1
+    assert "cannot watch /proc: its filesystem cannot encode file handles" in one_error_line(proc)

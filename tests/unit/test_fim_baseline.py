@@ -74,3 +74,4 @@ def test_a_file_that_is_not_a_baseline_is_one_line(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(BaselineError, match="baseline .*b.db"):
         Baseline(str(bad))
+

@@ -189,3 +189,29 @@ def test_bare_pid_does_not_claim_root():
     assert "process.user.id" not in a and "fsnotify.tracee.gid" not in a
     b = attributes(Event(type="fanotify", tracee_pid=77, tracee_comm="cat", name="/etc/x"))
     assert b["process.user.id"] == 0  # identity read from the task: uid 0 is root
+
+
+def test_a_watch_mode_change_maps_to_file_semconv_hashes_and_its_paths_severity():
+    from otel_fsnotify.otel.mapping import attributes, body, event_name, severity
+
+    ev = Event(timestamp=1, type="fim", action="renamed", origin="live", path="/etc/app/new.conf",
+               old_path="/etc/app/new.conf.tmp", name="new.conf", file_size=12, file_mode=0o100640,
+               file_uid=0, file_gid=42, file_mtime=1_700_000_000_500_000_000, file_ino=77,
+               file_hashes={"sha256": "ab" * 32, "md5": "cd" * 16}, tags=["pci"], severity="error",
+               tracee_pid=9, tracee_comm="sed", attribution="exact", fa_mask=0x10000000,
+               fa_mask_names=["FAN_RENAME"])
+    a = attributes(ev)
+    assert event_name(ev) == "fsnotify.fim" and severity(ev) == (17, "ERROR")
+    assert {k: a[k] for k in ("file.path", "file.name", "file.directory", "file.size", "file.mode",
+                              "file.owner.id", "file.group.id", "file.modified", "file.inode")} == {
+        "file.path": "/etc/app/new.conf", "file.name": "new.conf", "file.directory": "/etc/app",
+        "file.size": 12, "file.mode": "0640", "file.owner.id": "0", "file.group.id": "42",
+        "file.modified": "2023-11-14T22:13:20.500000000Z", "file.inode": "77"}
+    assert a["file.hash.sha256"] == "ab" * 32 and a["file.hash.md5"] == "cd" * 16
+    assert (a["fsnotify.action"], a["fsnotify.origin"], a["fsnotify.old_path"], a["fsnotify.tags"]) == (
+        "renamed", "live", "/etc/app/new.conf.tmp", ["pci"])
+    assert a["process.pid"] == 9 and not any(k.startswith("fsnotify.watcher.") for k in a)
+    assert body(ev) == "renamed /etc/app/new.conf (was /etc/app/new.conf.tmp) by sed (pid 9)"
+    scan = Event(type="fim", action="deleted", origin="scan", path="/etc/old")
+    assert body(scan) == "deleted /etc/old: found by comparing with the baseline"
+    assert "file.size" not in attributes(scan) and severity(scan) == (9, "INFO")
