@@ -48,10 +48,14 @@ extra=""
 (( with_test )) && extra="[test]"
 step "pip install -e .$extra"
 # (this machine's pip.conf names local mirrors that may be absent: hide that noise)
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra" 2>&1 \
+# editable_mode=compat: the source tree on sys.path, so pySigma's plugin
+# discovery (pkgutil over the sigma.pipelines namespace) finds
+# sigma/pipelines/otel_fsnotify, which setuptools' default editable finder hides
+.venv/bin/python -m pip install -q --disable-pip-version-check \
+    --config-settings editable_mode=compat -e ".$extra" 2>&1 \
     | { grep -v "^WARNING: Location 'file:" || true; }
 [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "install.sh: pip install failed" >&2; exit 1; }
 
-.venv/bin/python -c 'import bcc, msgspec, opentelemetry.sdk' \
-    || { echo "install.sh: the venv cannot import bcc/msgspec/opentelemetry" >&2; exit 1; }
+.venv/bin/python -c 'import bcc, msgspec, opentelemetry.sdk, sigma' \
+    || { echo "install.sh: the venv cannot import bcc/msgspec/opentelemetry/pySigma" >&2; exit 1; }
 step "ready: .venv/bin/otel-fsnotify"

@@ -1,7 +1,8 @@
 """The `run` job: one backend feeding one output until told to stop.
 
-    backend (kernel hooks -> Event) ----------------------> output (table | jsonl | OTLP)
-    watch mode (fim/: the agent's own fanotify group) --^   (its actors from the backend)
+    backend (kernel hooks -> Event) -----------------------> rules -> output (table | jsonl | OTLP)
+    watch mode (fim/: the agent's own fanotify group) --^    (Sigma: ids, severity; --alerts-only)
+                                   (its actors from the backend)
 
 Loss counters of both sides are logged every `stats_interval` seconds and
 printed once at exit as `otel-fsnotify: stats {json}` on stderr.
@@ -95,12 +96,60 @@ def start_fim(cfg: AgentConfig):
     return monitor
 
 
+def load_rules(cfg: AgentConfig, include_command_line: bool):
+    """The Sigma rules, compiled, and their names made known to the OTLP
+    mapping (security_rule.*); None without rules. RuleError: one line."""
+    if not cfg.rules.paths:
+        return None
+    from .otel.mapping import register_rules
+    from .rules.engine import RuleSet
+
+    rules = RuleSet.load(cfg.rules.paths, command_line=include_command_line, log=log)
+    register_rules({r.id: (r.title, r.ruleset) for r in rules.rules})
+    log.info("rules: %d Sigma rules loaded from %s", len(rules.rules), ", ".join(cfg.rules.paths))
+    return rules
+
+
+class _Sink:
+    """Events on their way out: the rules mark them (and --alerts-only keeps
+    only the marked, counting the others), then the output."""
+
+    def __init__(self, output, rules, alerts_only: bool):
+        self.output = output
+        self.rules = rules
+        self.alerts_only = alerts_only
+        self.not_alerts = 0  # events --alerts-only did not ship (counted, by design)
+
+    def __call__(self, events) -> None:
+        write = self.output.write
+        if self.rules is None:
+            for event in events:
+                write(event)
+            return
+        apply = self.rules.apply
+        for event in events:
+            event = apply(event)
+            if self.alerts_only and not event.rules:
+                self.not_alerts += 1
+                continue
+            write(event)
+
+    def counters(self) -> dict[str, int]:
+        if self.rules is None:
+            return {}
+        out = dict(self.rules.counters)
+        if self.alerts_only:
+            out["alerts_only_not_shipped"] = self.not_alerts
+        return out
+
+
 def run(cfg: AgentConfig) -> int:
-    # A file output is opened, and OTLP settings (flags, file, environment)
-    # checked, before any BPF is loaded, so a mistake costs no compile; the
-    # OTLP resource names the backend, so that output comes after.
+    # A file output is opened, OTLP settings (flags, file, environment) and
+    # the rules checked, before any BPF is loaded, so a mistake costs no
+    # compile; the OTLP resource names the backend, so that output comes after.
     output = make_output(cfg, "") if cfg.output != "otlp" else None
     settings = OtlpSettings.from_env(os.environ, **cfg.otlp) if cfg.output == "otlp" else None
+    rules = load_rules(cfg, bool(settings and settings.include_command_line))
     fim = start_fim(cfg)
     try:
         backend = backends.choose(cfg.backend, filters_of(cfg), log,
@@ -128,9 +177,10 @@ def run(cfg: AgentConfig) -> int:
     started = time.monotonic()
     deadline = started + cfg.duration if cfg.duration else None
     next_stats = started + cfg.stats_interval if cfg.stats_interval else None
+    sink = _Sink(output, rules, cfg.rules.alerts_only)
     metrics = None
     if cfg.output == "otlp":
-        metrics = _start_metrics(cfg, output, backend, fim)
+        metrics = _start_metrics(cfg, output, backend, fim, sink)
     watch = _Watch(fim, backend) if fim is not None else None
     try:
         while not stop.requested:
@@ -139,26 +189,26 @@ def run(cfg: AgentConfig) -> int:
                 break
             wait = POLL_MS if not deadline else max(1, min(POLL_MS, int((deadline - now) * 1000)))
             if watch is None:
-                _write(output, backend.poll(wait))
+                sink(backend.poll(wait))
             else:
-                watch.turn(output, wait, now)
+                watch.turn(sink, wait, now)
             output.flush()  # a reader following --output-file sees each poll's events at once
             if next_stats and now >= next_stats:
-                log.info("stats %s", json.dumps(_stats(backend, output, fim)))
+                log.info("stats %s", json.dumps(_stats(backend, output, fim, sink)))
                 next_stats = now + cfg.stats_interval
         if watch is None:
-            _write(output, backend.poll(0))  # what the kernel already queued
+            sink(backend.poll(0))  # what the kernel already queued
         else:
-            watch.turn(output, 0, time.monotonic())
+            watch.turn(sink, 0, time.monotonic())
     finally:
         try:
-            _write(output, backend.close())  # and what the backend still held
+            sink(backend.close())  # and what the backend still held
             if fim is not None:
-                _write(output, fim.finish())  # changes still being written
+                sink(fim.finish())  # changes still being written
                 fim.close()
             output.close()  # a second SIGINT/SIGTERM cuts the drain short...
         finally:
-            stats = _final_stats(backend, output, metrics, fim)  # ...never the stats line
+            stats = _final_stats(backend, output, metrics, fim, sink)  # ...never the stats line
     if stats.get("spool_corrupt_events"):
         log.error("%d events were lost to damage in the spool (spool_corrupt_events)",
                   stats["spool_corrupt_events"])
@@ -177,15 +227,15 @@ class _Watch:
         self.next_loss_check = 0.0
         self.lost_seen = 0
 
-    def turn(self, output, wait_ms: int, now: float) -> None:
+    def turn(self, sink, wait_ms: int, now: float) -> None:
         fim = self.fim
         raw = fim.read()
         if raw or fim.scanning:
             wait_ms = 0
         elif fim.busy:
             wait_ms = min(wait_ms, 20)
-        _write(output, self.backend.poll(wait_ms))
-        _write(output, fim.process(raw, self.backend.fim_actor))
+        sink(self.backend.poll(wait_ms))
+        sink(fim.process(raw, self.backend.fim_actor))
         if now >= self.next_loss_check:
             self.next_loss_check = now + LOSS_CHECK_S
             lost = self.backend.counters().get("ringbuf_lost", 0)
@@ -194,7 +244,7 @@ class _Watch:
                 self.lost_seen = lost
 
 
-def _final_stats(backend, output, metrics, fim=None) -> dict:
+def _final_stats(backend, output, metrics, fim=None, sink=None) -> dict:
     """Print the counters once at exit, whatever interrupted the shutdown."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -202,28 +252,22 @@ def _final_stats(backend, output, metrics, fim=None) -> dict:
         if metrics is not None:
             metrics.shutdown()
     finally:
-        stats = _stats(backend, output, fim)
+        stats = _stats(backend, output, fim, sink)
         sys.stderr.write("otel-fsnotify: stats " + json.dumps(stats) + "\n")
         sys.stderr.flush()
     return stats
 
 
-def _write(output, events) -> None:
-    write = output.write
-    for event in events:
-        write(event)
-
-
-def _stats(backend, output, fim=None) -> dict:
+def _stats(backend, output, fim=None, sink=None) -> dict:
     return {"backend": backend.name, **backend.counters(), **(fim.counters if fim else {}),
-            **output.counters()}
+            **(sink.counters() if sink else {}), **output.counters()}
 
 
-def _start_metrics(cfg: AgentConfig, output, backend, fim=None):
+def _start_metrics(cfg: AgentConfig, output, backend, fim=None, sink=None):
     """Export loss/throughput counters as OTLP metrics next to the logs."""
     try:
         from .delivery.metrics import start_metrics
     except ImportError:
         return None
     return start_metrics(output.shipper.settings, output.shipper.resource,
-                         lambda: _stats(backend, output, fim))
+                         lambda: _stats(backend, output, fim, sink))

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report only watch-mode events (not other listeners' events)")
     w.add_argument("--state-dir", dest="fim_state_dir", metavar="DIR",
                    help="where the baseline is kept (default /var/lib/otel-fsnotify/fim)")
+    d = r.add_argument_group("detection: Sigma rules run on every event (flags replace [rules])")
+    d.add_argument("--rules", dest="rules_paths", action="append", metavar="PATH",
+                   help="Sigma rule file or directory (repeatable): matching events carry the "
+                        "rule ids (`rules`) and the rule's level as severity")
+    d.add_argument("--alerts-only", dest="rules_alerts_only", action="store_const", const=True,
+                   help="ship only events that matched a rule")
     _add_otlp_flags(r)
 
     rp = sub.add_parser("replay", help="ship a jsonl capture over OTLP")
@@ -161,7 +167,7 @@ def _cmd_run(args) -> int:
         fields=fields, duration=args.duration, stats_interval=args.stats_interval,
         tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
         inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, **_otlp_flags(args),
-        **{k: v for k, v in vars(args).items() if k.startswith("fim_")})
+        **{k: v for k, v in vars(args).items() if k.startswith(("fim_", "rules_"))})
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())
     problem = _needs_bpf_privilege()
@@ -177,6 +183,10 @@ def _cmd_replay(args) -> int:
 
     cfg = config.apply_overrides(config.load(args.config), "command line", **_otlp_flags(args))
     settings = OtlpSettings.from_env(os.environ, **cfg.otlp)
+    if cfg.rules.paths:  # the names of the rules the capture's events matched
+        from .agent import load_rules
+
+        load_rules(cfg, settings.include_command_line)
     return run_replay(args.file, settings, logging.getLogger("otel_fsnotify"), progress=not args.no_progress)
 
 
@@ -190,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .agent import OutputUnusable
     from .fim.fid_group import WatchUnavailable
+    from .rules.compiler import RuleError
     from .delivery.spool import SpoolBusy, SpoolUnsafe
     from .backends.base import BackendUnavailable
     from .kernel.bcc import BccError
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_replay(args)
     except (SpoolBusy, SpoolUnsafe) as exc:  # the spool is another's: not a user typo
         return _fail(str(exc), EXIT_RUNTIME)
-    except (ConfigError, CaptureError, _UsageError) as exc:
+    except (ConfigError, CaptureError, _UsageError, RuleError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:  # OtlpSettings: a bad endpoint/protocol/header value
         return _fail(str(exc), EXIT_USAGE)

@@ -68,6 +68,13 @@ def default_state_dir() -> str:
     return os.path.join(base, "otel-fsnotify", "fim")
 
 
+class RulesConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Sigma rules run in the agent (`[rules]`, `--rules`)."""
+
+    paths: list[str] = []  # rule files or directories
+    alerts_only: bool = False  # --alerts-only: only events that matched a rule
+
+
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backend: str = "auto"
     output: str = "otlp"
@@ -78,6 +85,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     filters: FilterConfig = msgspec.field(default_factory=FilterConfig)
     fim: FimConfig = msgspec.field(default_factory=FimConfig)
+    rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
     # OTLP delivery settings; keys are OtlpSettings fields (see delivery/settings.py).
     otlp: dict[str, Any] = {}
 
@@ -107,6 +115,8 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     _check_fim(cfg.fim, where)
+    if cfg.rules.alerts_only and not cfg.rules.paths:
+        raise ConfigError(f"{where}: rules alerts_only (--alerts-only) needs rules (--rules)")
     f = cfg.filters
     if f.inotify_only and f.fanotify_only:
         raise ConfigError(f"{where}: inotify_only and fanotify_only exclude each other")
@@ -209,6 +219,8 @@ def apply_overrides(cfg: AgentConfig, where: str, **flags: Any) -> AgentConfig:
             continue
         if key.startswith("fim_"):
             setattr(cfg.fim, key.removeprefix("fim_"), value)
+        elif key.startswith("rules_"):
+            setattr(cfg.rules, key.removeprefix("rules_"), value)
         elif key in filter_keys:
             setattr(cfg.filters, key, value)
         elif key.startswith("otlp_"):

@@ -84,6 +84,7 @@ _FIELDS: list[tuple[str, type, object]] = [
     ("hash_skipped", str, ""),  # "" | too_large | vanished | unreadable | not_regular
     ("tags", list[str], []),  # the watched path's tags
     ("severity", str, ""),  # the record's severity when not the default (trace..fatal)
+    ("rules", list[str], []),  # ids of the Sigma rules the event matched (rules/)
 ]
 
 # One fsnotify event, linked to its tracee (actor) and tracer (reader).

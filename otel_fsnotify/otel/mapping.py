@@ -8,7 +8,9 @@ sent as if they were facts — except uid/gid 0 of a known process, which is roo
 
 from __future__ import annotations
 
+import functools
 import os
+import pwd
 import time
 from typing import Any
 
@@ -30,6 +32,24 @@ SEVERITY_WARN = (13, "WARN")
 SEVERITY_NUMBERS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21}
 
 _INT64_MAX = (1 << 63) - 1
+
+# Sigma rules known to this process: id -> (name, ruleset name), registered
+# when they are loaded (agent.load_rules); an event names the ids it matched
+# (Event.rules, most severe first) and its record carries security_rule.*.
+_RULES: dict[str, tuple[str, str]] = {}
+
+
+def register_rules(catalog: dict[str, tuple[str, str]]) -> None:
+    _RULES.update(catalog)
+
+
+@functools.lru_cache(maxsize=4096)
+def user_name(uid: int) -> str:
+    """The user name of uid on this host (the uid itself if it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def event_name(ev: Event) -> str:
@@ -149,6 +169,8 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     """The record's attributes (the one place that decides them)."""
     a: dict[str, Any] = {}
     _process(a, ev, _TRACEE_ROWS)  # the acting process: semantic conventions
+    if ev.tracee_pid and ev.tracee_comm:
+        a["process.user.name"] = user_name(ev.tracee_uid)
     if include_command_line and command_line:
         a["process.command_line"] = command_line
     _file(a, ev)
@@ -157,9 +179,23 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     else:
         _process(a, ev, _WATCHER_ROWS)  # the watcher: no convention exists, so fsnotify.watcher.*
         _details(a, ev)
+    if ev.rules:
+        _security_rule(a, ev.rules)
     if uid:
         a["log.record.uid"] = uid
     return a
+
+
+def _security_rule(a: dict[str, Any], ids: list[str]) -> None:
+    """semconv security_rule.* for the event's most severe rule; every id in
+    fsnotify.rules."""
+    a["security_rule.uuid"] = ids[0]
+    name, ruleset = _RULES.get(ids[0], ("", ""))
+    if name:
+        a["security_rule.name"] = name
+    if ruleset:
+        a["security_rule.ruleset.name"] = ruleset
+    a["fsnotify.rules"] = list(ids)
 
 
 def _file(a: dict[str, Any], ev: Event) -> None:

@@ -1,7 +1,7 @@
 """The pipeline's stages import downwards only, and nothing imports in a circle.
 
-    cli -> agent, config, doctor, replay -> backends, outputs -> enrich, delivery
-        -> kernel, otel -> event, masks
+    cli -> agent, config, doctor, replay -> backends, outputs -> enrich, fim, delivery
+        -> kernel, otel, rules -> event, masks
 
 A newcomer follows imports from the kernel to the collector; an upward import
 (a decoder reaching into the agent, the OTel mapping into delivery) would
@@ -19,7 +19,7 @@ LAYERS = (
     ("agent", "config", "doctor", "replay"),
     ("backends", "outputs"),
     ("enrich", "fim", "delivery"),
-    ("kernel", "otel"),
+    ("kernel", "otel", "rules"),
     ("event", "masks"),
 )
 RANK = {unit: depth for depth, units in enumerate(LAYERS) for unit in units}
