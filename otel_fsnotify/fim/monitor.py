@@ -343,16 +343,15 @@ class FimMonitor:
                 self._emit("deleted", "live", old, wo, before, who)
             return
         before_new = self.baseline.get(new)
-        moved = self.baseline.get(old) if wo is not None else None
-        if moved is not None:
+        if wo is not None:  # within the watched paths: one renamed, whatever was there
+            moved = self.baseline.get(old)  # None: created and renamed before it settled
             self.baseline.rename(old, new)
             state = self._state_after_move(new, moved)
             if state is not None:
                 self.baseline.put(new, state)
             self._emit("renamed", "live", new, wn, state or moved, who, old_path=old)
             return
-        # moved in from outside, from an excluded name, or created and renamed
-        # before it was recorded (a temporary file renamed into place): new here
+        # moved in from outside the watched paths or from an excluded name: new here
         state = self.hasher.state(new)
         if state is None:
             return
