@@ -202,7 +202,8 @@ def _parse(file: str) -> list:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}:" if where else ""
-        raise RuleError(f"{file}:{line} not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        why = getattr(exc, "problem", None) or getattr(exc, "reason", None) or exc
+        raise RuleError(f"{file}:{line} not valid YAML: {_one_line(why)}") from None
     if not all(isinstance(d, dict) for d in docs if d is not None):
         raise RuleError(f"{file}: not a valid Sigma rule: a rule is a YAML mapping (title, id, "
                         "logsource, detection...)")
@@ -251,5 +252,5 @@ def _reads(trees: list, field: str) -> bool:
     return any(walk(t) for t in trees)
 
 
-def _one_line(exc: Exception) -> str:
+def _one_line(exc) -> str:
     return " ".join(str(exc).split())

@@ -254,11 +254,29 @@ def parse_debug_log(text: str) -> list[Record]:
 _UID_LINE = re.compile(rb"^     -> log\.record\.uid: Str\((.*)\)$", re.M)
 
 
+def _read_env_file(path) -> dict[str, str]:
+    """KEY=VALUE lines (comments and blanks skipped), as `set -a; . file` would."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
 class Rotel:
     """A real rotel-agent on loopback, for tests and benchmarks."""
 
     def __init__(self, workdir: str | os.PathLike, metrics: bool = True,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, env_file: str | os.PathLike | None = None,
+                 env: dict[str, str] | None = None):
+        """env_file: a ROTEL_* configuration (config/collector/*.env) whose
+        exporter replaces the blackhole; env: variables over it (the
+        receivers always listen on free loopback ports)."""
+        self.env = _read_env_file(env_file) if env_file else {}
+        self.env.update(env or {})
+        self.exporter_from_env = env_file is not None
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.grpc_port = free_port()
@@ -289,7 +307,7 @@ class Rotel:
                 "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
                 "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
                 "--otlp-grpc-max-recv-msg-size-mib", "64",
-                "--exporter", "blackhole",
+                *(() if self.exporter_from_env else ("--exporter", "blackhole")),
                 "--pid-file", str(self.workdir / "rotel.pid"),
                 "--log-file", str(self.workdir / "rotel-agent.log"),
                 "--debug-log", "logs"]
@@ -306,7 +324,7 @@ class Rotel:
             out = open(self.log_path, "ab")
             self.proc = subprocess.Popen(self._argv(), stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.workdir,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **self.env})
             out.close()
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:

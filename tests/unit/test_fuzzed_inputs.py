@@ -130,3 +130,27 @@ def test_a_damaged_spool_opens_and_delivers_every_intact_frame(flips, cut):
         assert len(payloads) + lost + sp.corrupt_events >= len(intact)
         sp.ack(pos, len(payloads))
         sp.close()
+
+
+_RULE_PARTS = st.sampled_from([
+    "title: t\n", "id: 00000000-0000-4000-8000-000000000001\n", "level: high\n", "level: nope\n",
+    "logsource: {product: linux, category: file_event}\n", "logsource: [x]\n",
+    "detection:\n  s: {TargetFilename|endswith: /x}\n  condition: s\n",
+    "detection:\n  s: {TargetFilename|re: '('}\n  condition: s\n",
+    "detection:\n  s: {Image|cidr: 1.2.3.4/8}\n  condition: s\n",
+    "detection:\n  condition: s or\n", "detection: 5\n", "---\n", ": :\n", "- a\n", "\t\n",
+])
+
+
+@BOUNDED
+@given(st.lists(_RULE_PARTS, max_size=8), st.text(max_size=40))
+def test_any_rule_file_is_rules_or_one_error_naming_the_file(tmp_path_factory, parts, noise):
+    from otel_fsnotify.rules.compiler import RuleError
+    from otel_fsnotify.rules.engine import RuleSet
+
+    path = tmp_path_factory.mktemp("rules") / "fuzz.yml"
+    path.write_text("".join(parts) + noise)
+    try:
+        RuleSet.load([str(path)])
+    except RuleError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)

@@ -59,3 +59,24 @@ def test_a_field_the_records_do_not_carry_fails_conversion_by_name(tmp_path):
     proc = convert(tmp_path, "-t", "splunk", "-p", "otel_fsnotify", str(rule))
     assert proc.returncode != 0
     assert "otel-fsnotify records carry only these Sigma fields" in proc.stdout + proc.stderr
+
+
+def test_the_otelcol_contrib_example_says_it_is_untested_and_is_consistent():
+    """Not run (no otelcol-contrib binary here): at least every pipeline starts
+    with memory_limiter, ends with batch, and names only defined components."""
+    import yaml
+
+    text = (REPO / "config" / "otelcol-fim.yaml").read_text()
+    assert "NOT RUN BY THE TESTS" in text
+    cfg = yaml.safe_load(text)
+    defined = {kind: set(cfg.get(kind, {})) for kind in ("receivers", "processors", "exporters", "connectors")}
+    for name, p in cfg["service"]["pipelines"].items():
+        procs = p.get("processors", [])
+        assert procs and (procs[0] == "memory_limiter" or "routing" in p["receivers"]), name
+        assert procs[-1] == "batch" or p["exporters"] == ["routing"], name
+        for kind in ("receivers", "processors", "exporters"):
+            for c in p.get(kind, []):
+                assert c in defined[kind] or c in defined["connectors"], (name, c)
+    assert "memory_limiter" in cfg["service"]["pipelines"]["logs/in"]["processors"]
+    for exporter in cfg["exporters"].values():
+        assert exporter["sending_queue"]["storage"] == "file_storage"
