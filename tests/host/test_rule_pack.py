@@ -201,3 +201,55 @@ def test_the_pack_converted_for_sqlite_selects_exactly_what_the_agent_flagged(pa
         flagged = {i for i, ev in enumerate(events) if rule_id(rule) in ev.rules}
         assert flagged, f"{rule} flagged nothing: the cases above should have fired it"
         assert selected == flagged, (rule, query, sorted(selected ^ flagged))
+
+
+FOREIGN_RULE = """\
+title: Web shell dropped in a served directory
+id: 2617ccd5-1927-43b1-8d7d-a5df7c11d2ce
+status: experimental
+description: A script file written into the document root by anything but the deploy tool
+references: [https://attack.mitre.org/techniques/T1505/003/]
+author: someone else
+date: 2026/11/30
+tags: [attack.persistence, attack.t1505.003]
+logsource:
+  product: linux
+  category: file_event
+detection:
+  selection_root:
+    TargetFilename|contains: '/www/'
+  selection_ext:
+    - TargetFilename|endswith: ['.php', '.jsp', '.phtml']
+    - TargetFilename|re|i: '\\.php[0-9]$'
+  filter_deploy:
+    Image|endswith: '/rsync'
+  filter_cache:
+    TargetFilename|contains|all: ['/cache/', '.tmp']
+  condition: all of selection_* and not 1 of filter_*
+falsepositives: [Developers editing files on the server]
+level: critical
+"""
+
+
+def test_a_rule_written_elsewhere_fires_on_exactly_the_events_it_describes(tmp_path):
+    www = tmp_path / "srv" / "www"
+    (www / "cache").mkdir(parents=True)
+    rule = tmp_path / "webshell.yml"
+    rule.write_text(FOREIGN_RULE)
+    agent = Agent(tmp_path / "agent", "--watch", str(tmp_path / "srv"), "--rules", str(rule),
+                  "--fim-only", "--state-dir", str(tmp_path / "state"))
+    agent.wait_ready()
+    fire = [www / "shell.php", www / "up.PHP5", www / "a.jsp"]
+    quiet = [www / "index.html", www / "cache" / "x.tmp.php", tmp_path / "srv" / "notes.php"]
+    rsync = tmp_path / "rsync"  # the deploy tool, by name
+    shutil.copy("/bin/dash", rsync)
+    for path in fire + quiet:
+        sh(f"echo '<?php ?>' > {path}")
+    sh(f"{rsync} -c \"echo x > {www / 'deployed.php'}\"")
+    quiet.append(www / "deployed.php")
+    for path in fire + quiet:
+        assert after(agent, 0, str(path)), f"{path} was not reported"
+    agent.stop()
+    flagged = {e["path"] for e in agent.events() if e["type"] == "fim" and e["rules"]}
+    assert flagged == {str(p) for p in fire}
+    assert all(e["severity"] == "fatal" for e in agent.events() if e["path"] in flagged)
