@@ -45,8 +45,10 @@ struct proc_id {
     u32 pid;         /* tgid */
     u32 tid;
     u32 ppid;        /* tgid of real_parent */
-    u32 uid;         /* real uid, gid */
+    u32 uid;         /* effective uid and gid (what permission checks use) */
     u32 gid;
+    u32 ruid;        /* real uid */
+    u32 suid;        /* saved set-user-id */
     u32 mntns;       /* inum of the mount namespace */
     char comm[TASK_COMM];
     char pcomm[TASK_COMM];  /* real_parent's comm */
@@ -93,10 +95,15 @@ static __always_inline void fill_proc(struct proc_id *p)
     u64 nsproxy = read_ptr(task + OFF_TASK_NSPROXY);
     u64 mnt_ns = nsproxy ? read_ptr(nsproxy + OFF_NSPROXY_MNT_NS) : 0;
 
+    /* task->cred: the subjective credentials (what the task acts with) */
+    u64 cred = read_ptr(task + OFF_TASK_CRED);
+
     p->pid = pid_tgid >> 32;
     p->tid = (u32)pid_tgid;
-    p->uid = (u32)uid_gid;
-    p->gid = uid_gid >> 32;
+    p->ruid = (u32)uid_gid;   /* bpf_get_current_uid_gid() gives the real ids */
+    p->uid = cred ? read_u32(cred + OFF_CRED_EUID) : p->ruid;
+    p->gid = cred ? read_u32(cred + OFF_CRED_EGID) : (u32)(uid_gid >> 32);
+    p->suid = cred ? read_u32(cred + OFF_CRED_SUID) : p->ruid;
     p->ppid = parent ? read_u32(parent + OFF_TASK_TGID) : 0;
     p->mntns = mnt_ns ? read_u32(mnt_ns + OFF_MNT_NS_INUM) : 0;
     bpf_get_current_comm(p->comm, sizeof(p->comm));

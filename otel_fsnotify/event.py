@@ -26,8 +26,10 @@ PROCESS_FIELDS: tuple[tuple[str, type, object], ...] = (
     ("pid", U32, 0),
     ("tid", U32, 0),
     ("ppid", U32, 0),
-    ("uid", U32, 0),
-    ("gid", U32, 0),
+    ("uid", U32, 0),  # effective uid
+    ("gid", U32, 0),  # effective gid
+    ("ruid", U32, 0),  # real uid
+    ("suid", U32, 0),  # saved set-user-id
     ("mntns_id", U64, 0),
     ("comm", str, ""),
     ("pcomm", str, ""),  # the parent's comm

@@ -81,7 +81,8 @@ class Identities:
     def tracer(self, rec) -> Event:
         """An Event template holding the tracer's fields and the group
         priority of the record (cached per identity)."""
-        key = (rec.proc_pid, rec.proc_tid, rec.proc_ppid, rec.proc_uid, rec.proc_gid,
+        key = (rec.proc_pid, rec.proc_tid, rec.proc_ppid, rec.proc_uid, rec.proc_gid, rec.proc_ruid,
+               rec.proc_suid,
                rec.proc_mntns_id, rec.proc_comm, rec.prio)
         tmpl = self._tracers.get(key)
         if tmpl is None:

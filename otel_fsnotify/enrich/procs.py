@@ -118,13 +118,21 @@ MAX_THREADS = 65536  # bound on remembered tid -> tgid (oldest forgotten first)
 class Proc(msgspec.Struct):
     pid: int
     ppid: int = 0
-    uid: int = 0
-    gid: int = 0
+    uid: int = 0  # effective
+    gid: int = 0  # effective
+    ruid: int = 0  # real
+    suid: int = 0  # saved
     mntns_id: int = 0
     comm: str = ""
     exe: str = ""
     container_id: str = ""
     exited_at: float = 0.0  # monotonic seconds, 0 while alive
+
+
+def _ids(status_: dict[str, str], key: str) -> list[int]:
+    """The four ids of a Uid:/Gid: status line (real, effective, saved, fs)."""
+    ids = [int(x) for x in status_.get(key, "0 0 0 0").split()]
+    return ids + [ids[-1]] * (4 - len(ids))
 
 
 def _exec_path(pid: int, filename: str) -> str:
@@ -166,8 +174,10 @@ class ProcTable:
             proc = Proc(
                 pid=pid,
                 ppid=int(st.get("PPid", "0")),
-                uid=int(st.get("Uid", "0").split()[0]),
-                gid=int(st.get("Gid", "0").split()[0]),
+                uid=_ids(st, "Uid")[1],  # Uid: real effective saved filesystem
+                gid=_ids(st, "Gid")[1],
+                ruid=_ids(st, "Uid")[0],
+                suid=_ids(st, "Uid")[2],
                 mntns_id=mntns_id(pid),
                 comm=st.get("Name", ""),
                 exe=exe_path(pid),
@@ -179,15 +189,19 @@ class ProcTable:
         return proc
 
     # -- feed from the sched tracepoints --------------------------------------
-    def fork(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int) -> None:
+    def fork(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
+             ruid: int | None = None, suid: int | None = None) -> None:
+        """A new process (uid, gid effective; ruid, suid default to uid)."""
         parent = self._procs.get(ppid)
         self._before_exec.pop(pid, None)  # a new process: a reused pid's past is not its own
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
+                                ruid=uid if ruid is None else ruid, suid=uid if suid is None else suid,
                                 exe=parent.exe if parent else "",
                                 container_id=parent.container_id if parent else "")
 
     def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
-             filename: str, at_ns: int = 0, queued: int = 0) -> None:
+             filename: str, at_ns: int = 0, queued: int = 0, ruid: int | None = None,
+             suid: int | None = None) -> None:
         """The process exec'd `filename` at at_ns (CLOCK_MONOTONIC): a new
         identity from then on; the one before is kept for events before it
         (and for the `queued` watch-group events it left unread)."""
@@ -200,6 +214,7 @@ class ProcTable:
                 del self._before_exec[next(iter(self._before_exec))]
         cid = (old.container_id if old else "") or container_id(pid)
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
+                                ruid=uid if ruid is None else ruid, suid=uid if suid is None else suid,
                                 exe=_exec_path(pid, filename), container_id=cid)
 
     def thread(self, tid: int, tgid: int) -> None:

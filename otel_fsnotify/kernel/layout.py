@@ -34,6 +34,10 @@ COMMON_OFFSETS = {
     "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
     "OFF_GROUP_PRIORITY": ("fsnotify_group", "priority"),
     "OFF_TASK_PID": ("task_struct", "pid"),  # both programs' process table feed
+    "OFF_TASK_CRED": ("task_struct", "cred"),
+    "OFF_CRED_EUID": ("cred", "euid"),  # kuid_t: one u32 (val) at its start
+    "OFF_CRED_EGID": ("cred", "egid"),
+    "OFF_CRED_SUID": ("cred", "suid"),
 }
 
 # fsnotify_exact.bpf.c: the fsnotify internals

@@ -18,7 +18,8 @@ Fields = Sequence[tuple[str, str]]
 
 # struct proc_id (bpf/fsnotify_common.h)
 PROC_ID: Fields = (
-    ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("uid", "I"), ("gid", "I"), ("mntns_id", "I"),
+    ("pid", "I"), ("tid", "I"), ("ppid", "I"), ("uid", "I"), ("gid", "I"), ("ruid", "I"),
+    ("suid", "I"), ("mntns_id", "I"),
     ("comm", "16s"), ("pcomm", "16s"),
 )
 # struct path_walk (bpf/fsnotify_common.h)

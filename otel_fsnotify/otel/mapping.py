@@ -114,11 +114,13 @@ def body(ev: Event) -> str:
 # with it): a bare pid leaves them unknown rather than claiming root.
 TRACEE = (
     ("pid", "process.pid"),
-    ("uid", "process.user.id"),
+    ("uid", "process.user.id"),  # effective (semconv)
+    ("ruid", "process.real_user.id"),
+    ("suid", "process.saved_user.id"),
     ("gid", "fsnotify.tracee.gid"),  # semconv has no process group id
     ("tid", "fsnotify.tracee.tid"),
     ("ppid", "process.parent_pid"),
-    ("comm", "process.executable.name"),
+    ("comm", "process.command"),  # the kernel's 15-character task name
     ("exe", "process.executable.path"),
     ("pcomm", "fsnotify.tracee.parent.executable.name"),
     ("mntns_id", "fsnotify.tracee.mntns_id"),
@@ -127,15 +129,17 @@ TRACEE = (
 WATCHER = (
     ("pid", "fsnotify.watcher.pid"),
     ("uid", "fsnotify.watcher.user.id"),
+    ("ruid", "fsnotify.watcher.real_user.id"),
+    ("suid", "fsnotify.watcher.saved_user.id"),
     ("gid", "fsnotify.watcher.group.id"),
     ("tid", "fsnotify.watcher.tid"),
     ("ppid", "fsnotify.watcher.parent_pid"),
-    ("comm", "fsnotify.watcher.executable.name"),
+    ("comm", "fsnotify.watcher.command"),
     ("exe", "fsnotify.watcher.executable.path"),
     ("pcomm", "fsnotify.watcher.parent.executable.name"),
     ("mntns_id", "fsnotify.watcher.mntns_id"),
 )
-_IDENTITY = frozenset(("uid", "gid"))  # known only with pid and comm
+_IDENTITY = frozenset(("uid", "gid", "ruid", "suid"))  # known only with pid and comm
 _WIDE = frozenset(("mntns_id",))  # u64 in the kernel: may exceed int64
 
 
@@ -152,7 +156,8 @@ _WATCHER_ROWS = _rows("tracer", WATCHER)
 
 
 def _process(a: dict[str, Any], ev: Event, role_rows) -> None:
-    """One role's process attributes into a."""
+    """One role's process attributes into a; the executable's name is the
+    basename of its path (the 15-character comm is the command)."""
     rows, pid_field, comm_field = role_rows
     identified = bool(getattr(ev, pid_field) and getattr(ev, comm_field))
     for field, key, identity, wide in rows:
@@ -162,6 +167,8 @@ def _process(a: dict[str, Any], ev: Event, role_rows) -> None:
                 a[key] = value
         elif value:
             a[key] = _i64(value) if wide else value
+            if key.endswith("executable.path"):
+                a[key[: -len("path")] + "name"] = os.path.basename(value)
 
 
 def attributes(ev: Event, uid: str = "", command_line: str = "",

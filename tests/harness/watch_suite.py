@@ -290,3 +290,21 @@ def test_changes_made_while_down_are_reported_once_at_the_next_start(start_agent
     _ready(third)
     third.stop()
     assert _fim(third) == [], "nothing changed since: nothing to report"
+
+
+def test_the_actor_is_named_by_its_effective_uid_beside_its_real_and_saved_ones(watch, wd):
+    os.chmod(wd, 0o777)
+    for parent in wd.parents:  # the test's temporary directories are 0700: let uid 1234 through
+        if parent == Path("/tmp") or parent == Path("/"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    f = wd / "as-1234"
+    # (not a shell: sh resets its effective ids to the real ones at start)
+    proc = subprocess.Popen(["setpriv", "--euid", "1234", "--egid", "4321", "--clear-groups",
+                             sys.executable, "-c", f"open({str(f)!r}, 'w').write('x')"])
+    proc.wait()
+    evs = watch.at(f)
+    assert evs and evs[0]["tracee_pid"] == proc.pid, evs
+    e = evs[0]
+    assert (e["tracee_uid"], e["tracee_gid"], e["tracee_ruid"]) == (1234, 4321, 0), e
+    assert e["file_uid"] == 1234  # the file is owned by whom the process acted as

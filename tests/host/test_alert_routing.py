@@ -9,6 +9,7 @@ audit indexes.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -71,7 +72,8 @@ def test_matched_records_go_to_the_alerts_pipeline_and_the_rest_to_audit(tmp_pat
     a = alerts[0].attributes
     assert a["security_rule.uuid"] == "9b1eb7b6-1c07-4427-aad8-a947632115be"
     assert a["security_rule.name"] == "Secret file changed" and a["security_rule.ruleset.name"] == "rule"
-    assert alerts[0].severity_number == 17 and a["process.executable.name"] == "sh"
+    assert alerts[0].severity_number == 17 and a["process.command"] == "sh"
+    assert a["process.executable.name"] == os.path.basename(os.path.realpath("/bin/sh"))
 
     audit = [r for r in audit_index.wait_for_records(1, timeout=20) if r.event_name == "fsnotify.fim"]
     assert [r.attributes["file.path"] for r in audit] == [str(tree / "notes.txt")]

@@ -7,8 +7,10 @@ import pytest
 from otel_fsnotify import masks
 from otel_fsnotify.event import FIELD_NAMES, CaptureError, Event, from_json_line, iter_capture, to_json_line
 
-DESIGN_FIELDS = """timestamp type tracer_pid tracer_tid tracer_ppid tracer_uid tracer_gid tracer_mntns_id
-tracer_comm tracer_pcomm tracer_exe tracee_pid tracee_tid tracee_ppid tracee_uid tracee_gid
+DESIGN_FIELDS = """timestamp type tracer_pid tracer_tid tracer_ppid tracer_uid tracer_gid tracer_ruid tracer_suid
+tracer_mntns_id
+tracer_comm tracer_pcomm tracer_exe tracee_pid tracee_tid tracee_ppid tracee_uid tracee_gid tracee_ruid
+tracee_suid
 tracee_mntns_id tracee_comm tracee_pcomm tracee_exe tracee_container_id prio i_wd i_mask i_cookie
 i_ino i_ino_dir i_mask_names fa_type fa_mask fa_pid fa_flags fa_f_flags fa_mask_names fa_response
 name path attribution action origin old_path file_size file_mode file_uid file_gid file_mtime

@@ -215,3 +215,14 @@ def test_a_watch_mode_change_maps_to_file_semconv_hashes_and_its_paths_severity(
     scan = Event(type="fim", action="deleted", origin="scan", path="/etc/old")
     assert body(scan) == "deleted /etc/old: found by comparing with the baseline"
     assert "file.size" not in attributes(scan) and severity(scan) == (9, "INFO")
+
+
+def test_the_actor_is_named_by_its_executable_and_its_effective_uid():
+    ev = Event(type="fim", action="modified", path="/etc/x", tracee_pid=9, tracee_comm="sh",
+               tracee_exe="/usr/bin/dash", tracee_uid=1234, tracee_ruid=0, tracee_suid=1234)
+    a = otel_map.attributes(ev)
+    assert (a["process.executable.name"], a["process.executable.path"], a["process.command"]) == (
+        "dash", "/usr/bin/dash", "sh")
+    assert (a["process.user.id"], a["process.real_user.id"], a["process.saved_user.id"]) == (1234, 0, 1234)
+    unknown = otel_map.attributes(Event(type="fim", action="modified", path="/etc/x", tracee_pid=9))
+    assert "process.user.id" not in unknown and "process.executable.name" not in unknown

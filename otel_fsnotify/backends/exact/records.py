@@ -110,10 +110,11 @@ class Decoder:
     def _process(self, r, tail: bytes) -> None:
         pid, comm = r.tracee_pid, cstr(r.tracee_comm)
         if r.rtype == REC_FORK:
-            self.procs.fork(pid, r.tracee_ppid, comm, r.tracee_uid, r.tracee_gid, r.tracee_mntns_id)
+            self.procs.fork(pid, r.tracee_ppid, comm, r.tracee_uid, r.tracee_gid, r.tracee_mntns_id,
+                            r.tracee_ruid, r.tracee_suid)
         elif r.rtype == REC_EXEC:
             self.procs.exec(pid, r.tracee_ppid, comm, r.tracee_uid, r.tracee_gid, r.tracee_mntns_id,
-                            cstr(tail), r.ts_boot)
+                            cstr(tail), r.ts_boot, ruid=r.tracee_ruid, suid=r.tracee_suid)
         else:
             self.procs.exit(pid)
 

@@ -243,13 +243,14 @@ class TracepointBackend(Backend):
         """fork / exec / exit / a new thread: keep the process table current."""
         pid = h.proc_pid
         if kind == records.REC_FORK:
-            self.procs.fork(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid, h.proc_mntns_id)
+            self.procs.fork(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid, h.proc_mntns_id,
+                            h.proc_ruid, h.proc_suid)
             if h.pidns != self.fanotify.own_pidns and h.nspid:
                 self.procs.ns_task(h.pidns, h.nspid, pid)
         elif kind == records.REC_EXEC:
             self.identities.exec_seen()
             self.procs.exec(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid,
-                            h.proc_mntns_id, cstr(data), h.ts, h.queued)
+                            h.proc_mntns_id, cstr(data), h.ts, h.queued, h.proc_ruid, h.proc_suid)
         elif kind == records.REC_EXIT:
             self.procs.exit(pid)
             self.listeners.exited(pid)
