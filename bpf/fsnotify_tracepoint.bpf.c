@@ -37,6 +37,7 @@
 #define REC_THREAD 10     // a new thread (tid, tgid)
 #define REC_GROUP_GONE 9  // the last reference to a permission-capable fanotify
                           // file is being dropped (close(2) or exit)
+#define REC_CREDS 11      // a process changed its user or group ids (set*id(2))
 
 #define WAKEUP_EVERY 512  // records per CPU between wakeups of the agent
 #define CHUNK 4096        // bytes copied per ring buffer record
@@ -78,8 +79,8 @@ struct rec_hdr {
                      // REC_FORK / REC_THREAD: the new task's pid namespace
     u32 nspid;       // REC_FORK / REC_THREAD: the new task's number in it
     u32 event_off;   // REC_FAN_PATH: the event's offset in the read it belongs to
-    u32 queued;      // REC_EXEC: events of this process still waiting in the agent's
-                     // watch group (queued before the exec: they were the old program's)
+    u32 queued;      // REC_EXEC / REC_CREDS: events of this process still waiting in
+                     // the agent's watch group (queued before: made as it was then)
     struct path_walk walk;  // REC_FAN_PATH: the components in data
     u32 pad;         // no hidden tail padding: the size is what user space declares
 };
@@ -636,6 +637,26 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     submit(r, got > 0 ? got : 0);
     return 0;
 }
+
+// set*id(2) succeeded: the process acts as someone else from now on (its
+// events before keep the identity they were made with). fill_proc reads the
+// new credentials. setfsuid/setfsgid return the old id, not a status: left out.
+static __always_inline int creds_changed(long ret) {
+    if (ret != 0)
+        return 0;
+    struct rec_buf *r = stage_record(REC_CREDS);
+    if (!r)
+        return 0;
+    r->h.queued = queued_in_watch_group();  // made with the ids before: see REC_EXEC
+    submit(r, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_setuid) { return creds_changed(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setreuid) { return creds_changed(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresuid) { return creds_changed(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setgid) { return creds_changed(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setregid) { return creds_changed(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_setresgid) { return creds_changed(args->ret); }
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();

@@ -217,6 +217,18 @@ class ProcTable:
                                 ruid=uid if ruid is None else ruid, suid=uid if suid is None else suid,
                                 exe=_exec_path(pid, filename), container_id=cid)
 
+    def creds(self, pid: int, uid: int, gid: int, ruid: int, suid: int, at_ns: int,
+              queued: int = 0) -> None:
+        """The process changed its ids at at_ns (set*id): a new identity from
+        then on; the one before is kept for its earlier events, as for exec; `queued` of its events were made before (as for exec)."""
+        old = self._procs.get(pid)
+        if old is None or (old.uid, old.gid, old.ruid, old.suid) == (uid, gid, ruid, suid):
+            return
+        history = self._before_exec.setdefault(pid, [])
+        history.append([at_ns, old, queued])
+        del history[:-MAX_EXECS_KEPT]
+        self._procs[pid] = msgspec.structs.replace(old, uid=uid, gid=gid, ruid=ruid, suid=suid)
+
     def thread(self, tid: int, tgid: int) -> None:
         """A new thread (from the sched fork tracepoint)."""
         self._threads.pop(tid, None)

@@ -29,7 +29,7 @@ def _defines(text: str, prefix: str) -> dict[str, int]:
 def test_record_kinds_are_the_programs_kinds():
     kinds = _defines(TRACEPOINT, "REC_")
     assert kinds == {name: getattr(tp_records, name) for name in kinds}
-    assert len(kinds) == 10
+    assert len(kinds) == 11
     rtypes = _defines(EXACT, "REC_")
     assert rtypes == {name: getattr(exact_records, name) for name in rtypes}
     listener = _defines(COMMON, "KIND_")

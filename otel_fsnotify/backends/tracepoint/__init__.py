@@ -232,7 +232,8 @@ class TracepointBackend(Backend):
             self.verdicts.response(h, data)
         elif kind == records.REC_ADD_WATCH:
             self.listeners.refresh(h.proc_pid, h.fd)
-        elif kind in (records.REC_FORK, records.REC_EXEC, records.REC_EXIT, records.REC_THREAD):
+        elif kind in (records.REC_FORK, records.REC_EXEC, records.REC_EXIT, records.REC_THREAD,
+                      records.REC_CREDS):
             self._process_table(kind, h, data)
         elif kind == records.REC_KILLED:
             self.verdicts.killed(h)
@@ -254,6 +255,9 @@ class TracepointBackend(Backend):
         elif kind == records.REC_EXIT:
             self.procs.exit(pid)
             self.listeners.exited(pid)
+        elif kind == records.REC_CREDS:
+            self.procs.creds(pid, h.proc_uid, h.proc_gid, h.proc_ruid, h.proc_suid, h.ts, h.queued)
+            self.identities.exec_seen()  # a tracer's template holds its ids
         else:  # REC_THREAD
             self.procs.thread(h.proc_tid, pid)
             if h.pidns != self.fanotify.own_pidns and h.nspid:

@@ -31,6 +31,7 @@ REC_FAN_PATH = 7    # the path of a fanotify event's file (components leaf first
 REC_KILLED = 8      # a task takes SIGKILL leaving a failed syscall
 REC_GROUP_GONE = 9  # the last reference to a permission listener's file is going
 REC_THREAD = 10     # a new thread (tid, tgid)
+REC_CREDS = 11      # a process changed its user or group ids (set*id)
 
 # slots of the per-CPU `counters` array (CNT_* in the program)
 COUNTERS = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep")
