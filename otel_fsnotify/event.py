@@ -37,7 +37,9 @@ PROCESS_FIELDS: tuple[tuple[str, type, object], ...] = (
 )
 # ...and what only the actor carries
 TRACEE_ONLY_FIELDS: tuple[tuple[str, type, object], ...] = (
-    ("container_id", str, ""),
+    ("container_id", str, ""),  # from the cgroup path (enrich/procs.py container_of)
+    ("container_runtime", str, ""),  # containerd, cri-o, docker, podman
+    ("pod_uid", str, ""),  # the Kubernetes pod's uid
 )
 
 

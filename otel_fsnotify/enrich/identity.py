@@ -13,7 +13,7 @@ from operator import attrgetter
 
 from ..event import PROCESS_FIELDS, Event
 from ..kernel.records import PROC_ID, cstr
-from .procs import ExeCache, Proc, ProcTable
+from .procs import NO_CONTAINER, Container, ExeCache, Proc, ProcTable
 
 MAX_CACHED = 4096  # identities remembered per cache (cleared when full)
 _KERNEL_TEXT = frozenset(name for name, code in PROC_ID if code.endswith("s"))
@@ -29,7 +29,7 @@ class KernelProcess:
         self._keys = tuple(f"{role}_{name}" for name in names)
         self._text = tuple(name in _KERNEL_TEXT for name in names)
         self._exe_key = f"{role}_exe"
-        self._cid_key = "tracee_container_id" if role == "tracee" else ""
+        self._tracee = role == "tracee"
         self._exe = exe
         self._strings: dict[bytes, str] = {}
 
@@ -47,11 +47,17 @@ class KernelProcess:
         exe source keeps history (0: now)."""
         out = {key: (self._str(v) if text else v)
                for key, text, v in zip(self._keys, self._text, self._get(rec))}
-        exe, cid = self._exe.get(out[self._keys[0]], at_ns)
+        exe, container = self._exe.get(out[self._keys[0]], at_ns)
         out[self._exe_key] = exe
-        if self._cid_key:
-            out[self._cid_key] = cid
+        if self._tracee:
+            out.update(container_fields(container))
         return out
+
+
+def container_fields(c) -> dict:
+    """The tracee's container fields of an Event (procs.Container)."""
+    return {"tracee_container_id": c.id, "tracee_container_runtime": c.runtime,
+            "tracee_pod_uid": c.pod_uid}
 
 
 def from_proc(role: str, proc: Proc, parent: Proc | None) -> dict:
@@ -64,7 +70,7 @@ def from_proc(role: str, proc: Proc, parent: Proc | None) -> dict:
         elif name != "tid":
             out[f"{role}_{name}"] = getattr(proc, name)
     if role == "tracee":
-        out["tracee_container_id"] = proc.container_id
+        out.update(container_fields(proc.container))
     return out
 
 
@@ -137,6 +143,6 @@ class _ProcTableExe:
     def __init__(self, procs: ProcTable):
         self.procs = procs
 
-    def get(self, pid: int, at_ns: int = 0) -> tuple[str, str]:
+    def get(self, pid: int, at_ns: int = 0) -> tuple[str, Container]:
         proc = self.procs.get(pid)
-        return (proc.exe, proc.container_id) if proc else ("", "")
+        return (proc.exe, proc.container) if proc else ("", NO_CONTAINER)

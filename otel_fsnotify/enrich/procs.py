@@ -14,14 +14,42 @@ import os
 import re
 import time
 from collections import deque
+from typing import NamedTuple
 
 import msgspec
 
 PROC = "/proc"
 
-# A container id is a 64-hex-digit component in the cgroup path, as written by
-# docker, containerd, cri-o and podman (e.g. .../docker-<id>.scope, /kubepods/.../<id>).
-_CONTAINER_ID = re.compile(r"(?:^|[/\-:])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+# A container's cgroup, as runtimes and the kubelet name it: a 64-hex-digit
+# component, bare (cgroupfs driver: /kubepods/<qos>/pod<uid>/<id>) or with the
+# runtime's prefix and .scope (systemd driver: .../kubepods-<qos>-pod<uid with _
+# for ->.slice/cri-containerd-<id>.scope; crio-, docker-, libpod- likewise).
+_CONTAINER = re.compile(r"(?:^|/)(?:([a-z][a-z-]*?)-)?([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+_RUNTIMES = {"cri-containerd": "containerd", "containerd": "containerd", "crio": "cri-o",
+             "docker": "docker", "libpod": "podman"}
+
+
+class Container(NamedTuple):
+    """Where a process runs, from its cgroup path ("" when not in one)."""
+
+    id: str = ""
+    runtime: str = ""  # containerd, cri-o, docker, podman; "" when the path does not say
+    pod_uid: str = ""  # the Kubernetes pod's metadata uid, with dashes
+
+
+NO_CONTAINER = Container()
+
+
+def container_of_cgroup(path: str) -> Container:
+    """The container a cgroup v2 path names (the last one when nested)."""
+    found = list(_CONTAINER.finditer(path))
+    if not found:
+        return NO_CONTAINER
+    m = found[-1]
+    pod = _POD_UID.search(path[: m.start(2)])
+    return Container(m.group(2), _RUNTIMES.get(m.group(1) or "", ""),
+                     pod.group(1).replace("_", "-") if pod else "")
 
 
 def exe_path(pid: int) -> str:
@@ -33,18 +61,19 @@ def exe_path(pid: int) -> str:
     return path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
 
 
-def container_id(pid: int) -> str:
-    """The container id from /proc/<pid>/cgroup, "" when not in a container."""
+def container_of(pid: int) -> Container:
+    """The container of a process, from /proc/<pid>/cgroup; NO_CONTAINER when
+    it is in none (or is gone)."""
     try:
         with open(f"{PROC}/{pid}/cgroup") as fh:
             text = fh.read()
     except OSError:
-        return ""
+        return NO_CONTAINER
     for line in text.splitlines():
-        m = _CONTAINER_ID.search(line.split(":", 2)[-1])
-        if m:
-            return m.group(1)
-    return ""
+        got = container_of_cgroup(line.split(":", 2)[-1])
+        if got.id:
+            return got
+    return NO_CONTAINER
 
 
 def status(pid: int) -> dict[str, str]:
@@ -125,7 +154,7 @@ class Proc(msgspec.Struct):
     mntns_id: int = 0
     comm: str = ""
     exe: str = ""
-    container_id: str = ""
+    container: Container = NO_CONTAINER
     exited_at: float = 0.0  # monotonic seconds, 0 while alive
 
 
@@ -181,7 +210,7 @@ class ProcTable:
                 mntns_id=mntns_id(pid),
                 comm=st.get("Name", ""),
                 exe=exe_path(pid),
-                container_id=container_id(pid),
+                container=container_of(pid),
             )
         except (ValueError, IndexError):
             return None
@@ -197,7 +226,7 @@ class ProcTable:
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
                                 ruid=uid if ruid is None else ruid, suid=uid if suid is None else suid,
                                 exe=parent.exe if parent else "",
-                                container_id=parent.container_id if parent else "")
+                                container=parent.container if parent else NO_CONTAINER)
 
     def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
              filename: str, at_ns: int = 0, queued: int = 0, ruid: int | None = None,
@@ -212,10 +241,10 @@ class ProcTable:
             del history[:-MAX_EXECS_KEPT]
             if len(self._before_exec) > MAX_EXITED:
                 del self._before_exec[next(iter(self._before_exec))]
-        cid = (old.container_id if old else "") or container_id(pid)
+        container = old.container if old and old.container.id else container_of(pid)
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
                                 ruid=uid if ruid is None else ruid, suid=uid if suid is None else suid,
-                                exe=_exec_path(pid, filename), container_id=cid)
+                                exe=_exec_path(pid, filename), container=container)
 
     def creds(self, pid: int, uid: int, gid: int, ruid: int, suid: int, at_ns: int,
               queued: int = 0) -> None:
@@ -323,23 +352,23 @@ class ProcTable:
 
 
 class ExeCache:
-    """exe path and container id per pid, cached briefly (pids are reused)."""
+    """exe path and container per pid, cached briefly (pids are reused)."""
 
     TTL = 5.0
     MAX = 4096
 
     def __init__(self):
-        self._cache: dict[int, tuple[float, str, str]] = {}
+        self._cache: dict[int, tuple[float, str, Container]] = {}
 
-    def get(self, pid: int, at_ns: int = 0) -> tuple[str, str]:
+    def get(self, pid: int, at_ns: int = 0) -> tuple[str, Container]:
         if not pid:
-            return "", ""
+            return "", NO_CONTAINER
         now = time.monotonic()
         hit = self._cache.get(pid)
         if hit and now - hit[0] < self.TTL:
             return hit[1], hit[2]
         if len(self._cache) >= self.MAX:
             self._cache.clear()
-        exe, cid = exe_path(pid), container_id(pid)
-        self._cache[pid] = (now, exe, cid)
-        return exe, cid
+        exe, container = exe_path(pid), container_of(pid)
+        self._cache[pid] = (now, exe, container)
+        return exe, container

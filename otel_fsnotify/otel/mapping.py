@@ -124,7 +124,14 @@ TRACEE = (
     ("exe", "process.executable.path"),
     ("pcomm", "fsnotify.tracee.parent.executable.name"),
     ("mntns_id", "fsnotify.tracee.mntns_id"),
-    ("container_id", "container.id"),
+)
+# ...and where it runs: resource attributes, one ResourceLogs per container,
+# so a collector's k8sattributes (pod_association by resource attribute) and
+# SIEM joins find them where semantic conventions put them
+CONTAINER = (
+    ("tracee_container_id", "container.id"),
+    ("tracee_container_runtime", "container.runtime"),
+    ("tracee_pod_uid", "k8s.pod.uid"),
 )
 WATCHER = (
     ("pid", "fsnotify.watcher.pid"),
@@ -191,6 +198,14 @@ def attributes(ev: Event, uid: str = "", command_line: str = "",
     if uid:
         a["log.record.uid"] = uid
     return a
+
+
+def resource_of(ev: Event) -> tuple[tuple[str, str], ...]:
+    """The resource attributes this event adds to the agent's (its container);
+    () outside any. Records are grouped by it."""
+    if not ev.tracee_container_id:
+        return ()
+    return tuple((key, getattr(ev, field)) for field, key in CONTAINER if getattr(ev, field))
 
 
 def _security_rule(a: dict[str, Any], ids: list[str]) -> None:

@@ -101,7 +101,8 @@ class JsonEncoder:
     """Encode batches of LogEntry as one OTLP/JSON request body."""
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
-        self._resource = Resource(key_values(resource))
+        self._base = dict(resource)
+        self._resources: dict[tuple, Resource] = {(): Resource(key_values(resource))}
         self._scope = Scope(SCOPE_NAME, __version__)
         self._include_cmd = include_command_line
         self._enc = msgspec.json.Encoder()
@@ -120,7 +121,21 @@ class JsonEncoder:
                 ev, e.uid, e.command_line, self._include_cmd)),
         )
 
+    def _resource(self, extra: tuple) -> Resource:
+        res = self._resources.get(extra)
+        if res is None:
+            if len(self._resources) > 4096:
+                self._resources = {(): self._resources[()]}
+            res = self._resources[extra] = Resource(key_values({**self._base, **dict(extra)}))
+        return res
+
     def encode(self, entries: Iterable[LogEntry]) -> bytes:
-        req = ExportLogsServiceRequest([ResourceLogs(
-            self._resource, [ScopeLogs(self._scope, [self.record(e) for e in entries])])])
+        """One ResourceLogs per container (mapping.resource_of), in order of
+        first appearance."""
+        groups: dict[tuple, list[LogRecord]] = {}
+        for e in entries:
+            groups.setdefault(mapping.resource_of(e.event), []).append(self.record(e))
+        req = ExportLogsServiceRequest([
+            ResourceLogs(self._resource(extra), [ScopeLogs(self._scope, records)])
+            for extra, records in groups.items()])
         return self._enc.encode(req)

@@ -81,7 +81,8 @@ class ProtoEncoder:
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
         # Resource: 1 attributes; ResourceLogs: 1 resource, 2 scope_logs; ScopeLogs: 1 scope, 2 log_records
-        self._resource = _ld(b"\x0a", b"".join(_ld(b"\x0a", key_value(k, v)) for k, v in resource.items()))
+        self._base = dict(resource)
+        self._resources: dict[tuple, bytes] = {(): self._resource_bytes(self._base)}
         scope = InstrumentationScope(name=mapping.SCOPE_NAME, version=__version__).SerializeToString()
         self._scope = _ld(b"\x0a", scope)
         self._include_cmd = include_command_line
@@ -109,10 +110,27 @@ class ProtoEncoder:
             parts.append(_ld(b"\x62", name.encode()))
         return b"".join(parts)
 
+    @staticmethod
+    def _resource_bytes(attrs: dict[str, Any]) -> bytes:
+        return _ld(b"\x0a", b"".join(_ld(b"\x0a", key_value(k, v)) for k, v in attrs.items()))
+
+    def _resource(self, extra: tuple) -> bytes:
+        res = self._resources.get(extra)
+        if res is None:
+            if len(self._resources) > 4096:
+                self._resources = {(): self._resources[()]}
+            res = self._resources[extra] = self._resource_bytes({**self._base, **dict(extra)})
+        return res
+
     def encode(self, entries: Iterable[LogEntry]) -> bytes:
-        scope_logs = self._scope + b"".join(_ld(b"\x12", self.record(e)) for e in entries)
-        resource_logs = self._resource + _ld(b"\x12", scope_logs)
-        return _ld(b"\x0a", resource_logs)
+        """One ResourceLogs per container (mapping.resource_of), in order of
+        first appearance."""
+        groups: dict[tuple, list[bytes]] = {}
+        for e in entries:
+            groups.setdefault(mapping.resource_of(e.event), []).append(_ld(b"\x12", self.record(e)))
+        return b"".join(
+            _ld(b"\x0a", self._resource(extra) + _ld(b"\x12", self._scope + b"".join(records)))
+            for extra, records in groups.items())
 
     def request(self, entries: Iterable[LogEntry]) -> ExportLogsServiceRequest:
         """The same request as a message object (for tests and debugging)."""

@@ -86,7 +86,9 @@ def test_records_arrive_with_the_right_fields(rotel, tmp_path, protocol, monkeyp
     assert a["fsnotify.action"] == "create" and a["fsnotify.attribution"] == "inferred"
     assert len(a["log.record.uid"]) == 26  # ULID
     assert fan.event_name == "fsnotify.fanotify"
-    assert fan.attributes["container.id"] == "c0ffee"
+    # one ResourceLogs per container: its id is a resource attribute (k8sattributes' pod_association)
+    assert fan.resource["container.id"] == "c0ffee" and "container.id" not in fan.attributes
+    assert "container.id" not in ino.resource and fan.resource["service.name"] == "fim"
     assert fan.attributes["file.path"] == "/etc/f1"
     assert fan.attributes["fsnotify.fanotify.type"] == "FANOTIFY_EVENT_TYPE_PATH"
     assert resp.event_name == "fsnotify.fanotify.response"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 
 import pytest
@@ -39,7 +41,8 @@ def test_inotify_record_semconv_and_watcher_attributes():
     assert a["process.executable.path"] == "/usr/bin/touch"
     assert a["process.user.id"] == 0  # root is a fact when the process is known
     assert a["fsnotify.tracee.gid"] == 0
-    assert a["container.id"] == "abc123"
+    assert "container.id" not in a  # a resource attribute: one ResourceLogs per container
+    assert otel_map.resource_of(INOTIFY) == (("container.id", "abc123"),)
     assert a["file.path"] == "/srv/data/newdir"
     assert a["file.name"] == "newdir"
     assert a["file.directory"] == "/srv/data"
@@ -226,3 +229,28 @@ def test_the_actor_is_named_by_its_executable_and_its_effective_uid():
     assert (a["process.user.id"], a["process.real_user.id"], a["process.saved_user.id"]) == (1234, 0, 1234)
     unknown = otel_map.attributes(Event(type="fim", action="modified", path="/etc/x", tracee_pid=9))
     assert "process.user.id" not in unknown and "process.executable.name" not in unknown
+
+
+@pytest.mark.parametrize("encoder", ["json", "proto"])
+def test_records_are_grouped_into_one_resource_per_container(encoder):
+    from otel_fsnotify.otel.otlp_proto import ProtoEncoder
+
+    pod = "1b2c3d4e-0000-4000-8000-123456789abc"
+    a = dict(tracee_container_id="a" * 64, tracee_container_runtime="containerd", tracee_pod_uid=pod)
+    b = dict(tracee_container_id="b" * 64, tracee_container_runtime="cri-o")
+    evs = [Event(name="1", **a), Event(name="2"), Event(name="3", **b), Event(name="4", **a)]
+    entries = [LogEntry(f"u{i}", 1, ev) for i, ev in enumerate(evs)]
+    base = {"service.name": "otel-fsnotify", "host.name": "n1"}
+    if encoder == "json":
+        req = json.loads(JsonEncoder(base).encode(entries))["resourceLogs"]
+        groups = [({kv["key"]: list(kv["value"].values())[0] for kv in rl["resource"]["attributes"]},
+                   [r["attributes"] for r in rl["scopeLogs"][0]["logRecords"]]) for rl in req]
+    else:
+        req = ProtoEncoder(base).request(entries).resource_logs
+        groups = [({kv.key: kv.value.string_value for kv in rl.resource.attributes},
+                   list(rl.scope_logs[0].log_records)) for rl in req]
+    assert [len(records) for _res, records in groups] == [2, 1, 1]
+    first, plain, crio = (res for res, _records in groups)
+    assert first == {**base, "container.id": "a" * 64, "container.runtime": "containerd", "k8s.pod.uid": pod}
+    assert plain == base
+    assert crio == {**base, "container.id": "b" * 64, "container.runtime": "cri-o"}

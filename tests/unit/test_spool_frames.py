@@ -102,8 +102,9 @@ def test_frames_parse_the_same_whatever_the_chunking():
     whole = parse_frames(data, complete=True)
     assert len(whole.payloads) == 30 and whole.lost == 0 and whole.used == len(data)
     got, off = [], 0
-    while off < len(data):  # a reader looking at a few hundred bytes at a time
-        part = parse_frames(data[off:off + 700], complete=off + 700 >= len(data))
+    chunk = 2 * len(_frame(0))  # a reader looking at a couple of frames at a time
+    while off < len(data):
+        part = parse_frames(data[off:off + chunk], complete=off + chunk >= len(data))
         got += part.payloads
         assert part.used > 0
         off += part.used

@@ -17,7 +17,7 @@ from operator import attrgetter
 
 from ... import masks
 from ...enrich.identity import KernelProcess
-from ...enrich.procs import ProcTable
+from ...enrich.procs import NO_CONTAINER, Container, ProcTable
 from ...enrich.watches import WatchPaths
 from ...event import Event
 from ...kernel.abi import FAN_Q_OVERFLOW, IN_Q_OVERFLOW
@@ -147,9 +147,9 @@ class _ExeAsOf:
     def __init__(self, procs: ProcTable):
         self.procs = procs
 
-    def get(self, pid: int, at_ns: int = 0) -> tuple[str, str]:
+    def get(self, pid: int, at_ns: int = 0) -> tuple[str, Container]:
         proc = self.procs.get(pid, at_ns)
-        return (proc.exe, proc.container_id) if proc else ("", "")
+        return (proc.exe, proc.container) if proc else ("", NO_CONTAINER)
 
 
 # record fields an Event takes as they are (same names)
