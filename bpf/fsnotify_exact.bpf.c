@@ -65,6 +65,7 @@ struct record {
     u64 ts_boot;          /* bpf_ktime_get_boot_ns() when queued */
     u64 group;            /* struct fsnotify_group * */
     u64 i_ino, i_ino_dir;
+    u64 tracee_cgroup;    /* the tracee's cgroup v2 id (its directory's inode number) */
     struct proc_id tracee;
     struct proc_id tracer;   /* filled when a tracer reads it */
     u32 kind;             /* KIND_* */
@@ -186,6 +187,7 @@ static __always_inline int on_insert(u64 group, u64 event)
     r->kind = kind;
     r->prio = read_u32(group + OFF_GROUP_PRIORITY);
     fill_proc(&r->tracee);
+    r->tracee_cgroup = bpf_get_current_cgroup_id();
     if (kind == KIND_INOTIFY) {
         /* struct inotify_event_info embeds struct fsnotify_event first */
         struct insert_ctx *ctx = insert_ctx.lookup(&tid);
@@ -385,6 +387,7 @@ static __always_inline struct out_event *process_record(u32 rtype)
     __builtin_memset(r, 0, sizeof(*r));
     r->ts_boot = bpf_ktime_get_boot_ns();
     fill_proc(&r->tracee);
+    r->tracee_cgroup = bpf_get_current_cgroup_id();
     return new_out(r, rtype);
 }
 

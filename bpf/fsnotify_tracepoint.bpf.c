@@ -65,6 +65,7 @@
 struct rec_hdr {
     u64 ts;          // bpf_ktime_get_ns (monotonic); user space converts
     u64 group;       // struct fsnotify_group * (file->private_data)
+    u64 cgroup;      // the current task's cgroup v2 id (its directory's inode number)
     u32 kind;        // REC_*
     struct proc_id proc;  // the current task (REC_FORK / REC_THREAD: the new one)
     s32 fd;          // listener fd
@@ -213,6 +214,7 @@ static __always_inline struct rec_buf *stage(void) {
 static __always_inline void clear_record(struct rec_hdr *h, u32 kind) {
     h->kind = kind;
     h->group = 0;
+    h->cgroup = 0;
     h->fd = 0;
     h->ret = 0;
     h->prio = 0;
@@ -237,6 +239,7 @@ static __always_inline struct rec_buf *stage_record(u32 kind) {
     clear_record(&r->h, kind);
     fill_proc(&r->h.proc);
     r->h.ts = bpf_ktime_get_ns();
+    r->h.cgroup = bpf_get_current_cgroup_id();
     return r;
 }
 

@@ -21,6 +21,7 @@ import time
 from . import backends
 from .config import AgentConfig, default_state_dir, filters_of
 from .delivery.settings import OtlpSettings
+from .enrich.scope import resolve as resolve_scope
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
 log = logging.getLogger("otel_fsnotify")
@@ -111,35 +112,43 @@ def load_rules(cfg: AgentConfig, include_command_line: bool):
 
 
 class _Sink:
-    """Events on their way out: the rules mark them (and --alerts-only keeps
-    only the marked, counting the others), then the output."""
+    """Events on their way out: those whose actor is out of scope are left
+    out (counted), the rules mark the rest (and --alerts-only keeps only the
+    marked, counting the others), then the output."""
 
-    def __init__(self, output, rules, alerts_only: bool):
+    def __init__(self, output, rules, alerts_only: bool, scope=None):
         self.output = output
         self.rules = rules
         self.alerts_only = alerts_only
+        self.scope = scope if scope else None
         self.not_alerts = 0  # events --alerts-only did not ship (counted, by design)
+        self.out_of_scope = 0  # events whose actor is outside --cgroup/--pod-uid/... (by design)
 
     def __call__(self, events) -> None:
         write = self.output.write
-        if self.rules is None:
+        if self.rules is None and self.scope is None:
             for event in events:
                 write(event)
             return
-        apply = self.rules.apply
+        apply = self.rules.apply if self.rules is not None else None
+        holds = self.scope.holds if self.scope is not None else None
         for event in events:
-            event = apply(event)
-            if self.alerts_only and not event.rules:
-                self.not_alerts += 1
+            if holds is not None and not holds(event):
+                self.out_of_scope += 1
                 continue
+            if apply is not None:
+                event = apply(event)
+                if self.alerts_only and not event.rules:
+                    self.not_alerts += 1
+                    continue
             write(event)
 
     def counters(self) -> dict[str, int]:
-        if self.rules is None:
-            return {}
-        out = dict(self.rules.counters)
+        out = dict(self.rules.counters) if self.rules is not None else {}
         if self.alerts_only:
             out["alerts_only_not_shipped"] = self.not_alerts
+        if self.scope is not None:
+            out["filtered_scope"] = self.out_of_scope
         return out
 
 
@@ -150,6 +159,11 @@ def run(cfg: AgentConfig) -> int:
     output = make_output(cfg, "") if cfg.output != "otlp" else None
     settings = OtlpSettings.from_env(os.environ, **cfg.otlp) if cfg.output == "otlp" else None
     rules = load_rules(cfg, bool(settings and settings.include_command_line))
+    f = cfg.filters
+    scope = resolve_scope(cgroup=f.cgroup, container_id=f.container_id, pod_uid=f.pod_uid,
+                          this_pod=f.this_pod)
+    if scope:
+        log.info("scope: only actors in %s", ", ".join(f"{k} {v}" for k, v in scope._asdict().items() if v))
     fim = start_fim(cfg)
     try:
         backend = backends.choose(cfg.backend, filters_of(cfg), log,
@@ -177,7 +191,7 @@ def run(cfg: AgentConfig) -> int:
     started = time.monotonic()
     deadline = started + cfg.duration if cfg.duration else None
     next_stats = started + cfg.stats_interval if cfg.stats_interval else None
-    sink = _Sink(output, rules, cfg.rules.alerts_only)
+    sink = _Sink(output, rules, cfg.rules.alerts_only, scope)
     metrics = None
     if cfg.output == "otlp":
         metrics = _start_metrics(cfg, output, backend, fim, sink)

@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only events caused by this process (repeatable)")
     r.add_argument("--tracer-group", metavar="ADDR",
                    help="only events queued to this struct fsnotify_group (kernel address)")
+    r.add_argument("--cgroup", metavar="PATH",
+                   help="only events whose actor is in this cgroup v2 directory or below")
+    r.add_argument("--container-id", metavar="ID", help="only events whose actor is in this container")
+    r.add_argument("--pod-uid", metavar="UID", help="only events whose actor is in this Kubernetes pod")
+    r.add_argument("--this-pod", action="store_const", const=True,
+                   help="only events of the agent's own pod (a sidecar; POD_UID from the downward "
+                        "API where its cgroup does not say)")
     r.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
     r.add_argument("--stats-interval", type=_seconds, metavar="SECONDS",
                    help="log loss/throughput counters this often (default 60; 0 = only at exit)")
@@ -166,7 +173,8 @@ def _cmd_run(args) -> int:
         cfg, "command line", backend=args.backend, output=args.output, output_file=args.output_file,
         fields=fields, duration=args.duration, stats_interval=args.stats_interval,
         tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
-        inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, **_otlp_flags(args),
+        inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, cgroup=args.cgroup,
+        container_id=args.container_id, pod_uid=args.pod_uid, this_pod=args.this_pod, **_otlp_flags(args),
         **{k: v for k, v in vars(args).items() if k.startswith(("fim_", "rules_"))})
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())

@@ -39,6 +39,11 @@ class FilterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracer_group: str = ""  # struct fsnotify_group address, hex ("0xffff...")
     inotify_only: bool = False
     fanotify_only: bool = False
+    # scope: only events whose actor is in this cgroup / container / pod (enrich/scope.py)
+    cgroup: str = ""
+    container_id: str = ""
+    pod_uid: str = ""
+    this_pod: bool = False
 
 
 class FimPath(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -40,6 +40,7 @@ TRACEE_ONLY_FIELDS: tuple[tuple[str, type, object], ...] = (
     ("container_id", str, ""),  # from the cgroup path (enrich/procs.py container_of)
     ("container_runtime", str, ""),  # containerd, cri-o, docker, podman
     ("pod_uid", str, ""),  # the Kubernetes pod's uid
+    ("cgroup", str, ""),  # its cgroup v2 path
 )
 
 

@@ -23,7 +23,9 @@ class KernelProcess:
     """Reads one role's fields out of a ring record whose struct proc_id
     fields are named `prefix + name` (e.g. tracee_pid, proc_comm)."""
 
-    def __init__(self, role: str, prefix: str, exe: ExeCache):
+    def __init__(self, role: str, prefix: str, exe: ExeCache, cgroups=None, cgroup_field: str = ""):
+        """cgroups, cgroup_field: a CgroupPaths and the record field holding
+        the task's cgroup id, when the record says where the task was."""
         names = [name for name, _code in PROC_ID]
         self._get = attrgetter(*(prefix + name for name in names))
         self._keys = tuple(f"{role}_{name}" for name in names)
@@ -31,6 +33,8 @@ class KernelProcess:
         self._exe_key = f"{role}_exe"
         self._tracee = role == "tracee"
         self._exe = exe
+        self._cgroups = cgroups
+        self._cgroup_of = attrgetter(cgroup_field) if cgroup_field else None
         self._strings: dict[bytes, str] = {}
 
     def _str(self, raw: bytes) -> str:
@@ -50,6 +54,9 @@ class KernelProcess:
         exe, container = self._exe.get(out[self._keys[0]], at_ns)
         out[self._exe_key] = exe
         if self._tracee:
+            if self._cgroup_of is not None:
+                here = self._cgroups.container(self._cgroup_of(rec))
+                container = here if here.cgroup else container
             out.update(container_fields(container))
         return out
 
@@ -57,7 +64,7 @@ class KernelProcess:
 def container_fields(c) -> dict:
     """The tracee's container fields of an Event (procs.Container)."""
     return {"tracee_container_id": c.id, "tracee_container_runtime": c.runtime,
-            "tracee_pod_uid": c.pod_uid}
+            "tracee_pod_uid": c.pod_uid, "tracee_cgroup": c.cgroup}
 
 
 def from_proc(role: str, proc: Proc, parent: Proc | None) -> dict:

@@ -31,11 +31,12 @@ _RUNTIMES = {"cri-containerd": "containerd", "containerd": "containerd", "crio":
 
 
 class Container(NamedTuple):
-    """Where a process runs, from its cgroup path ("" when not in one)."""
+    """Where a process runs, from its cgroups ("" when not in a container)."""
 
     id: str = ""
     runtime: str = ""  # containerd, cri-o, docker, podman; "" when the path does not say
     pod_uid: str = ""  # the Kubernetes pod's metadata uid, with dashes
+    cgroup: str = ""  # its cgroup v2 path (as its cgroup namespace shows it to the agent)
 
 
 NO_CONTAINER = Container()
@@ -62,18 +63,22 @@ def exe_path(pid: int) -> str:
 
 
 def container_of(pid: int) -> Container:
-    """The container of a process, from /proc/<pid>/cgroup; NO_CONTAINER when
-    it is in none (or is gone)."""
+    """The container and cgroup v2 path of a process, from /proc/<pid>/cgroup;
+    NO_CONTAINER when it is gone."""
     try:
         with open(f"{PROC}/{pid}/cgroup") as fh:
             text = fh.read()
     except OSError:
         return NO_CONTAINER
+    found, v2 = NO_CONTAINER, ""
     for line in text.splitlines():
-        got = container_of_cgroup(line.split(":", 2)[-1])
-        if got.id:
-            return got
-    return NO_CONTAINER
+        hierarchy, _, rest = line.partition(":")
+        path = rest.partition(":")[2]
+        if hierarchy == "0":
+            v2 = path
+        if not found.id:
+            found = container_of_cgroup(path)
+    return found._replace(cgroup=v2)
 
 
 def status(pid: int) -> dict[str, str]:
@@ -219,18 +224,21 @@ class ProcTable:
 
     # -- feed from the sched tracepoints --------------------------------------
     def fork(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
-             ruid: int | None = None, suid: int | None = None) -> None:
-        """A new process (uid, gid effective; ruid, suid default to uid)."""
+             ruid: int | None = None, suid: int | None = None,
+             container: Container | None = None) -> None:
+        """A new process (uid, gid effective; ruid, suid default to uid;
+        container: where the kernel said it is, else its parent's)."""
         parent = self._procs.get(ppid)
         self._before_exec.pop(pid, None)  # a new process: a reused pid's past is not its own
+        if container is None:
+            container = parent.container if parent else NO_CONTAINER
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
                                 ruid=uid if ruid is None else ruid, suid=uid if suid is None else suid,
-                                exe=parent.exe if parent else "",
-                                container=parent.container if parent else NO_CONTAINER)
+                                exe=parent.exe if parent else "", container=container)
 
     def exec(self, pid: int, ppid: int, comm: str, uid: int, gid: int, mntns_id: int,
              filename: str, at_ns: int = 0, queued: int = 0, ruid: int | None = None,
-             suid: int | None = None) -> None:
+             suid: int | None = None, container: Container | None = None) -> None:
         """The process exec'd `filename` at at_ns (CLOCK_MONOTONIC): a new
         identity from then on; the one before is kept for events before it
         (and for the `queued` watch-group events it left unread)."""
@@ -241,7 +249,8 @@ class ProcTable:
             del history[:-MAX_EXECS_KEPT]
             if len(self._before_exec) > MAX_EXITED:
                 del self._before_exec[next(iter(self._before_exec))]
-        container = old.container if old and old.container.id else container_of(pid)
+        if container is None:  # not said by the kernel: as before, or as /proc says now
+            container = old.container if old and old.container.id else container_of(pid)
         self._procs[pid] = Proc(pid=pid, ppid=ppid, uid=uid, gid=gid, mntns_id=mntns_id, comm=comm,
                                 ruid=uid if ruid is None else ruid, suid=uid if suid is None else suid,
                                 exe=_exec_path(pid, filename), container=container)

@@ -124,6 +124,7 @@ TRACEE = (
     ("exe", "process.executable.path"),
     ("pcomm", "fsnotify.tracee.parent.executable.name"),
     ("mntns_id", "fsnotify.tracee.mntns_id"),
+    ("cgroup", "process.linux.cgroup"),
 )
 # ...and where it runs: resource attributes, one ResourceLogs per container,
 # so a collector's k8sattributes (pod_association by resource attribute) and

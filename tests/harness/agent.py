@@ -39,12 +39,13 @@ class Agent:
 
     wait: return only once the agent says ``backend B started`` (else call
     wait_started()). patience: wait_for()'s default timeout in seconds, poll:
-    how often it rereads the events.
+    how often it rereads the events. wrap: a command the agent is exec'd
+    through (e.g. one that enters a cgroup first).
     """
 
     def __init__(self, workdir: str | os.PathLike, *extra: str, backend: str = "tracepoint",
                  output: str = "jsonl", wait: bool = True, patience: float = 10.0,
-                 poll: float = 0.1):
+                 poll: float = 0.1, wrap: list[str] | None = None):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.backend = backend
@@ -57,7 +58,7 @@ class Agent:
         if output == "jsonl":
             args += ["--output-file", str(self.out)]
         self._errfh = open(self.err, "wb")
-        self.proc = subprocess.Popen(cli() + args + list(extra), cwd=REPO,
+        self.proc = subprocess.Popen(list(wrap or ()) + cli() + args + list(extra), cwd=REPO,
                                      stdout=subprocess.DEVNULL, stderr=self._errfh)
         if wait:
             self.wait_started()

@@ -38,4 +38,4 @@ def test_an_event_before_an_exec_is_the_old_programs_and_an_exit_is_remembered()
     ("/", ("", "", "")),
 ])
 def test_the_container_and_its_pod_are_read_from_the_cgroup_path(path, expected):
-    assert tuple(container_of_cgroup(path)) == expected
+    assert tuple(container_of_cgroup(path))[:3] == expected

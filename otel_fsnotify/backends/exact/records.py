@@ -16,6 +16,7 @@ import time
 from operator import attrgetter
 
 from ... import masks
+from ...enrich.cgroups import CgroupPaths
 from ...enrich.identity import KernelProcess
 from ...enrich.procs import NO_CONTAINER, Container, ProcTable
 from ...enrich.watches import WatchPaths
@@ -28,7 +29,7 @@ from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, cstr, nested
 # Fields named like the Event fields they fill.
 OUT_EVENT = RecordLayout("out_event", [
     # struct record: what the tracee side knew, and the tracer who read it
-    ("ts_boot", "Q"), ("group", "Q"), ("i_ino", "Q"), ("i_ino_dir", "Q"),
+    ("ts_boot", "Q"), ("group", "Q"), ("i_ino", "Q"), ("i_ino_dir", "Q"), ("tracee_cgroup", "Q"),
     *nested("tracee", PROC_ID), *nested("tracer", PROC_ID),
     ("kind", "I"), ("prio", "I"), ("i_wd", "I"), ("i_mask", "I"), ("i_cookie", "I"),
     ("fa_type", "I"), ("fa_mask", "I"), ("fa_pid", "I"), ("fa_flags", "I"), ("fa_f_flags", "I"),
@@ -77,9 +78,11 @@ class Decoder:
         self.layout = layout
         self.watch_paths = watch_paths
         self.procs = procs
+        self.cgroups = CgroupPaths()
         self.offset = boot_to_epoch_offset()
         exe = _ExeAsOf(procs)
-        self.tracee = KernelProcess("tracee", "tracee_", exe)
+        # the tracee's container: from the cgroup it was in when it acted
+        self.tracee = KernelProcess("tracee", "tracee_", exe, self.cgroups, "tracee_cgroup")
         self.tracer = KernelProcess("tracer", "tracer_", exe)
 
     def decode(self, buf: bytes, off: int = 0, size: int | None = None) -> Event | None:
@@ -109,12 +112,14 @@ class Decoder:
 
     def _process(self, r, tail: bytes) -> None:
         pid, comm = r.tracee_pid, cstr(r.tracee_comm)
+        container = self.cgroups.container(r.tracee_cgroup)
         if r.rtype == REC_FORK:
             self.procs.fork(pid, r.tracee_ppid, comm, r.tracee_uid, r.tracee_gid, r.tracee_mntns_id,
-                            r.tracee_ruid, r.tracee_suid)
+                            r.tracee_ruid, r.tracee_suid, container)
         elif r.rtype == REC_EXEC:
             self.procs.exec(pid, r.tracee_ppid, comm, r.tracee_uid, r.tracee_gid, r.tracee_mntns_id,
-                            cstr(tail), r.ts_boot, ruid=r.tracee_ruid, suid=r.tracee_suid)
+                            cstr(tail), r.ts_boot, ruid=r.tracee_ruid, suid=r.tracee_suid,
+                            container=container)
         else:
             self.procs.exit(pid)
 

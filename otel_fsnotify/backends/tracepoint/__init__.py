@@ -29,6 +29,7 @@ import struct
 import time
 
 from ...enrich import procs as proc_readers
+from ...enrich.cgroups import CgroupPaths
 from ...enrich.identity import Identities
 from ...enrich.mirror import Mirror
 from ...enrich.procs import ProcTable
@@ -91,6 +92,7 @@ class TracepointBackend(Backend):
         self._polls = 0
         self.decode_errors = 0
         self.procs = ProcTable()
+        self.cgroups = CgroupPaths()  # the cgroup ids of fork/exec records -> containers
         self.clock = records.Clock()
         self.emit = Emitter(filters.tracee_pids)
         self.identities = Identities(self.procs)
@@ -245,13 +247,14 @@ class TracepointBackend(Backend):
         pid = h.proc_pid
         if kind == records.REC_FORK:
             self.procs.fork(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid, h.proc_mntns_id,
-                            h.proc_ruid, h.proc_suid)
+                            h.proc_ruid, h.proc_suid, self.cgroups.container(h.cgroup))
             if h.pidns != self.fanotify.own_pidns and h.nspid:
                 self.procs.ns_task(h.pidns, h.nspid, pid)
         elif kind == records.REC_EXEC:
             self.identities.exec_seen()
             self.procs.exec(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid,
-                            h.proc_mntns_id, cstr(data), h.ts, h.queued, h.proc_ruid, h.proc_suid)
+                            h.proc_mntns_id, cstr(data), h.ts, h.queued, h.proc_ruid, h.proc_suid,
+                            self.cgroups.container(h.cgroup))
         elif kind == records.REC_EXIT:
             self.procs.exit(pid)
             self.listeners.exited(pid)

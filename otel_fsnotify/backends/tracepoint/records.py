@@ -14,7 +14,7 @@ from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, nested
 
 # struct rec_hdr; `len` bytes of data follow each header
 HDR = RecordLayout("rec_hdr", [
-    ("ts", "Q"), ("group", "Q"), ("kind", "I"), *nested("proc", PROC_ID),
+    ("ts", "Q"), ("group", "Q"), ("cgroup", "Q"), ("kind", "I"), *nested("proc", PROC_ID),
     ("fd", "i"), ("ret", "i"), ("prio", "I"), ("listener", "I"), ("total", "I"),
     ("offset", "I"), ("len", "I"), ("pidns", "I"), ("nspid", "I"), ("event_off", "I"),
     ("queued", "I"), *nested("walk", PATH_WALK), ("pad", "I"),
