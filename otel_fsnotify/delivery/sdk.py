@@ -21,12 +21,12 @@ class SdkExporter(Exporter):
     more; the reference for tests and for comparison."""
 
     def __init__(self, settings: OtlpSettings, resource: dict[str, Any]):
-        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.protocol = settings.protocol
         self.settings = settings
-        self._resource = Resource(resource)
+        self._base = dict(resource)
+        self._resources: dict[tuple, object] = {}  # extra attributes -> sdk Resource
         self._scope = InstrumentationScope(mapping.SCOPE_NAME, __version__)
         self._include_cmd = settings.include_command_line
         self._exporter = self._make(settings)
@@ -47,8 +47,17 @@ class SdkExporter(Exporter):
             body=mapping.body(ev),
             attributes=mapping.attributes(ev, e.uid, e.command_line, self._include_cmd),
             event_name=mapping.event_name(ev))
-        return ReadableLogRecord(log_record=rec, resource=self._resource,
+        return ReadableLogRecord(log_record=rec, resource=self._resource(mapping.resource_of(ev)),
                                  instrumentation_scope=self._scope)
+
+    def _resource(self, extra: tuple):
+        """The agent's resource plus the event's container (as our encoders)."""
+        from opentelemetry.sdk.resources import Resource
+
+        res = self._resources.get(extra)
+        if res is None:
+            res = self._resources[extra] = Resource({**self._base, **dict(extra)})
+        return res
 
     def export(self, entries: Sequence[LogEntry]) -> Outcome:
         from opentelemetry.sdk._logs.export import LogRecordExportResult
