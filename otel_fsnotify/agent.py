@@ -183,6 +183,18 @@ def run(cfg: AgentConfig) -> int:
             raise
     if fim is not None:
         fim.begin()  # marks are in place: the start-up scan against the baseline
+    health = None
+    if cfg.health_listen:
+        from .health import Health
+
+        try:
+            health = Health(cfg.health_listen, output, settings.spool_max_bytes if settings else 0)
+        except BaseException:
+            backend.close()
+            if fim is not None:
+                fim.close()
+            output.close()
+            raise
     _quiet_gc()
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
@@ -207,6 +219,8 @@ def run(cfg: AgentConfig) -> int:
             else:
                 watch.turn(sink, wait, now)
             output.flush()  # a reader following --output-file sees each poll's events at once
+            if health is not None:
+                health.polled(backend.name)
             if next_stats and now >= next_stats:
                 log.info("stats %s", json.dumps(_stats(backend, output, fim, sink)))
                 next_stats = now + cfg.stats_interval
@@ -215,6 +229,8 @@ def run(cfg: AgentConfig) -> int:
         else:
             watch.turn(sink, 0, time.monotonic())
     finally:
+        if health is not None:
+            health.close()
         try:
             sink(backend.close())  # and what the backend still held
             if fim is not None:

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--this-pod", action="store_const", const=True,
                    help="only events of the agent's own pod (a sidecar; POD_UID from the downward "
                         "API where its cgroup does not say)")
+    r.add_argument("--health-listen", metavar="[ADDR:]PORT",
+                   help="serve /healthz and /readyz for probes (off by default; a bare port binds 127.0.0.1)")
     r.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
     r.add_argument("--stats-interval", type=_seconds, metavar="SECONDS",
                    help="log loss/throughput counters this often (default 60; 0 = only at exit)")
@@ -174,7 +176,8 @@ def _cmd_run(args) -> int:
         fields=fields, duration=args.duration, stats_interval=args.stats_interval,
         tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
         inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, cgroup=args.cgroup,
-        container_id=args.container_id, pod_uid=args.pod_uid, this_pod=args.this_pod, **_otlp_flags(args),
+        container_id=args.container_id, pod_uid=args.pod_uid, this_pod=args.this_pod,
+        health_listen=args.health_listen, **_otlp_flags(args),
         **{k: v for k, v in vars(args).items() if k.startswith(("fim_", "rules_"))})
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())
@@ -208,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .agent import OutputUnusable
     from .fim.fid_group import WatchUnavailable
+    from .health import HealthUnavailable
     from .rules.compiler import RuleError
     from .delivery.spool import SpoolBusy, SpoolUnsafe
     from .backends.base import BackendUnavailable
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:  # OtlpSettings: a bad endpoint/protocol/header value
         return _fail(str(exc), EXIT_USAGE)
-    except (BackendUnavailable, BccError, BtfError, OutputUnusable, WatchUnavailable) as exc:
+    except (BackendUnavailable, BccError, BtfError, OutputUnusable, WatchUnavailable,
+            HealthUnavailable) as exc:
         return _fail(str(exc), EXIT_RUNTIME)
     except PermissionError as exc:
         return _fail(f"{exc.filename or 'operation'}: permission denied (run as root)", EXIT_RUNTIME)

@@ -88,6 +88,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     duration: float = 0.0  # seconds; 0 = until SIGINT/SIGTERM
     stats_interval: float = 60.0  # seconds between loss/throughput log lines; 0 = only at exit
     log_level: str = "info"
+    health_listen: str = ""  # [ADDRESS:]PORT of /healthz and /readyz; "" = off
     filters: FilterConfig = msgspec.field(default_factory=FilterConfig)
     fim: FimConfig = msgspec.field(default_factory=FimConfig)
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
@@ -120,6 +121,13 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     _check_fim(cfg.fim, where)
+    if cfg.health_listen:
+        from .health import HealthError, parse_listen
+
+        try:
+            parse_listen(cfg.health_listen)
+        except HealthError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if cfg.rules.alerts_only and not cfg.rules.paths:
         raise ConfigError(f"{where}: rules alerts_only (--alerts-only) needs rules (--rules)")
     f = cfg.filters
