@@ -222,3 +222,13 @@ def test_a_filesystem_that_refuses_file_handle_marks_is_one_line_and_exit_1():
                    "--state-dir", "/tmp/otel-fsnotify-test-state")
     assert proc.returncode == 1
     assert "cannot watch /proc: its filesystem cannot encode file handles" in one_error_line(proc)
+
+
+def test_the_images_config_leaves_the_endpoint_to_the_environment():
+    """The container image runs with config/agent.toml: a manifest's
+    OTEL_EXPORTER_OTLP_ENDPOINT must reach the collector, not the pod's loopback."""
+    from otel_fsnotify.delivery.settings import OtlpSettings
+
+    cfg = config.load("config/agent.toml")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318"}
+    assert OtlpSettings.from_env(env, **cfg.otlp).endpoint == "http://otel-collector.observability:4318"
