@@ -28,9 +28,10 @@ from tests.harness.listeners import start_inotifywait, start_listener, stop
 BACKENDS = os.environ.get("VM_BACKENDS", "kprobe,fentry").split(",")
 
 
-def vm_agent(backend: str, workdir: Path, *extra: str, output: str = "jsonl") -> Agent:
+def vm_agent(backend: str, workdir: Path, *extra: str, output: str = "jsonl",
+             wrap: list[str] | None = None) -> Agent:
     return Agent(workdir, *extra, backend=backend, output=output, wait=False, patience=30.0,
-                 poll=0.2)
+                 poll=0.2, wrap=wrap)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
