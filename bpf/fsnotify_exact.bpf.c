@@ -252,15 +252,23 @@ static __always_inline void walk_fanotify_path(struct out_event *out, u64 dentry
 }
 
 /* Send the header and tail_len bytes of tail: most records are a few hundred
- * bytes, not sizeof(struct out_event). */
-static __always_inline void submit(struct out_event *out)
+ * bytes, not sizeof(struct out_event). 0 when the ring is full (counted). */
+static __always_inline int ring_out(struct out_event *out)
 {
     u64 size = OUT_HDR_SIZE + (u64)out->tail_len;
     if (size > sizeof(*out))
         size = sizeof(*out);
-    if (events.ringbuf_output(out, size, 0) != 0)
+    if (events.ringbuf_output(out, size, 0) != 0) {
         count(CNT_RINGBUF_LOST);
-    else
+        return 0;
+    }
+    return 1;
+}
+
+/* An event record: counted as emitted once in the ring. */
+static __always_inline void submit(struct out_event *out)
+{
+    if (ring_out(out))
         count(CNT_EMITTED);
 }
 
@@ -367,16 +375,7 @@ static __always_inline int on_destroy(u64 group, u64 event)
 
 /* ---- the process table's feed ------------------------------------------- */
 
-/* Not events: never filtered, not counted as emitted. */
-static __always_inline void submit_process(struct out_event *out)
-{
-    u64 size = OUT_HDR_SIZE + (u64)out->tail_len;
-    if (size > sizeof(*out))
-        size = sizeof(*out);
-    if (events.ringbuf_output(out, size, 0) != 0)
-        count(CNT_RINGBUF_LOST);
-}
-
+/* Not events: never filtered, not counted as emitted (ring_out). */
 static __always_inline struct out_event *process_record(u32 rtype)
 {
     u32 zero = 0;
@@ -410,7 +409,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     t->tid = pid;
     __builtin_memcpy(t->pcomm, t->comm, TASK_COMM);
     bpf_probe_read_kernel(&t->comm, TASK_COMM, (void *)(child + OFF_TASK_COMM));
-    submit_process(out);
+    ring_out(out);
     return 0;
 }
 
@@ -422,7 +421,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     unsigned short loc = args->data_loc_filename & 0xFFFF;
     long got = bpf_probe_read_kernel_str(out->tail, NAME_MAX_Z, (void *)args + loc);
     out->tail_len = got > 0 ? got : 0;
-    submit_process(out);
+    ring_out(out);
     return 0;
 }
 
@@ -433,7 +432,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;   /* a thread, not the leader */
     struct out_event *out = process_record(REC_EXIT);
     if (out)
-        submit_process(out);
+        ring_out(out);
     return 0;
 }
 
