@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..otel import mapping
 from ..otel.entry import LogEntry
+from ..otel.resource import PerContainer
 from .outcome import Exporter, Outcome
 from .settings import OtlpSettings
 
@@ -25,8 +26,9 @@ class SdkExporter(Exporter):
 
         self.protocol = settings.protocol
         self.settings = settings
-        self._base = dict(resource)
-        self._resources: dict[tuple, object] = {}  # extra attributes -> sdk Resource
+        from opentelemetry.sdk.resources import Resource
+
+        self._resource = PerContainer(resource, Resource)  # the SDK's, one per container
         self._scope = InstrumentationScope(mapping.SCOPE_NAME, __version__)
         self._include_cmd = settings.include_command_line
         self._exporter = self._make(settings)
@@ -49,15 +51,6 @@ class SdkExporter(Exporter):
             event_name=mapping.event_name(ev))
         return ReadableLogRecord(log_record=rec, resource=self._resource(mapping.resource_of(ev)),
                                  instrumentation_scope=self._scope)
-
-    def _resource(self, extra: tuple):
-        """The agent's resource plus the event's container (as our encoders)."""
-        from opentelemetry.sdk.resources import Resource
-
-        res = self._resources.get(extra)
-        if res is None:
-            res = self._resources[extra] = Resource({**self._base, **dict(extra)})
-        return res
 
     def export(self, entries: Sequence[LogEntry]) -> Outcome:
         from opentelemetry.sdk._logs.export import LogRecordExportResult

@@ -15,6 +15,7 @@ from .. import __version__
 from . import mapping
 from .entry import LogEntry
 from .mapping import SCOPE_NAME
+from .resource import PerContainer
 
 
 class StrV(msgspec.Struct):
@@ -101,8 +102,7 @@ class JsonEncoder:
     """Encode batches of LogEntry as one OTLP/JSON request body."""
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
-        self._base = dict(resource)
-        self._resources: dict[tuple, Resource] = {(): Resource(key_values(resource))}
+        self._resource = PerContainer(resource, lambda attrs: Resource(key_values(attrs)))
         self._scope = Scope(SCOPE_NAME, __version__)
         self._include_cmd = include_command_line
         self._enc = msgspec.json.Encoder()
@@ -120,14 +120,6 @@ class JsonEncoder:
             attributes=key_values(mapping.attributes(
                 ev, e.uid, e.command_line, self._include_cmd)),
         )
-
-    def _resource(self, extra: tuple) -> Resource:
-        res = self._resources.get(extra)
-        if res is None:
-            if len(self._resources) > 4096:
-                self._resources = {(): self._resources[()]}
-            res = self._resources[extra] = Resource(key_values({**self._base, **dict(extra)}))
-        return res
 
     def encode(self, entries: Iterable[LogEntry]) -> bytes:
         """One ResourceLogs per container (mapping.resource_of), in order of

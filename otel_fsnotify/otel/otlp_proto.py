@@ -26,6 +26,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from .. import __version__
 from . import mapping
 from .entry import LogEntry
+from .resource import PerContainer
 
 _U64 = (1 << 64) - 1
 _F64 = struct.Struct("<Q").pack
@@ -81,8 +82,7 @@ class ProtoEncoder:
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
         # Resource: 1 attributes; ResourceLogs: 1 resource, 2 scope_logs; ScopeLogs: 1 scope, 2 log_records
-        self._base = dict(resource)
-        self._resources: dict[tuple, bytes] = {(): self._resource_bytes(self._base)}
+        self._resource = PerContainer(resource, self._resource_bytes)
         scope = InstrumentationScope(name=mapping.SCOPE_NAME, version=__version__).SerializeToString()
         self._scope = _ld(b"\x0a", scope)
         self._include_cmd = include_command_line
@@ -113,14 +113,6 @@ class ProtoEncoder:
     @staticmethod
     def _resource_bytes(attrs: dict[str, Any]) -> bytes:
         return _ld(b"\x0a", b"".join(_ld(b"\x0a", key_value(k, v)) for k, v in attrs.items()))
-
-    def _resource(self, extra: tuple) -> bytes:
-        res = self._resources.get(extra)
-        if res is None:
-            if len(self._resources) > 4096:
-                self._resources = {(): self._resources[()]}
-            res = self._resources[extra] = self._resource_bytes({**self._base, **dict(extra)})
-        return res
 
     def encode(self, entries: Iterable[LogEntry]) -> bytes:
         """One ResourceLogs per container (mapping.resource_of), in order of

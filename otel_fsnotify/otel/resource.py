@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.parse
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .. import __version__
 
@@ -62,3 +62,24 @@ def build_resource(backend: str = "", environ: Mapping[str, str] | None = None) 
     if svc:
         res["service.name"] = svc
     return res
+
+
+class PerContainer:
+    """The agent's resource plus one container's attributes
+    (mapping.resource_of), built by `build` once per container: each encoder
+    sends one resource per container and builds it in its own form."""
+
+    MAX = 4096  # containers remembered (forgotten all at once past it)
+
+    def __init__(self, base: Mapping[str, Any], build: Callable[[dict[str, Any]], Any]):
+        self._base = dict(base)
+        self._build = build
+        self._built: dict[tuple, Any] = {}
+
+    def __call__(self, extra: tuple) -> Any:
+        got = self._built.get(extra)
+        if got is None:
+            if len(self._built) > self.MAX:
+                self._built.clear()
+            got = self._built[extra] = self._build({**self._base, **dict(extra)})
+        return got
