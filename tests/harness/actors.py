@@ -3,6 +3,7 @@ report for them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,3 +71,13 @@ def blocked_cat(agent, path: Path) -> subprocess.Popen:
         "the listener's read of the permission event was not reported"
     assert cat.poll() is None, "cat was not held by the stalled listener"
     return cat
+
+
+def open_to_anyone(directory: Path) -> None:
+    """Let any uid write in directory: 0777, and the test's own 0700
+    temporary directories above it made traversable."""
+    os.chmod(directory, 0o777)
+    for parent in directory.parents:
+        if parent in (Path("/tmp"), Path("/")):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)

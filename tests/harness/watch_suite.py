@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.actors import open_to_anyone
 from tests.harness.agent import Agent
 
 
@@ -293,7 +294,7 @@ def test_changes_made_while_down_are_reported_once_at_the_next_start(start_agent
 
 
 def test_the_actor_is_named_by_its_effective_uid_beside_its_real_and_saved_ones(watch, wd):
-    _open_to_anyone(wd)
+    open_to_anyone(wd)
     f = wd / "as-1234"
     # (not a shell: sh resets its effective ids to the real ones at start)
     proc = subprocess.Popen(["setpriv", "--euid", "1234", "--egid", "4321", "--clear-groups",
@@ -306,16 +307,8 @@ def test_the_actor_is_named_by_its_effective_uid_beside_its_real_and_saved_ones(
     assert e["file_uid"] == 1234  # the file is owned by whom the process acted as
 
 
-def _open_to_anyone(wd: Path) -> None:
-    os.chmod(wd, 0o777)
-    for parent in wd.parents:  # the test's temporary directories are 0700: let other uids through
-        if parent == Path("/tmp") or parent == Path("/"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)
-
-
 def test_a_process_that_changes_its_ids_is_named_by_the_ids_each_write_was_made_with(watch, wd):
-    _open_to_anyone(wd)
+    open_to_anyone(wd)
     f1, f2 = wd / "as-1234", wd / "as-root"
     code = (f"import os, time\nos.seteuid(1234)\nopen({str(f1)!r}, 'w').write('x')\n"
             f"os.seteuid(0)\nopen({str(f2)!r}, 'w').write('x')\nos.seteuid(1234)\ntime.sleep(0.5)")

@@ -6,7 +6,6 @@ without DAC_READ_SEARCH it cannot hash another user's private file."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.harness.actors import open_to_anyone
 from tests.harness.agent import Agent
 from tests.harness.listeners import stop
 
@@ -35,12 +35,8 @@ def run_as_the_manifest(tmp_path: Path, caps: list[str]) -> dict:
     """The agent with only caps, watch mode on a tree where uid 1234 keeps a
     private file, and uid 1234's inotifywait on it: what the agent saw."""
     tree = tmp_path / "tree"
-    tree.mkdir(mode=0o777)
-    os.chmod(tree, 0o777)
-    for parent in tree.parents:  # let uid 1234 through the test's 0700 directories
-        if parent == Path("/tmp"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    tree.mkdir()
+    open_to_anyone(tree)
     bounding = "-all," + ",".join("+" + c.lower() for c in caps)
     work = tmp_path / "agent"
     agent = Agent(work, "--watch", str(tree), "--state-dir", str(work / "state"),
