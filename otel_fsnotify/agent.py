@@ -105,7 +105,10 @@ def load_rules(cfg: AgentConfig, include_command_line: bool):
     from .otel.mapping import register_rules
     from .rules.engine import RuleSet
 
-    rules = RuleSet.load(cfg.rules.paths, command_line=include_command_line, log=log)
+    from .enrich.procs import command_line
+
+    rules = RuleSet.load(cfg.rules.paths, command_line=command_line if include_command_line else None,
+                         log=log)
     register_rules({r.id: (r.title, r.ruleset) for r in rules.rules})
     log.info("rules: %d Sigma rules loaded from %s", len(rules.rules), ", ".join(cfg.rules.paths))
     return rules

@@ -101,20 +101,8 @@ class Backend(abc.ABC):
     def fim_actor(self, pid: int, mask: int, wanted: bool) -> tuple[dict, int] | None:
         """The actor of the next event read from the agent's watch group, in
         queue order: (tracee fields with `attribution`, the event's time in ns
-        or 0 if unknown), None when not wanted. This default knows only the
-        pid's process as /proc shows it now ("inferred")."""
+        or 0 if unknown), None when not wanted. Each backend names it from
+        what it keeps (this default knows only the pid)."""
         if not wanted or pid <= 0:
             return None
-        return inferred_actor(pid), 0
-
-
-def inferred_actor(pid: int) -> dict:
-    """A pid's tracee fields read from /proc now (it may have exec'd since)."""
-    from ..enrich.identity import from_proc
-    from ..enrich.procs import ProcTable
-
-    table = ProcTable()
-    proc = table.get(pid)
-    if proc is None:
-        return {"tracee_pid": pid, "attribution": "inferred"}
-    return {**from_proc("tracee", proc, table.get(proc.ppid)), "attribution": "inferred"}
+        return {"tracee_pid": pid, "attribution": "inferred"}, 0

@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 
+from ..enrich.procs import command_line
 from ..event import Event
 from ..otel.entry import LogEntry
 from .outcome import Exporter
@@ -90,15 +91,6 @@ class RateLimitedLog:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
 
 
-def read_command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return ""
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
-
-
 class Shipper:
     """Loss-counting OTLP delivery of Events (see module docstring)."""
 
@@ -141,7 +133,7 @@ class Shipper:
         """Spool one event for delivery. False if it had to be dropped (counted)."""
         cmd = ""
         if self.settings.include_command_line and event.tracee_pid:
-            cmd = read_command_line(event.tracee_pid)
+            cmd = command_line(event.tracee_pid)
         frame = encode_entry(LogEntry(uid or self._uid(), time.time_ns(), event, cmd))
         write_errors = self.spool.write_errors
         ok = self.spool.append(frame)

@@ -13,7 +13,7 @@ from operator import attrgetter
 
 from ..event import PROCESS_FIELDS, Event
 from ..kernel.records import PROC_ID, cstr
-from .procs import NO_CONTAINER, Container, ExeCache, Proc, ProcTable
+from .procs import NO_CONTAINER, Container, Proc, ProcTable
 
 MAX_CACHED = 4096  # identities remembered per cache (cleared when full)
 _KERNEL_TEXT = frozenset(name for name, code in PROC_ID if code.endswith("s"))
@@ -23,9 +23,11 @@ class KernelProcess:
     """Reads one role's fields out of a ring record whose struct proc_id
     fields are named `prefix + name` (e.g. tracee_pid, proc_comm)."""
 
-    def __init__(self, role: str, prefix: str, exe: ExeCache, cgroups=None, cgroup_field: str = ""):
-        """cgroups, cgroup_field: a CgroupPaths and the record field holding
-        the task's cgroup id, when the record says where the task was."""
+    def __init__(self, role: str, prefix: str, exe, cgroups=None, cgroup_field: str = ""):
+        """exe: `get(pid, at_ns) -> (exe path, Container)` (the process table
+        as of at_ns); cgroups, cgroup_field: a CgroupPaths and the record
+        field holding the task's cgroup id, when the record says where the
+        task was."""
         names = [name for name, _code in PROC_ID]
         self._get = attrgetter(*(prefix + name for name in names))
         self._keys = tuple(f"{role}_{name}" for name in names)
@@ -145,7 +147,7 @@ _TRACER_KEYS = tuple(f"tracer_{name}" for name, _t, _d in PROCESS_FIELDS) + ("pr
 
 
 class _ProcTableExe:
-    """ExeCache's interface over the process table (which follows exec)."""
+    """KernelProcess's exe source over the process table, as it is now."""
 
     def __init__(self, procs: ProcTable):
         self.procs = procs

@@ -53,6 +53,16 @@ def container_of_cgroup(path: str) -> Container:
                      pod.group(1).replace("_", "-") if pod else "")
 
 
+def command_line(pid: int) -> str:
+    """The process's command line, arguments joined by spaces ("" if gone)."""
+    try:
+        with open(f"{PROC}/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
 def exe_path(pid: int) -> str:
     """Full path of the process's executable, "" if unknown (gone, kernel thread)."""
     try:
@@ -205,13 +215,14 @@ class ProcTable:
         if not st or st.get("Tgid", str(pid)) != str(pid):
             return None  # gone, or a thread id (/proc/<tid> answers too): not a process
         try:
+            uids = _ids(st, "Uid")
             proc = Proc(
                 pid=pid,
                 ppid=int(st.get("PPid", "0")),
-                uid=_ids(st, "Uid")[1],  # Uid: real effective saved filesystem
+                uid=uids[1],  # Uid: real effective saved filesystem
                 gid=_ids(st, "Gid")[1],
-                ruid=_ids(st, "Uid")[0],
-                suid=_ids(st, "Uid")[2],
+                ruid=uids[0],
+                suid=uids[2],
                 mntns_id=mntns_id(pid),
                 comm=st.get("Name", ""),
                 exe=exe_path(pid),
@@ -358,26 +369,3 @@ class ProcTable:
 
     def __len__(self) -> int:
         return len(self._procs)
-
-
-class ExeCache:
-    """exe path and container per pid, cached briefly (pids are reused)."""
-
-    TTL = 5.0
-    MAX = 4096
-
-    def __init__(self):
-        self._cache: dict[int, tuple[float, str, Container]] = {}
-
-    def get(self, pid: int, at_ns: int = 0) -> tuple[str, Container]:
-        if not pid:
-            return "", NO_CONTAINER
-        now = time.monotonic()
-        hit = self._cache.get(pid)
-        if hit and now - hit[0] < self.TTL:
-            return hit[1], hit[2]
-        if len(self._cache) >= self.MAX:
-            self._cache.clear()
-        exe, container = exe_path(pid), container_of(pid)
-        self._cache[pid] = (now, exe, container)
-        return exe, container

@@ -12,10 +12,9 @@ load, with one log line.
 from __future__ import annotations
 
 import logging
-import pwd
 import time
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import msgspec
 import yaml
@@ -24,6 +23,7 @@ from sigma.exceptions import SigmaError
 
 from .. import masks
 from ..event import Event
+from ..otel.mapping import user_name
 from .compiler import RuleError, Unsupported, compile_rules
 from .taxonomy import CATEGORIES, LEVELS, PRODUCT
 
@@ -44,29 +44,29 @@ class RuleInfo(NamedTuple):
 
 
 class RuleSet:
-    def __init__(self, rules: list[tuple[RuleInfo, str, list]], command_line: bool = False,
-                 skipped: int = 0):
+    def __init__(self, rules: list[tuple[RuleInfo, str, list]],
+                 command_line: Callable[[int], str] | None = None, skipped: int = 0):
         self.rules = [info for info, _cat, _trees in rules]
         self.by_id = {info.id: info for info in self.rules}
         self.skipped = skipped  # loaded, but their logsource never applies here
-        self.command_line = command_line
+        self.command_line = command_line  # pid -> its command line, when rules may read it
         self._groups = {}  # category -> (match function, its fields, rule indices)
         for category in CATEGORIES:
             idx = [i for i, (_info, cat, _t) in enumerate(rules) if cat == category]
             if idx:
                 fn, fields = compile_rules([rules[i][2] for i in idx])
                 self._groups[category] = (fn, [_READERS[f] for f in fields], idx)
-        self._users: dict[int, str | None] = {}
         self._cmdlines: dict[int, tuple[float, str | None]] = {}
         self.counters = {"rules_loaded": len(self.rules), "rules_matched_events": 0}
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
-    def load(cls, paths: Iterable[str], command_line: bool = False,
+    def load(cls, paths: Iterable[str], command_line: Callable[[int], str] | None = None,
              log: logging.Logger | None = None) -> "RuleSet":
         """Every rule under paths (files, or directories searched for .yml
         and .yaml). RuleError (one line) for a bad file or a rule the engine
-        cannot evaluate."""
+        cannot evaluate. command_line: the reader CommandLine rules use
+        (None: command lines are off, such rules are refused)."""
         rules, seen, skipped = [], {}, 0
         for path in paths:
             ruleset = Path(path).stem if Path(path).is_file() else Path(path).name
@@ -76,7 +76,7 @@ class RuleSet:
                     if not applies:
                         skipped += 1
                         continue
-                    info, trees = _compile_one(rule, file, ruleset, command_line)
+                    info, trees = _compile_one(rule, file, ruleset, command_line is not None)
                     if info.id in seen:
                         raise RuleError(f"{file}: rule id {info.id} is also used in {seen[info.id]}")
                     seen[info.id] = file
@@ -120,13 +120,7 @@ class RuleSet:
     def _user(self, ev: Event) -> str | None:
         if not (ev.tracee_pid and ev.tracee_comm):
             return None  # the identity was never read: its uid 0 is not a fact
-        uid = ev.tracee_uid
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = str(uid)
-        return self._users[uid]
+        return user_name(ev.tracee_uid)
 
     def _command_line(self, ev: Event) -> str | None:
         pid = ev.tracee_pid
@@ -137,7 +131,7 @@ class RuleSet:
         if hit is None or now - hit[0] > CMDLINE_TTL_S:
             if len(self._cmdlines) > 4096:
                 self._cmdlines.clear()
-            hit = (now, _read_cmdline(pid))
+            hit = (now, self.command_line(pid) or None)
             self._cmdlines[pid] = hit
         return hit[1]
 
@@ -168,15 +162,6 @@ _READERS = {
     "tracee_user": RuleSet._user,
     "tracee_command_line": RuleSet._command_line,
 }
-
-
-def _read_cmdline(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace") or None
 
 
 def _rule_files(path: str) -> list[str]:

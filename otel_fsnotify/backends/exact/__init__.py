@@ -18,6 +18,7 @@ import mmap
 import os
 from collections import deque
 
+from ...enrich.identity import from_proc
 from ...enrich.procs import ProcTable
 from ...enrich.watches import WatchPaths
 from ...event import Event
@@ -26,7 +27,7 @@ from ...kernel.btf import BtfError
 from ...kernel.layout import KernelLayout
 from ...kernel.probes import kprobes_available, probe_fentry_load
 from ...kernel.ringbuf import RingReader
-from ..base import Backend, BackendUnavailable, fill_pid_filters, filter_cflags, inferred_actor
+from ..base import Backend, BackendUnavailable, fill_pid_filters, filter_cflags
 from .records import COUNTERS, OUT_EVENT, Decoder
 
 SOURCE = "fsnotify_exact.bpf.c"
@@ -159,7 +160,10 @@ class _ExactBackend(Backend):
         self._own_unmatched += 1
         if not wanted or pid <= 0:
             return None
-        return inferred_actor(pid), 0
+        procs = self.decoder.procs  # as the process table knows it now
+        proc = procs.get(pid)
+        fields = from_proc("tracee", proc, procs.get(proc.ppid)) if proc else {"tracee_pid": pid}
+        return {**fields, "attribution": "inferred"}, 0
 
     def counters(self) -> dict[str, int]:
         out = dict(self._final_counters) or {name: 0 for name in COUNTERS}
