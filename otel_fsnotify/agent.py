@@ -21,6 +21,8 @@ import time
 from . import backends
 from .config import AgentConfig, default_state_dir, filters_of
 from .delivery.settings import OtlpSettings
+from .enrich import pods
+from .enrich.mounts import HostPaths
 from .enrich.scope import resolve as resolve_scope
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
@@ -115,7 +117,8 @@ def load_rules(cfg: AgentConfig, include_command_line: bool):
 
 
 class _Sink:
-    """Events on their way out: those whose actor is out of scope are left
+    """Events on their way out: a tracer in another mount namespace gets the
+    host's path beside its own, those whose actor is out of scope are left
     out (counted), the rules mark the rest (and --alerts-only keeps only the
     marked, counting the others), then the output."""
 
@@ -124,18 +127,19 @@ class _Sink:
         self.rules = rules
         self.alerts_only = alerts_only
         self.scope = scope if scope else None
+        self.host_paths = HostPaths()
         self.not_alerts = 0  # events --alerts-only did not ship (counted, by design)
         self.out_of_scope = 0  # events whose actor is outside --cgroup/--pod-uid/... (by design)
 
     def __call__(self, events) -> None:
         write = self.output.write
-        if self.rules is None and self.scope is None:
-            for event in events:
-                write(event)
-            return
+        own_ns = self.host_paths.own_ns
+        host_path = self.host_paths
         apply = self.rules.apply if self.rules is not None else None
         holds = self.scope.holds if self.scope is not None else None
         for event in events:
+            if event.tracer_mntns_id != own_ns and event.path:
+                event = host_path(event)
             if holds is not None and not holds(event):
                 self.out_of_scope += 1
                 continue
@@ -146,8 +150,12 @@ class _Sink:
                     continue
             write(event)
 
+    def close(self) -> None:
+        self.host_paths.close()
+
     def counters(self) -> dict[str, int]:
         out = dict(self.rules.counters) if self.rules is not None else {}
+        out["host_path_unmounted"] = self.host_paths.unmounted
         if self.alerts_only:
             out["alerts_only_not_shipped"] = self.not_alerts
         if self.scope is not None:
@@ -165,6 +173,7 @@ def run(cfg: AgentConfig) -> int:
     f = cfg.filters
     scope = resolve_scope(cgroup=f.cgroup, container_id=f.container_id, pod_uid=f.pod_uid,
                           this_pod=f.this_pod)
+    pods.configure(cfg.pod_log_dir)
     if scope:
         log.info("scope: only actors in %s", ", ".join(f"{k} {v}" for k, v in scope._asdict().items() if v))
     fim = start_fim(cfg)
@@ -239,6 +248,7 @@ def run(cfg: AgentConfig) -> int:
             if fim is not None:
                 sink(fim.finish())  # changes still being written
                 fim.close()
+            sink.close()
             output.close()  # a second SIGINT/SIGTERM cuts the drain short...
         finally:
             stats = _final_stats(backend, output, metrics, fim, sink)  # ...never the stats line

@@ -89,6 +89,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stats_interval: float = 60.0  # seconds between loss/throughput log lines; 0 = only at exit
     log_level: str = "info"
     health_listen: str = ""  # [ADDRESS:]PORT of /healthz and /readyz; "" = off
+    pod_log_dir: str = "/var/log/pods"  # the kubelet's: names the pods on this node (enrich/pods.py)
     filters: FilterConfig = msgspec.field(default_factory=FilterConfig)
     fim: FimConfig = msgspec.field(default_factory=FimConfig)
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)

@@ -40,6 +40,8 @@ TRACEE_ONLY_FIELDS: tuple[tuple[str, type, object], ...] = (
     ("container_id", str, ""),  # from the cgroup path (enrich/procs.py container_of)
     ("container_runtime", str, ""),  # containerd, cri-o, docker, podman
     ("pod_uid", str, ""),  # the Kubernetes pod's uid
+    ("pod_namespace", str, ""),  # ...its namespace and name, where the node says them (enrich/pods.py)
+    ("pod_name", str, ""),
     ("cgroup", str, ""),  # its cgroup v2 path
 )
 
@@ -73,7 +75,8 @@ _FIELDS: list[tuple[str, type, object]] = [
     ("fa_mask_names", list[str], []),
     ("fa_response", str, "na"),  # na | allow | deny | interrupted
     ("name", str, ""),  # inotify: relative to the watched object; fanotify: full path
-    ("path", str, ""),  # full path when resolvable
+    ("path", str, ""),  # full path when resolvable, as the tracer sees it
+    ("host_path", str, ""),  # the same in the agent's mount namespace, when the tracer's is another
     ("attribution", str, "unknown"),  # exact | inferred | unknown: how the tracee was found
     # watch mode (type "fim", fim/): one change to a watched file, with its facts
     ("action", str, ""),  # created | modified | deleted | renamed | attributes

@@ -13,6 +13,7 @@ from operator import attrgetter
 
 from ..event import PROCESS_FIELDS, Event
 from ..kernel.records import PROC_ID, cstr
+from . import pods
 from .procs import NO_CONTAINER, Container, Proc, ProcTable
 
 MAX_CACHED = 4096  # identities remembered per cache (cleared when full)
@@ -64,9 +65,12 @@ class KernelProcess:
 
 
 def container_fields(c) -> dict:
-    """The tracee's container fields of an Event (procs.Container)."""
+    """The tracee's container fields of an Event (procs.Container), with its
+    pod's namespace and name where the node says them (pods.py)."""
+    namespace, name = pods.pod_names.of(c.pod_uid)
     return {"tracee_container_id": c.id, "tracee_container_runtime": c.runtime,
-            "tracee_pod_uid": c.pod_uid, "tracee_cgroup": c.cgroup}
+            "tracee_pod_uid": c.pod_uid, "tracee_pod_namespace": namespace, "tracee_pod_name": name,
+            "tracee_cgroup": c.cgroup}
 
 
 def from_proc(role: str, proc: Proc, parent: Proc | None) -> dict:

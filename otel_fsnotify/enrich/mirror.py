@@ -23,7 +23,8 @@ from ..kernel.abi import (
     FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
     O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc)
-from .watches import MountFds, Watch
+from .mounts import MountViews
+from .watches import Watch
 
 _U32 = struct.Struct("=I")
 NO_MATCH = (0, 0, 0, 0)
@@ -126,9 +127,11 @@ class Mirror:
         if fd < 0:
             raise errno_error("fanotify_init (mirror group)")
         self.fd = fd
-        self._mount_fds = MountFds()
-        # (handle_type, handle bytes) -> (ino, path of the watched object)
-        self._objects: dict[tuple[int, bytes], tuple[int, str]] = {}
+        self.views = MountViews()
+        # (handle_type, handle bytes) -> (ino, its path in its filesystem, handle layout)
+        self._objects: dict[tuple[int, bytes], tuple[int, str, object]] = {}
+        # (handle_type, handle bytes, listener pid) -> the object's path as that listener sees it
+        self._paths: dict[tuple[int, bytes, int], str] = {}
         self._marked: dict[tuple[int, int], int] = {}  # (sdev, ino) -> mask marked
         # (sdev, ino) -> {listener key: wd}: who needs the mark
         self._owners: dict[tuple[int, int], dict] = {}
@@ -141,17 +144,30 @@ class Mirror:
                          "mirror_marks_removed": 0, "mirror_marks_gone": 0}
 
     def close(self) -> None:
-        self._mount_fds.close()
+        self.views.close()
         os.close(self.fd)
 
     # -- marks ------------------------------------------------------------------
-    def path_of(self, watch: Watch) -> str:
-        obj = self._objects.get((watch.handle_type, watch.handle))
-        return obj[1] if obj else ""
+    def path_of(self, watch: Watch, pid: int) -> str:
+        """The watched object's path as listener pid sees it ("" unknown)."""
+        key = (watch.handle_type, watch.handle, pid)
+        path = self._paths.get(key)
+        if path is None:
+            obj = self._objects.get(key[:2])
+            if obj is None:
+                return ""
+            path = self.views.view_of(pid, watch.sdev, obj[1]) if obj[1] else ""
+            if len(self._paths) >= MAX_MARKS:
+                self._paths.clear()
+            self._paths[key] = path
+        return path
 
-    def _open_object(self, watch: Watch) -> int:
-        """An O_PATH fd of the watched object, from its file handle."""
-        return self._mount_fds.open_object(watch, O_PATH)
+    def _open_object(self, watch: Watch, pid: int) -> tuple[int, str]:
+        """An O_PATH fd of the watched object from its file handle (through
+        listener pid's mounts if the agent has none of that filesystem), and
+        the object's path in its filesystem."""
+        return self.views.open_handle(watch.sdev, watch.handle_type, watch.handle,
+                                      O_PATH | os.O_CLOEXEC, pid)
 
     def _fanotify_mark(self, flags: int, mask: int, ofd: int) -> None:
         # through the /proc magic link: with a NULL path fanotify_mark wants a
@@ -177,9 +193,8 @@ class Mirror:
             return False
         if self._marked.get(key, 0) & mask != mask:
             try:
-                ofd = self._open_object(watch)
+                ofd, path = self._open_object(watch, owner[0] if owner else 0)
                 try:
-                    path = os.readlink(f"/proc/self/fd/{ofd}")
                     self._fanotify_mark(FAN_MARK_ADD, mask, ofd)
                 finally:
                     os.close(ofd)
@@ -209,7 +224,7 @@ class Mirror:
         self._marked.pop(key, None)
         self._objects.pop((watch.handle_type, watch.handle), None)
         try:
-            ofd = self._open_object(watch)
+            ofd, _path = self._open_object(watch, owner[0] if owner else 0)
             try:
                 self._fanotify_mark(FAN_MARK_REMOVE,
                                     SHARED_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR, ofd)

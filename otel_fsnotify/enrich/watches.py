@@ -5,11 +5,11 @@ process rescanned after its inotify_add_watch(2)). The kernel hands a tracer
 only a watch descriptor (wd) and a name; the watched object's path comes from
 the watch's file handle in fdinfo (`inotify wd:.. ino:.. sdev:.. ...
 f_handle:..`), opened with open_by_handle_at(2) on a mount of that device and
-read back from /proc/self/fd (so it is the path in the agent's mount
-namespace). Unresolvable cases give "" (never a guess): the tracer exited
-before the agent looked, a filesystem without file handles (no export
-operations, e.g. 9p), a deleted directory, or no mount of the device in the
-agent's namespace.
+placed in the tracer's own view of the mounts (mounts.py: a watcher in a
+container sees its volume where the container mounts it). Unresolvable cases
+give "" (never a guess): the tracer exited before the agent looked, a
+filesystem without file handles (no export operations, e.g. 9p), a deleted
+directory, or no mount of the device in the agent's or the tracer's view.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import time
 
 import msgspec
 
-from ..kernel.abi import O_PATH, open_by_handle_at
+from ..kernel.abi import O_PATH
+from .mounts import MountViews
 
 PROC = "/proc"
 
@@ -112,53 +113,6 @@ def scan(skip_pid: int = 0) -> list[Listener]:
     return found
 
 
-def mounts_by_dev() -> dict[int, str]:
-    """kernel dev_t (major << 20 | minor) -> a mount point of that filesystem."""
-    found: dict[int, str] = {}
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            parts = line.split()
-            major, minor = (int(x) for x in parts[2].split(":"))
-            dev = (major << 20) | minor
-            # prefer a mount of the filesystem's root
-            if dev not in found or parts[3] == "/":
-                found[dev] = parts[4].replace("\\040", " ")
-    return found
-
-
-class MountFds:
-    """One open directory per filesystem (by dev_t), the mount fd that
-    open_by_handle_at(2) resolves that filesystem's file handles against."""
-
-    def __init__(self):
-        self._mounts: dict[int, str] = {}
-        self._fds: dict[int, int] = {}
-
-    def get(self, sdev: int) -> int:
-        """The mount fd of device sdev; OSError if it has no mount here."""
-        fd = self._fds.get(sdev)
-        if fd is not None:
-            return fd
-        if sdev not in self._mounts:
-            self._mounts = mounts_by_dev()
-        path = self._mounts.get(sdev)
-        if path is None:
-            raise OSError(f"no mount for device {sdev >> 20}:{sdev & 0xFFFFF}")
-        # not O_PATH: open_by_handle_at's fdget() refuses O_PATH mount fds
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._fds[sdev] = fd
-        return fd
-
-    def open_object(self, watch: "Watch", flags: int = O_PATH | os.O_CLOEXEC) -> int:
-        """An fd of the object a watch is on, from its file handle (OSError)."""
-        return open_by_handle_at(self.get(watch.sdev), watch.handle_type, watch.handle, flags)
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
 class Listeners:
     """The listeners the agent knows, by (pid, fd), with a mirror (mirror.py)
     kept marking what the inotify ones watch: a watch that appears is
@@ -227,15 +181,15 @@ class WatchPaths:
 
     def __init__(self):
         self._by_wd: dict[tuple[int, int, int], tuple[float, str]] = {}   # (pid, wd, hint ino)
-        self._by_obj: dict[tuple[int, int], tuple[float, str]] = {}        # (sdev, ino)
+        self._by_obj: dict[tuple[int, int], tuple[float, str]] = {}        # (sdev, ino) -> fs path
         # tracer pid -> (when scanned, {wd: [Watch, ...]}): one fdinfo scan serves
         # every wd of a tracer with many watches
         self._scans: dict[int, tuple[float, dict[int, list[Watch]]]] = {}
-        self._mount_fds = MountFds()
+        self.views = MountViews()
         self.unresolved = 0
 
     def close(self) -> None:
-        self._mount_fds.close()
+        self.views.close()
 
     def dir_path(self, tracer_pid: int, wd: int, ino_dir: int, ino: int) -> str:
         """Path of the object watched by `wd` of `tracer_pid` ("" if unknown).
@@ -277,25 +231,25 @@ class WatchPaths:
         okey = (watch.sdev, watch.ino)
         hit = self._by_obj.get(okey)
         if hit and now - hit[0] < self.TTL:
-            return hit[1]
-        path = self._open_path(watch) if watch.handle else ""
-        if len(self._by_obj) >= self.MAX:
-            self._by_obj.clear()
-        self._by_obj[okey] = (now, path)
-        return path
+            fs_path = hit[1]
+        else:
+            fs_path = self._fs_path(watch, pid) if watch.handle else ""
+            if len(self._by_obj) >= self.MAX:
+                self._by_obj.clear()
+            self._by_obj[okey] = (now, fs_path)
+        return self.views.view_of(pid, watch.sdev, fs_path) if fs_path else ""
 
-    def _open_path(self, watch: Watch) -> str:
+    def _fs_path(self, watch: Watch, pid: int) -> str:
+        """The watched object's path in its filesystem ("" if unknown)."""
         try:
-            ofd = self._mount_fds.open_object(watch)
+            ofd, fs_path = self.views.open_handle(watch.sdev, watch.handle_type, watch.handle,
+                                                  O_PATH | os.O_CLOEXEC, pid)
         except OSError:
             return ""
         try:
-            path = os.readlink(f"/proc/self/fd/{ofd}")
             st = os.fstat(ofd)
         except OSError:
             return ""
         finally:
             os.close(ofd)
-        if st.st_ino != watch.ino or path.endswith(" (deleted)") or not path.startswith("/"):
-            return ""
-        return path
+        return fs_path if st.st_ino == watch.ino else ""

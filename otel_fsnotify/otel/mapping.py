@@ -133,6 +133,8 @@ CONTAINER = (
     ("tracee_container_id", "container.id"),
     ("tracee_container_runtime", "container.runtime"),
     ("tracee_pod_uid", "k8s.pod.uid"),
+    ("tracee_pod_namespace", "k8s.namespace.name"),
+    ("tracee_pod_name", "k8s.pod.name"),
 )
 WATCHER = (
     ("pid", "fsnotify.watcher.pid"),
@@ -233,6 +235,8 @@ def _file(a: dict[str, Any], ev: Event) -> None:
             a["file.directory"] = d
     elif ev.name:
         a["file.name"] = ev.name
+    if ev.host_path:  # the tracer is in another mount namespace (a container)
+        a["fsnotify.host_path"] = ev.host_path
     if ev.i_ino:
         a["file.inode"] = str(ev.i_ino)
 

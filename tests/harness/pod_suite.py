@@ -44,7 +44,11 @@ def test_a_sidecar_with_this_pod_reports_its_pod_and_nothing_else(tmp_path, pods
     volume = tmp_path / "volume"
     volume.mkdir()
     work = tmp_path / "sidecar"
-    agent = start_sidecar(work, "--this-pod", "--watch", str(volume), "--fim-only", "--state-dir",
+    pod_logs = tmp_path / "pod-logs"  # the kubelet's /var/log/pods: <namespace>_<name>_<uid>
+    (pod_logs / f"shop_cart-7f9c5d_{pod_a.uid}").mkdir(parents=True)
+    (pod_logs / f"other_db-0_{pod_b.uid}").mkdir()
+    agent = start_sidecar(work, "--this-pod", "--pod-log-dir", str(pod_logs), "--watch", str(volume),
+                          "--fim-only", "--state-dir",
                           str(work / "state"), "--endpoint", rotel.http_endpoint, "--protocol",
                           "http/protobuf", "--spool-dir", str(work / "spool"), output="otlp",
                           wrap=sidecar.enter)
@@ -68,7 +72,90 @@ def test_a_sidecar_with_this_pod_reports_its_pod_and_nothing_else(tmp_path, pods
         r, c = by_file[name], writes[name]
         assert r.resource["container.id"] == c.id and r.resource["k8s.pod.uid"] == pod_a.uid
         assert r.resource["container.runtime"] == "containerd"
+        assert r.resource["k8s.namespace.name"] == "shop" and r.resource["k8s.pod.name"] == "cart-7f9c5d"
         assert r.attributes["process.linux.cgroup"] == c.cgroup
         assert r.attributes["process.pid"] == procs[name].pid
     # one resource per container: the two records came in different ResourceLogs
     assert by_file["app1"].resource != by_file["app2"].resource
+
+
+@pytest.fixture
+def pods_with_namespaces(tmp_path):
+    assert cgroup_v2_available(), "this machine has no writable cgroup v2 hierarchy"
+    a, b = Pod(tmp_path), Pod(tmp_path)
+    yield a, b
+    a.remove()
+    b.remove()
+
+
+def _watcher(container, *dirs) -> subprocess.Popen:
+    """inotifywait inside a container, watching dirs; returns once it watches."""
+    w = subprocess.Popen(container.enter + ["inotifywait", "-m", "-q", *map(str, dirs)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not any(_watches(pid) == len(dirs) for pid in _descendants(w.pid)):
+        assert w.poll() is None and time.monotonic() < deadline, w.stderr.read() if w.poll() is not None else ""
+        time.sleep(0.05)
+    return w
+
+
+def _descendants(pid: int) -> list[int]:
+    out = [pid]
+    for p in out:
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _watches(pid: int) -> int:
+    import os
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                n += fh.read().count("inotify wd:")
+    except OSError:
+        pass
+    return n
+
+
+def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks_from_another_pod(
+        tmp_path, pods_with_namespaces, start_sidecar):
+    """Pods with their own pid and mount namespaces: a watcher in pod A on its
+    private tmpfs (`vol`, on no host path) and on its emptyDir (`data`, the
+    host's `emptydir`); pod B the same on its own. The hostPID sidecar of
+    pod A reports A's writes with the watcher's path, the host's path where
+    there is one, and the writing container; B's and the host's are left out."""
+    pod_a, pod_b = pods_with_namespaces
+    watcher_a, app_a = pod_a.container(), pod_a.container()
+    watcher_b, app_b = pod_b.container(), pod_b.container()
+    sidecar = pod_a.container()
+    agent = start_sidecar(tmp_path / "sidecar", "--this-pod", wrap=sidecar.join)
+    agent.wait_started()
+    watchers = [_watcher(watcher_a, pod_a.vol, pod_a.data), _watcher(watcher_b, pod_b.vol, pod_b.data)]
+    try:
+        time.sleep(1)  # the agent notices the new listeners (their inotify_add_watch)
+        for pod, app in ((pod_a, app_a), (pod_b, app_b)):
+            subprocess.run(app.enter + ["sh", "-c", f"echo v > {pod.vol}/from-app; echo d > {pod.data}/from-app"],
+                           check=True)
+        (pod_a.emptydir / "from-host").write_text("h")  # the host, into pod A's emptyDir
+        want = {f"{pod_a.vol}/from-app": "", f"{pod_a.data}/from-app": f"{pod_a.emptydir}/from-app"}
+        events = agent.wait_for(lambda e: e["path"] in want and "IN_CLOSE_WRITE" in e["i_mask_names"], n=2)
+        time.sleep(1.5)
+    finally:
+        for w in watchers:
+            w.terminate()
+            w.wait()
+    stats = agent.stop()
+    for e in events:
+        assert e["host_path"] == want[e["path"]], e
+        assert e["tracee_container_id"] == app_a.id and e["tracee_pod_uid"] == pod_a.uid, e
+        assert e["tracee_comm"] == "sh" and e["attribution"] in ("exact", "inferred"), e
+        assert e["tracer_comm"] == "inotifywait", e
+    everything = agent.events()
+    assert everything and {e["tracee_pod_uid"] for e in everything} == {pod_a.uid}
+    assert not any("from-host" in e["path"] for e in everything)
+    assert stats["filtered_scope"] >= 9, stats  # B's writes (2 files x 4+) and the host's

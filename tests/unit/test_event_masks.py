@@ -12,9 +12,9 @@ tracer_mntns_id
 tracer_comm tracer_pcomm tracer_exe tracee_pid tracee_tid tracee_ppid tracee_uid tracee_gid tracee_ruid
 tracee_suid
 tracee_mntns_id tracee_comm tracee_pcomm tracee_exe tracee_container_id tracee_container_runtime
-tracee_pod_uid tracee_cgroup prio i_wd i_mask i_cookie
+tracee_pod_uid tracee_pod_namespace tracee_pod_name tracee_cgroup prio i_wd i_mask i_cookie
 i_ino i_ino_dir i_mask_names fa_type fa_mask fa_pid fa_flags fa_f_flags fa_mask_names fa_response
-name path attribution action origin old_path file_size file_mode file_uid file_gid file_mtime
+name path host_path attribution action origin old_path file_size file_mode file_uid file_gid file_mtime
 file_ino file_hashes hash_skipped tags severity rules""".split()
 
 

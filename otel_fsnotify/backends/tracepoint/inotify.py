@@ -81,7 +81,7 @@ class InotifyReads:
             self.counters["watch_unknown"] += 1
             return listener, 0
         mirror = self.listeners.mirror
-        wpath = mirror.path_of(watch) if mirror else ""
+        wpath = mirror.path_of(watch, consumer[0]) if mirror else ""
         if wpath and name:
             fields["path"] = wpath + "/" + name if wpath != "/" else "/" + name
         else:
