@@ -84,6 +84,58 @@ static __always_inline u16 read_u16(u64 addr)
     return v;
 }
 
+/* Pid numbers as the agent's pid namespace has them: records carry pids in
+ * the agent's numbering, so its /proc finds them. With hostPID that is the
+ * kernel's global numbering (task->tgid, task->pid). In a pod's pid namespace
+ * (AGENT_PIDNS_INUM, its ns inode: a sidecar with shareProcessNamespace) it
+ * is struct pid's numbers[L].nr at the level L whose namespace that is, and
+ * 0 for a task outside it. */
+#ifdef AGENT_PIDNS_INUM
+#define MAX_PIDNS_LEVEL 8
+
+static __always_inline u32 pid_nr_here(u64 pid)
+{
+    if (!pid)
+        return 0;
+    u32 level = read_u32(pid + OFF_PID_LEVEL);
+#pragma unroll
+    for (u32 i = 1; i <= MAX_PIDNS_LEVEL; i++) {
+        if (i > level)
+            break;
+        u64 upid = pid + OFF_PID_NUMBERS + (u64)i * UPID_SIZE;
+        u64 ns = read_ptr(upid + OFF_UPID_NS);
+        if (ns && read_u32(ns + OFF_PIDNS_INUM) == AGENT_PIDNS_INUM)
+            return read_u32(upid + OFF_UPID_NR);
+    }
+    return 0;
+}
+
+static __always_inline u32 task_tid_here(u64 task)
+{
+    return pid_nr_here(read_ptr(task + OFF_TASK_THREAD_PID));
+}
+
+static __always_inline u32 task_tgid_here(u64 task)
+{
+    return task_tid_here(read_ptr(task + OFF_TASK_GROUP_LEADER));
+}
+#else
+static __always_inline u32 pid_nr_here(u64 pid)
+{
+    return pid ? read_u32(pid + OFF_PID_NUMBERS + OFF_UPID_NR) : 0;   /* numbers[0]: global */
+}
+
+static __always_inline u32 task_tid_here(u64 task)
+{
+    return read_u32(task + OFF_TASK_PID);
+}
+
+static __always_inline u32 task_tgid_here(u64 task)
+{
+    return read_u32(task + OFF_TASK_TGID);
+}
+#endif
+
 /* The current task: ids from the helpers, the rest from task_struct. */
 static __always_inline void fill_proc(struct proc_id *p)
 {
@@ -106,6 +158,11 @@ static __always_inline void fill_proc(struct proc_id *p)
     p->suid = cred ? read_u32(cred + OFF_CRED_SUID) : p->ruid;
     p->ppid = parent ? read_u32(parent + OFF_TASK_TGID) : 0;
     p->mntns = mnt_ns ? read_u32(mnt_ns + OFF_MNT_NS_INUM) : 0;
+#ifdef AGENT_PIDNS_INUM
+    p->pid = task_tgid_here(task);
+    p->tid = task_tid_here(task);
+    p->ppid = parent ? task_tgid_here(parent) : 0;
+#endif
     bpf_get_current_comm(p->comm, sizeof(p->comm));
     p->pcomm[0] = 0;
     if (parent)

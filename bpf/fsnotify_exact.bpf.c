@@ -211,9 +211,8 @@ static __always_inline int on_insert(u64 group, u64 event)
          * bitfield: read its 32-bit word and shift (position from BTF) */
         r->fa_mask = read_u32(event + OFF_FANOTIFY_EVENT_MASK);
         r->fa_type = (read_u32(event + FA_TYPE_WORD) >> FA_TYPE_SHIFT) & FA_TYPE_MASK;
-        u64 pid = read_ptr(event + OFF_FANOTIFY_EVENT_PID);
-        /* struct pid: numbers[0].nr is the pid in the initial namespace */
-        r->fa_pid = pid ? read_u32(pid + OFF_PID_NR) : 0;
+        /* the struct pid of the actor's tgid: its number as the agent has it */
+        r->fa_pid = pid_nr_here(read_ptr(event + OFF_FANOTIFY_EVENT_PID));
         r->fa_flags = read_u32(group + OFF_GROUP_FAN_FLAGS);
         r->fa_f_flags = read_u32(group + OFF_GROUP_FAN_F_FLAGS);
     }
@@ -386,6 +385,8 @@ static __always_inline struct out_event *process_record(u32 rtype)
     __builtin_memset(r, 0, sizeof(*r));
     r->ts_boot = bpf_ktime_get_boot_ns();
     fill_proc(&r->tracee);
+    if (!r->tracee.pid)
+        return 0;   /* outside the agent's pid namespace: no /proc of it there */
     r->tracee_cgroup = bpf_get_current_cgroup_id();
     return new_out(r, rtype);
 }
@@ -395,11 +396,11 @@ static __always_inline struct out_event *process_record(u32 rtype)
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
     u64 child = ctx->args[1];
-    u32 pid = 0, tgid = 0;
-    bpf_probe_read_kernel(&pid, 4, (void *)(child + OFF_TASK_PID));
-    bpf_probe_read_kernel(&tgid, 4, (void *)(child + OFF_TASK_TGID));
-    if (pid != tgid)
+    if (read_u32(child + OFF_TASK_PID) != read_u32(child + OFF_TASK_TGID))
         return 0;   /* a thread: its events carry its process */
+    u32 tgid = task_tgid_here(child), pid = task_tid_here(child);
+    if (!tgid)
+        return 0;   /* outside the agent's pid namespace */
     struct out_event *out = process_record(REC_FORK);   /* the parent's identity... */
     if (!out)
         return 0;

@@ -18,7 +18,10 @@
 // -D macro, resolved from the running kernel's BTF by
 // otel_fsnotify/kernel/layout.py, never from the headers bcc compiles with.
 // The filters and shared helpers are in fsnotify_common.h; this program adds
-//   SELF_TGID            the agent: its own reads are not tracer events
+//   SELF_TGID            the agent's tgid (as its pid namespace numbers it):
+//                        its own reads are not tracer events
+//   AGENT_PIDNS_INUM     set when that namespace is not the initial one (no
+//                        hostPID): the agent's global tgid is learnt (agent_tgid)
 //   REC_HDR_SIZE         sizeof(struct rec_hdr) as user space declares it
 //                        (otel_fsnotify/backends/tracepoint/records.py)
 
@@ -129,6 +132,22 @@ BPF_ARRAY(learn_regs, u64, 3);
 // The agent's own watch-mode fanotify group (struct fsnotify_group *), learnt
 // from its fd at start (LEARN_WATCH_GROUP), 0 without watch mode.
 BPF_ARRAY(watch_group, u64, 1);
+// The agent's tgid in the kernel's global numbering, which
+// bpf_get_current_pid_tgid() gives: SELF_TGID itself with hostPID, else
+// learnt at start from the agent's first read (a pod's pid namespace numbers
+// it otherwise).
+#ifdef AGENT_PIDNS_INUM
+BPF_ARRAY(agent_tgid, u32, 1);
+
+static __always_inline int is_agent(u32 tgid) {
+    int zero = 0;
+    u32 *self = agent_tgid.lookup(&zero);
+    return self && *self == tgid;
+}
+#else
+#define is_agent(tgid) ((tgid) == SELF_TGID)
+#endif
+
 // Processes reading a permission-capable fanotify group (priority > 0): tgid
 // -> the fd last read. Lets close(2) and exit find the file cheaply.
 BPF_HASH(perm_readers, u32, u32, 10240);
@@ -178,8 +197,11 @@ static __always_inline u32 listener_kind(u64 file) {
 }
 
 static __always_inline int tracer_wanted(u32 tgid, u32 kind, u64 group) {
-    if (tgid == SELF_TGID || !kind_wanted(kind) || !group_wanted(group))
+    if (is_agent(tgid) || !kind_wanted(kind) || !group_wanted(group))
         return 0;
+#ifdef AGENT_PIDNS_INUM
+    tgid = task_tgid_here(bpf_get_current_task());  // --tracer-pid numbers as the agent's /proc
+#endif
     if (FILTER_TRACER_PIDS && !tracer_pids.lookup(&tgid))
         return 0;
     return 1;
@@ -271,17 +293,25 @@ static __always_inline void submit(struct rec_buf *r, long len) {
 // Detached by user space once learnt.
 TRACEPOINT_PROBE(syscalls, sys_enter_read) {
     u64 id = bpf_get_current_pid_tgid();
+#ifdef AGENT_PIDNS_INUM
+    if (task_tgid_here(bpf_get_current_task()) != SELF_TGID)
+        return 0;
+    int zero = 0;
+    u32 global = id >> 32;
+    agent_tgid.update(&zero, &global);
+#else
     if ((id >> 32) != SELF_TGID)
         return 0;
+#endif
     u32 fd = args->fd;
     u32 *kind = learn_fds.lookup(&fd);
     if (!kind)
         return 0;
     int k = *kind;
     if (k == LEARN_WATCH_GROUP) {
-        int zero = 0;
+        int slot0 = 0;
         u64 group = read_ptr(fd_file(fd) + OFF_FILE_PRIVATE_DATA);
-        watch_group.update(&zero, &group);
+        watch_group.update(&slot0, &group);
         return 0;
     }
     u64 fop = read_ptr(fd_file(fd) + OFF_FILE_F_OP);
@@ -341,7 +371,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (tgid == SELF_TGID)
+    if (is_agent(tgid))
         return 0;
     u64 regs = user_regs();
     if (!regs)
@@ -364,8 +394,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
     u32 total = ret;
     if (listener == KIND_FANOTIFY) {
         clear_record(&r->h, REC_FAN_PATH);
+#ifdef AGENT_PIDNS_INUM
+        r->h.proc.tid = task_tid_here(bpf_get_current_task());  // as the REC_READ's fill_proc
+        r->h.proc.pid = task_tgid_here(bpf_get_current_task());
+#else
         r->h.proc.tid = (u32)id;
         r->h.proc.pid = tgid;
+#endif
         // fanotify_event_metadata: u32 event_len; u8 vers, reserved; u16
         // metadata_len; u64 mask; s32 fd; s32 pid. Walk the first events.
         u32 pos = 0;
@@ -467,7 +502,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_write) {
 
 TRACEPOINT_PROBE(syscalls, sys_enter_inotify_add_watch) {
     u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) == SELF_TGID)
+    if (is_agent(id >> 32))
         return 0;
     struct pending_io p = {};
     p.fd = args->fd;
@@ -564,9 +599,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
 // tracepoint lacks the child's tgid, needed to tell threads from processes.
 RAW_TRACEPOINT_PROBE(sched_process_fork) {
     u64 child = ctx->args[1];
-    u32 pid = 0, tgid = 0;
+    u32 pid = 0, tgid = 0;  // global numbers (perm_readers' keys)
     bpf_probe_read_kernel(&pid, 4, (void *)(child + OFF_TASK_PID));
     bpf_probe_read_kernel(&tgid, 4, (void *)(child + OFF_TASK_TGID));
+    u32 tgid_here = task_tgid_here(child), tid_here = task_tid_here(child);
+    if (!tgid_here)
+        return 0;  // outside the agent's pid namespace: no /proc entry to keep
     if (pid != tgid) {
         // a new thread: user space maps its tid to the process (the agent's
         // mirror group reports tids, FAN_REPORT_TID)
@@ -574,8 +612,8 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
         if (!t)
             return 0;
         clear_record(&t->h, REC_THREAD);
-        t->h.proc.pid = tgid;
-        t->h.proc.tid = pid;
+        t->h.proc.pid = tgid_here;
+        t->h.proc.tid = tid_here;
         t->h.pidns = task_pidns(child, &t->h.nspid);
         submit(t, 0);
         return 0;
@@ -591,8 +629,8 @@ RAW_TRACEPOINT_PROBE(sched_process_fork) {
     if (!r)
         return 0;
     r->h.proc.ppid = r->h.proc.pid;
-    r->h.proc.pid = tgid;
-    r->h.proc.tid = pid;
+    r->h.proc.pid = tgid_here;
+    r->h.proc.tid = tid_here;
     __builtin_memcpy(r->h.proc.pcomm, r->h.proc.comm, TASK_COMM);
     bpf_probe_read_kernel(&r->h.proc.comm, TASK_COMM, (void *)(child + OFF_TASK_COMM));
     // its number in its own pid namespace: what a fanotify listener in there

@@ -32,9 +32,24 @@ class Filters(msgspec.Struct, frozen=True):
     fim_only: bool = False  # only the agent's own watch group (run --fim-only)
 
 
+# The initial pid namespace's inode (PROC_PID_INIT_INO): fixed by the kernel.
+INIT_PIDNS_INUM = 0xEFFFFFFC
+
+
+def own_pidns_cflags() -> list[str]:
+    """AGENT_PIDNS_INUM when the agent runs in a pid namespace of its own (a
+    pod without hostPID): the programs then number pids as its /proc does."""
+    try:
+        inum = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return []
+    return [] if inum == INIT_PIDNS_INUM else [f"-DAGENT_PIDNS_INUM={inum}"]
+
+
 def filter_cflags(f: Filters, tracee_pids_in_kernel: bool = True) -> list[str]:
-    """The FILTER_* macros of bpf/fsnotify_common.h, for either program."""
-    return [
+    """The FILTER_* macros of bpf/fsnotify_common.h, for either program, and
+    the agent's pid namespace (own_pidns_cflags)."""
+    return own_pidns_cflags() + [
         f"-DFILTER_INOTIFY_ONLY={int(f.inotify_only)}",
         f"-DFILTER_FANOTIFY_ONLY={int(f.fanotify_only)}",
         f"-DFILTER_GROUP={f.tracer_group}ULL",

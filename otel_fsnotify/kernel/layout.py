@@ -38,6 +38,14 @@ COMMON_OFFSETS = {
     "OFF_CRED_EUID": ("cred", "euid"),  # kuid_t: one u32 (val) at its start
     "OFF_CRED_EGID": ("cred", "egid"),
     "OFF_CRED_SUID": ("cred", "suid"),
+    # pid numbers in the agent's pid namespace (pid_nr_here), and fanotify's
+    "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
+    "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "OFF_PID_LEVEL": ("pid", "level"),
+    "OFF_PID_NUMBERS": ("pid", "numbers"),
+    "OFF_UPID_NS": ("upid", "ns"),
+    "OFF_UPID_NR": ("upid", "nr"),
+    "OFF_PIDNS_INUM": ("pid_namespace", "ns.inum"),
 }
 
 # fsnotify_exact.bpf.c: the fsnotify internals
@@ -56,7 +64,6 @@ EXACT_OFFSETS = {
     "OFF_INOTIFY_EVENT_NAME": ("inotify_event_info", "name"),
     "OFF_FANOTIFY_EVENT_MASK": ("fanotify_event", "mask"),
     "OFF_FANOTIFY_EVENT_PID": ("fanotify_event", "pid"),
-    "OFF_PID_NR": ("pid", "numbers"),  # numbers[0].nr: nr is upid's first member
     "OFF_FA_PATH_EVENT_PATH": ("fanotify_path_event", "path"),
     "OFF_FA_PERM_EVENT_PATH": ("fanotify_perm_event", "path"),
     "OFF_FA_PERM_RESPONSE": ("fanotify_perm_event", "response"),
@@ -67,7 +74,6 @@ EXACT_OFFSETS = {
 TRACEPOINT_OFFSETS = {
     "OFF_TASK_FILES": ("task_struct", "files"),
     "OFF_TASK_STACK": ("task_struct", "stack"),
-    "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
     "OFF_PT_REGS_DI": ("pt_regs", "di"),
     "OFF_PT_REGS_SI": ("pt_regs", "si"),
     "OFF_PT_REGS_DX": ("pt_regs", "dx"),
@@ -79,11 +85,6 @@ TRACEPOINT_OFFSETS = {
     "OFF_FILE_F_OP": ("file", "f_op"),
     "OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
     "OFF_FILE_F_PATH": ("file", "f_path"),
-    "OFF_PID_LEVEL": ("pid", "level"),
-    "OFF_PID_NUMBERS": ("pid", "numbers"),
-    "OFF_UPID_NS": ("upid", "ns"),
-    "OFF_UPID_NR": ("upid", "nr"),
-    "OFF_PIDNS_INUM": ("pid_namespace", "ns.inum"),
     # the agent's watch group's queue (a process's events waiting at its exec)
     "OFF_GROUP_NOTIFICATION_LIST": ("fsnotify_group", "notification_list"),
     "OFF_FSN_EVENT_LIST": ("fsnotify_event", "list"),
@@ -156,6 +157,7 @@ class KernelLayout:
         btf = self.btf
         flags = offset_macros(btf, {**COMMON_OFFSETS, **EXACT_OFFSETS})
         flags.append(f"-DOFF_OPS_INOTIFY_HANDLER={btf.offsetof('fsnotify_ops', self.ops_inotify_member)}")
+        flags.append(f"-DUPID_SIZE={btf.struct_size('upid')}")
         word, shift, mask = self.fa_type_bits()
         return flags + [
             f"-DFA_TYPE_WORD={word}", f"-DFA_TYPE_SHIFT={shift}", f"-DFA_TYPE_MASK={mask}",

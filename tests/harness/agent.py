@@ -58,8 +58,12 @@ class Agent:
         if output == "jsonl":
             args += ["--output-file", str(self.out)]
         self._errfh = open(self.err, "wb")
+        self.wrapped = bool(wrap)
+        # its own process group: stop() signals the agent even behind a
+        # wrapper that does not pass signals on (nsenter, which forks)
         self.proc = subprocess.Popen(list(wrap or ()) + cli() + args + list(extra), cwd=REPO,
-                                     stdout=subprocess.DEVNULL, stderr=self._errfh)
+                                     stdout=subprocess.DEVNULL, stderr=self._errfh,
+                                     start_new_session=True)
         if wait:
             self.wait_started()
 
@@ -147,14 +151,19 @@ class Agent:
         """SIGTERM (SIGKILL after 60 s); returns the stats line the agent
         prints at exit ({} if none). Stopping twice is harmless."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self._errfh.close()
-        for line in self.err.read_text().splitlines():
-            if line.startswith(STATS):
-                return json.loads(line[len(STATS):])
-        return {}
+        deadline = time.monotonic() + 60  # a wrapped agent may outlive its wrapper a little
+        while True:
+            for line in self.err.read_text().splitlines():
+                if line.startswith(STATS):
+                    self._errfh.close()
+                    return json.loads(line[len(STATS):])
+            if time.monotonic() > deadline or not self.wrapped:
+                self._errfh.close()
+                return {}
+            time.sleep(0.1)

@@ -159,3 +159,43 @@ def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks
     assert everything and {e["tracee_pod_uid"] for e in everything} == {pod_a.uid}
     assert not any("from-host" in e["path"] for e in everything)
     assert stats["filtered_scope"] >= 9, stats  # B's writes (2 files x 4+) and the host's
+
+
+def _ns_pid(host_pid: int) -> int:
+    """A process's number in its own pid namespace (NSpid's last)."""
+    with open(f"/proc/{host_pid}/status") as fh:
+        return int(next(line for line in fh if line.startswith("NSpid:")).split()[-1])
+
+
+def test_a_sidecar_without_host_pid_numbers_every_process_as_its_pod_does(
+        tmp_path, pods_with_namespaces, start_sidecar):
+    """shareProcessNamespace without hostPID: the agent runs in pod A's pid
+    and mount namespaces (its /proc shows the pod only). It starts, and the
+    watcher's and the writer's pids are the pod's numbers, which its /proc
+    resolves to the right programs and containers; pod B stays out."""
+    pod_a, pod_b = pods_with_namespaces
+    watcher_a, app_a, sidecar = pod_a.container(), pod_a.container(), pod_a.container()
+    watcher_b, app_b = pod_b.container(), pod_b.container()
+    agent = start_sidecar(tmp_path / "sidecar", "--this-pod", wrap=sidecar.enter)
+    agent.wait_started()
+    watchers = [_watcher(watcher_a, pod_a.data), _watcher(watcher_b, pod_b.data)]
+    try:
+        time.sleep(1)
+        for pod, app in ((pod_a, app_a), (pod_b, app_b)):
+            # the writer leaves its own pid (as its pod numbers it) in the file
+            subprocess.run(app.enter + ["sh", "-c", f"echo $$ > {pod.data}/from-app"], check=True)
+        events = agent.wait_for(lambda e: e["path"] == f"{pod_a.data}/from-app"
+                                and "IN_CLOSE_WRITE" in e["i_mask_names"])
+        time.sleep(1.5)
+        watcher_pid = next(_ns_pid(p) for p in _descendants(watchers[0].pid) if _watches(p))
+    finally:
+        for w in watchers:
+            w.terminate()
+            w.wait()
+    stats = agent.stop()
+    writer = int((pod_a.emptydir / "from-app").read_text())
+    e = events[0]
+    assert (e["tracee_pid"], e["tracee_comm"], e["tracee_container_id"]) == (writer, "sh", app_a.id), e
+    assert (e["tracer_pid"], e["tracer_comm"]) == (watcher_pid, "inotifywait"), e
+    assert {x["tracee_pod_uid"] for x in agent.events()} == {pod_a.uid}
+    assert stats["filtered_scope"] >= 4, stats  # pod B's write, seen by B's watcher

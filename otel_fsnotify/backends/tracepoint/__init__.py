@@ -245,6 +245,8 @@ class TracepointBackend(Backend):
     def _process_table(self, kind: int, h, data: bytes) -> None:
         """fork / exec / exit / a new thread: keep the process table current."""
         pid = h.proc_pid
+        if not pid:
+            return  # a task outside the agent's pid namespace (no hostPID): no /proc of it here
         if kind == records.REC_FORK:
             self.procs.fork(pid, h.proc_ppid, cstr(h.proc_comm), h.proc_uid, h.proc_gid, h.proc_mntns_id,
                             h.proc_ruid, h.proc_suid, self.cgroups.container(h.cgroup))
