@@ -91,23 +91,29 @@ static __always_inline u16 read_u16(u64 addr)
  * is struct pid's numbers[L].nr at the level L whose namespace that is, and
  * 0 for a task outside it. */
 #ifdef AGENT_PIDNS_INUM
-#define MAX_PIDNS_LEVEL 8
+static __always_inline u32 upid_nr_if_here(u64 upid)
+{
+    u64 ns = read_ptr(upid + OFF_UPID_NS);
+    if (ns && read_u32(ns + OFF_PIDNS_INUM) == AGENT_PIDNS_INUM)
+        return read_u32(upid + OFF_UPID_NR);
+    return 0;
+}
 
+/* Looks at the task's own namespace and the one above it, not further (no
+ * loop: the verifier's budget is for the programs' paths): a task of the
+ * agent's pod, or of a namespace nested once inside it. */
 static __always_inline u32 pid_nr_here(u64 pid)
 {
     if (!pid)
         return 0;
     u32 level = read_u32(pid + OFF_PID_LEVEL);
-#pragma unroll
-    for (u32 i = 1; i <= MAX_PIDNS_LEVEL; i++) {
-        if (i > level)
-            break;
-        u64 upid = pid + OFF_PID_NUMBERS + (u64)i * UPID_SIZE;
-        u64 ns = read_ptr(upid + OFF_UPID_NS);
-        if (ns && read_u32(ns + OFF_PIDNS_INUM) == AGENT_PIDNS_INUM)
-            return read_u32(upid + OFF_UPID_NR);
-    }
-    return 0;
+    if (!level || level > 32)
+        return 0;   /* the initial namespace's task: outside the agent's */
+    u64 upid = pid + OFF_PID_NUMBERS + (u64)level * UPID_SIZE;
+    u32 nr = upid_nr_if_here(upid);
+    if (!nr && level > 1)
+        nr = upid_nr_if_here(upid - UPID_SIZE);
+    return nr;
 }
 
 static __always_inline u32 task_tid_here(u64 task)

@@ -58,7 +58,8 @@
 #define CNT_FILTERED 5
 #define CNT_FLUSHED_ON_CLOSE 6
 #define CNT_NO_CTX 7
-#define CNT_SLOTS 8
+#define CNT_FILTERED_SCOPE 8
+#define CNT_SLOTS 9
 
 /* The fixed part of what the tracee side knows. */
 struct record {
@@ -118,6 +119,13 @@ BPF_HASH(group_kind, u64, u32, 4096);
 /* --tracer-pid / --tracee-pid (tgids), consulted when FILTER_*_PIDS is 1 */
 BPF_HASH(tracer_pids, u32, u8, MAX_PID_FILTERS);
 BPF_HASH(tracee_pids, u32, u8, MAX_PID_FILTERS);
+/* --cgroup / --container-id / --pod-uid / --this-pod, when FILTER_SCOPE is 1:
+ * the cgroup v2 directory an actor must be in (or below). Tested at insertion,
+ * where the actor is the current task; an event of an actor outside is marked
+ * (KIND_OUT_OF_SCOPE in its record's kind) and dropped when read, unless the
+ * agent reads it: watch mode names its actors from those reads, in order. */
+BPF_CGROUP_ARRAY(scope_cgroup, 1);
+#define KIND_OUT_OF_SCOPE 0x100
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct out_event, 1);
 BPF_PERCPU_ARRAY(rec_scratch, struct pending_rec, 1);
@@ -130,14 +138,22 @@ static __always_inline void count(u32 slot)
         (*c)++;
 }
 
+/* 1: the record goes out; 0: filtered (counted here) */
 static __always_inline int passes_filters(struct record *r)
 {
-    if (!kind_wanted(r->kind) || !group_wanted(r->group))
+    if ((r->kind & KIND_OUT_OF_SCOPE) && r->tracer.pid != SELF_TGID) {
+        count(CNT_FILTERED_SCOPE);
         return 0;
-    if (FILTER_TRACER_PIDS && !tracer_pids.lookup(&r->tracer.pid))
+    }
+    if (!kind_wanted(r->kind & ~KIND_OUT_OF_SCOPE) || !group_wanted(r->group)) {
+        count(CNT_FILTERED);
         return 0;
-    if (FILTER_TRACEE_PIDS && !tracee_pids.lookup(&r->tracee.pid))
+    }
+    if ((FILTER_TRACER_PIDS && !tracer_pids.lookup(&r->tracer.pid))
+        || (FILTER_TRACEE_PIDS && !tracee_pids.lookup(&r->tracee.pid))) {
+        count(CNT_FILTERED);
         return 0;
+    }
     return 1;
 }
 
@@ -188,6 +204,9 @@ static __always_inline int on_insert(u64 group, u64 event)
     r->prio = read_u32(group + OFF_GROUP_PRIORITY);
     fill_proc(&r->tracee);
     r->tracee_cgroup = bpf_get_current_cgroup_id();
+    /* 0: not under it; 1: under it; <0 (not filled in yet): let user space judge */
+    if (FILTER_SCOPE && scope_cgroup.check_current_task(0) == 0)
+        r->kind |= KIND_OUT_OF_SCOPE;
     if (kind == KIND_INOTIFY) {
         /* struct inotify_event_info embeds struct fsnotify_event first */
         struct insert_ctx *ctx = insert_ctx.lookup(&tid);
@@ -232,6 +251,7 @@ static __always_inline struct out_event *new_out(struct record *r, u32 rtype)
     if (!out)
         return 0;
     __builtin_memcpy(&out->rec, r, sizeof(*r));
+    out->rec.kind &= ~KIND_OUT_OF_SCOPE;
     out->ts_now = bpf_ktime_get_boot_ns();
     out->rtype = rtype;
     out->response = 0;
@@ -315,20 +335,18 @@ static __always_inline int on_remove_exit(u64 group, u64 event)
     }
     struct record *r = &p->rec;
     fill_proc(&r->tracer);
-    if (r->kind == KIND_FANOTIFY) {
+    if ((r->kind & ~KIND_OUT_OF_SCOPE) == KIND_FANOTIFY) {
         /* fanotify merges later events of the same object and process into
          * a queued one (fanotify_merge() ORs the masks): what the tracer
          * reads is the mask now, not the one inserted */
         r->fa_mask = read_u32(event + OFF_FANOTIFY_EVENT_MASK);
     }
-    if (!passes_filters(r)) {
-        count(CNT_FILTERED);
+    if (!passes_filters(r))
         return 0;
-    }
     struct out_event *out = new_out(r, REC_EVENT);
     if (!out)
         return 0;
-    if (r->kind == KIND_INOTIFY) {
+    if ((r->kind & ~KIND_OUT_OF_SCOPE) == KIND_INOTIFY) {
         if (r->name_len) {
             __builtin_memcpy(out->tail, p->name, NAME_LEN);
             out->tail_len = r->name_len;
@@ -355,7 +373,8 @@ static __always_inline int on_destroy(u64 group, u64 event)
     if (!p)
         return 0;
     struct record *r = &p->rec;
-    if (r->kind == KIND_FANOTIFY && r->fa_type == FA_TYPE_PATH_PERM && passes_filters(r)) {
+    if ((r->kind & ~KIND_OUT_OF_SCOPE) == KIND_FANOTIFY && r->fa_type == FA_TYPE_PATH_PERM
+        && passes_filters(r)) {
         struct out_event *out = new_out(r, REC_RESPONSE);
         if (out) {
             out->response = read_u16(event + OFF_FA_PERM_RESPONSE);

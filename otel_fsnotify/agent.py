@@ -18,11 +18,14 @@ import signal
 import sys
 import time
 
+import msgspec
+
 from . import backends
 from .config import AgentConfig, default_state_dir, filters_of
 from .delivery.settings import OtlpSettings
 from .enrich import pods
 from .enrich.mounts import HostPaths
+from .enrich.scope import kernel_cgroup
 from .enrich.scope import resolve as resolve_scope
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
@@ -178,13 +181,20 @@ def run(cfg: AgentConfig) -> int:
         log.info("scope: only actors in %s", ", ".join(f"{k} {v}" for k, v in scope._asdict().items() if v))
     fim = start_fim(cfg)
     try:
-        backend = backends.choose(cfg.backend, filters_of(cfg), log,
+        filters = filters_of(cfg)
+        if scope:
+            filters = msgspec.structs.replace(filters, scope_cgroup=kernel_cgroup(scope))
+        backend = backends.choose(cfg.backend, filters, log,
                                   own_group_fd=fim.fd if fim else -1)
     except BaseException:
         if fim is not None:
             fim.close()
         raise
     log.info("backend %s started", backend.name)
+    if scope:
+        where = (f"in the kernel (cgroup {filters.scope_cgroup}) and in user space"
+                 if backend.scope_in_kernel and filters.scope_cgroup else "in user space")
+        log.info("scope: tested %s", where)
     if output is None:
         try:
             output = make_output(cfg, backend.name, settings)
@@ -302,8 +312,11 @@ def _final_stats(backend, output, metrics, fim=None, sink=None) -> dict:
 
 
 def _stats(backend, output, fim=None, sink=None) -> dict:
-    return {"backend": backend.name, **backend.counters(), **(fim.counters if fim else {}),
-            **(sink.counters() if sink else {}), **output.counters()}
+    stats = {"backend": backend.name, **backend.counters(), **(fim.counters if fim else {}),
+             **(sink.counters() if sink else {}), **output.counters()}
+    if "filtered_scope" in stats:  # all left out for scope; ..._in_kernel: of them, by the kernel
+        stats["filtered_scope"] += stats.get("filtered_scope_in_kernel", 0)
+    return stats
 
 
 def _start_metrics(cfg: AgentConfig, output, backend, fim=None, sink=None):

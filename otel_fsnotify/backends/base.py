@@ -30,6 +30,9 @@ class Filters(msgspec.Struct, frozen=True):
     inotify_only: bool = False
     fanotify_only: bool = False
     fim_only: bool = False  # only the agent's own watch group (run --fim-only)
+    # only actors in this cgroup v2 directory or below (--cgroup, --pod-uid...:
+    # enrich/scope.py kernel_cgroup), where the backend can test it in the kernel
+    scope_cgroup: str = ""
 
 
 # The initial pid namespace's inode (PROC_PID_INIT_INO): fixed by the kernel.
@@ -82,6 +85,8 @@ class Backend(abc.ABC):
     description: ClassVar[str]
     #: the agent's own watch-mode fanotify group (-1: none), set before start()
     own_group_fd: int = -1
+    #: whether Filters.scope_cgroup is tested in the kernel (else only in user space)
+    scope_in_kernel: ClassVar[bool] = False
 
     def __init__(self, filters: Filters, log: logging.Logger | None = None):
         if filters.inotify_only and filters.fanotify_only:

@@ -88,3 +88,38 @@ def own_pod_uid(environ=os.environ) -> str:
     raise ScopeError(f"--this-pod: the agent's cgroup ({where}) names no Kubernetes pod and POD_UID "
                      "is not set: pass the pod's uid with the downward API (env POD_UID from "
                      "fieldRef metadata.uid)")
+
+
+MAX_DEPTH = 6  # cgroup levels searched for a pod or container directory
+
+
+def kernel_cgroup(scope: Scope) -> str:
+    """The cgroup v2 directory the kernel can test an actor against (the
+    most specific the scope names: container, cgroup, pod), "" when this
+    agent cannot see it (another cgroup namespace, or not created yet): the
+    scope is then applied in user space only."""
+    root = cgroup2_root()
+    if not root or not scope:
+        return ""
+    if scope.cgroup and not scope.container_id:
+        return root.rstrip("/") + scope.cgroup if scope.cgroup != "/" else root
+    if scope.container_id:
+        want = lambda name: scope.container_id in name  # noqa: E731
+    else:
+        uid = scope.pod_uid
+        want = lambda name: "pod" + uid in name or "pod" + uid.replace("-", "_") in name  # noqa: E731
+    level = [root]
+    for _ in range(MAX_DEPTH):
+        below = []
+        for d in level:
+            try:
+                with os.scandir(d) as it:
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False):
+                            if want(e.name):
+                                return e.path
+                            below.append(e.path)
+            except OSError:
+                continue
+        level = below
+    return ""

@@ -6,7 +6,8 @@ reported with their container and pod, grouped into one OTLP resource per
 container at the collector; writes by pod B and by the host are not (and
 are counted). Imported by tests/host/test_pod_scope.py and
 tests/vm/guest/test_pod_scope.py, which provide `start_sidecar(workdir,
-*flags, wrap=..., output=...)`.
+*flags, wrap=..., output=...)` and `scope_in_kernel` (whether the backend
+tests the scope in the kernel).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _watches(pid: int) -> int:
 
 
 def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks_from_another_pod(
-        tmp_path, pods_with_namespaces, start_sidecar):
+        tmp_path, pods_with_namespaces, start_sidecar, scope_in_kernel):
     """Pods with their own pid and mount namespaces: a watcher in pod A on its
     private tmpfs (`vol`, on no host path) and on its emptyDir (`data`, the
     host's `emptydir`); pod B the same on its own. The hostPID sidecar of
@@ -159,6 +160,8 @@ def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks
     assert everything and {e["tracee_pod_uid"] for e in everything} == {pod_a.uid}
     assert not any("from-host" in e["path"] for e in everything)
     assert stats["filtered_scope"] >= 9, stats  # B's writes (2 files x 4+) and the host's
+    # the exact backends test the actor's cgroup in the kernel: those never reach user space
+    assert (stats.get("filtered_scope_in_kernel", 0) >= 9) == scope_in_kernel, stats
 
 
 def _ns_pid(host_pid: int) -> int:

@@ -16,6 +16,11 @@ pytestmark = pytest.mark.host
 
 
 @pytest.fixture
+def scope_in_kernel() -> bool:
+    return False
+
+
+@pytest.fixture
 def start_sidecar():
     """The sidecar agent on this host's backend, started inside `wrap`."""
     def start(workdir, *extra, wrap, output="jsonl"):

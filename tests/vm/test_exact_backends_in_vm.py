@@ -67,7 +67,11 @@ def guest_results():
     return results
 
 
-@pytest.mark.parametrize("guest_test", _guest_test_ids())
+GUEST_TESTS = _guest_test_ids()
+
+
+# ids given: pytest would shorten a long one to "guest_test31"
+@pytest.mark.parametrize("guest_test", GUEST_TESTS, ids=GUEST_TESTS)
 def test_in_vm(guest_results, guest_test):
     outcome, message = guest_results.get(guest_test, ("missing", ""))
     if outcome == "missing":

@@ -58,6 +58,7 @@ def _ksym(name: str) -> int:
 class _ExactBackend(Backend):
     use_fentry: bool = False
     description = "exact: tracee linked in the kernel by the struct fsnotify_event pointer"
+    scope_in_kernel = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -85,6 +86,7 @@ class _ExactBackend(Backend):
             f"-DUSE_FENTRY={1 if self.use_fentry else 0}",
             f"-DMAX_PENDING={MAX_PENDING}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
             f"-DPATH_STEPS={PATH_STEPS}", OUT_EVENT.size_macro("OUT_HDR_SIZE"),
+            f"-DSELF_TGID={self._self}", f"-DFILTER_SCOPE={int(bool(self.filters.scope_cgroup))}",
             f"-DINOTIFY_HANDLER_ADDR={inotify_fn}ULL", f"-DFANOTIFY_HANDLER_ADDR={fanotify_fn}ULL",
         ]
 
@@ -105,6 +107,12 @@ class _ExactBackend(Backend):
         except Exception as exc:  # bcc attach errors are bare Exceptions
             raise BackendUnavailable(f"{self.name}: cannot attach: {exc}") from None
         fill_pid_filters(self._bpf, self.filters)
+        if self.filters.scope_cgroup:
+            try:
+                self._bpf["scope_cgroup"][0] = self.filters.scope_cgroup
+            except OSError as exc:
+                raise BackendUnavailable(f"--cgroup: cannot open {self.filters.scope_cgroup}: "
+                                         f"{exc.strerror}") from None
         procs = ProcTable()
         procs.seed()  # attached first: a process born meanwhile is in the feed
         self.decoder = Decoder(layout, self._paths, procs)

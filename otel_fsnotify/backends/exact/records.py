@@ -46,7 +46,7 @@ REC_FORK, REC_EXEC, REC_EXIT = 4, 5, 6  # out_event.rtype: the process table's f
 FAN_EVENT_ANSWERED = 2
 # Slots of the per-CPU `counters` array, in the order of the CNT_* macros.
 COUNTERS = ("emitted", "ringbuf_lost", "map_full", "tracee_unmatched", "ctx_map_full",
-            "filtered", "flushed_on_close", "inotify_ctx_missing")
+            "filtered", "flushed_on_close", "inotify_ctx_missing", "filtered_scope_in_kernel")
 
 
 def boot_to_epoch_offset() -> int:

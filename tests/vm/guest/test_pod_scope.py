@@ -13,6 +13,11 @@ from tests.vm.guest.conftest import vm_agent
 
 
 @pytest.fixture
+def scope_in_kernel() -> bool:
+    return True
+
+
+@pytest.fixture
 def start_sidecar(backend):
     def start(workdir, *extra, wrap, output="jsonl"):
         return vm_agent(backend, workdir, *extra, output=output, wrap=wrap)
