@@ -207,6 +207,8 @@ class Mirror:
                 watch.ino, path, self._layout(watch.handle, watch.ino))
             self._marked[key] = self._marked.get(key, 0) | mask
         self._owners.setdefault(key, {})[owner] = watch.wd
+        if owner:
+            self.path_of(watch, owner[0])  # its view now, while it surely is alive
         return True
 
     def unmark(self, watch: Watch, owner=None) -> None:
@@ -218,6 +220,8 @@ class Mirror:
         if owners is None or owners.get(owner, -1) != watch.wd:
             return
         del owners[owner]
+        if owner:
+            self._paths.pop((watch.handle_type, watch.handle, owner[0]), None)
         if owners:
             return
         del self._owners[key]

@@ -210,9 +210,11 @@ class MountViews:
         return fd, ((m.root.rstrip("/") + rel) or "/") if rel is not None else ""
 
     def view_of(self, pid: int, dev: int, fs_path: str) -> str:
-        """Where pid sees a filesystem-relative path ("" nowhere or gone)."""
-        table = self.of(pid) if pid else self.own()
-        return table.view(dev, fs_path) if table else ""
+        """Where pid sees a filesystem-relative path ("" nowhere). A listener
+        already gone (its events are read after it exits) has no view left:
+        the agent's stands in, as the view every path had before namespaces."""
+        table = (self.of(pid) if pid else None) or self.own()
+        return table.view(dev, fs_path)
 
 
 def mntns_of(pid: int | str) -> int:
