@@ -1,28 +1,31 @@
-"""Boot Debian's distribution kernel under qemu (TCG) and run a command in it.
+"""Boot one of Debian's distribution kernels under qemu (TCG) and run a command in it.
 
 The guest sees the host's root filesystem read-only over virtio-9p, with tmpfs
 over the directories programs write to, so it runs the repository's own .venv,
 bcc and kernel headers without any image to build. A second, writable 9p share
 (``/vmresults`` in the guest) carries results back to the host.
 
-Only the initramfs is built here (busybox-static + the 9p modules), once, into
-a cache directory.
+Only the initramfs is built here (busybox-static + that kernel's 9p modules),
+once per kernel, into a cache directory. The kernel is a tests/harness/kernels
+series: 6.1 is the host's own package; 5.10 and 6.12 were unpacked into the
+cache by the install step, and the guest sees their modules and headers at
+/lib/modules/<release> (a tmpfs of symlinks into the cache).
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
+import lzma
 import os
-import re
 import shutil
 import subprocess
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CACHE = os.environ.get("OTEL_FSNOTIFY_VM_CACHE", os.path.join(REPO, "vm-cache"))
+from tests.harness.kernels import CACHE, REPO, Kernel, host_kernel
 BUSYBOX = "/bin/busybox"
-# Load order matters: each needs the ones before it.
+# Load order matters: each needs the ones before it. A kernel lacking one has
+# it built in (6.12: virtio) or does not split it out (5.10: netfs, virtio_pci_*_dev).
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
            "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
 # Directories a guest program may write to; everything else is the read-only host root.
@@ -51,6 +54,20 @@ repo=$(sed -n 's/.*vmrepo=\([^ ]*\).*/\1/p' /proc/cmdline)
 # the repository again, on its own share: it may live under a directory the
 # tmpfs mounts above just hid (a clone in /tmp)
 mkdir -p /newroot$repo && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 repo /newroot$repo || echo "vm-init: repo mount failed"
+# a kernel unpacked in the cache: its modules and headers where bcc looks
+kroot=$(sed -n 's/.*vmkroot=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$kroot" ]; then
+    rel=$(uname -r)
+    mount -t tmpfs -o mode=755 tmpfs /newroot/lib/modules
+    mkdir -p /newroot/lib/modules/$rel
+    for f in /newroot$kroot/lib/modules/$rel/*; do
+        [ "${{f##*/}}" = build ] || [ "${{f##*/}}" = source ] || ln -s "${{f#/newroot}}" /newroot/lib/modules/$rel/
+    done
+    # the headers packages' links are absolute (/usr/src/...): the same, in the cache
+    for l in build source; do
+        t=$(readlink /newroot$kroot/lib/modules/$rel/$l) && ln -s $kroot$t /newroot/lib/modules/$rel/$l
+    done
+fi
 mkdir -p /newroot/tmp/vmresults
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results /newroot/tmp/vmresults || echo "vm-init: results mount failed"
 script=$(sed -n 's/.*vmscript=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -63,17 +80,17 @@ class VmError(RuntimeError):
     pass
 
 
-def kernel_release() -> str:
-    """The newest Debian 6.1 kernel installed on the host (e.g. 6.1.0-56-amd64)."""
-    images = sorted(glob.glob("/boot/vmlinuz-6.1.0-*-amd64"),
-                    key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
-    if not images:
-        raise VmError("no /boot/vmlinuz-6.1.0-*-amd64: apt-get install linux-image-amd64 (bookworm)")
-    return os.path.basename(images[-1])[len("vmlinuz-"):]
+def _module_bytes(path: str) -> bytes:
+    if path.endswith(".xz"):
+        with lzma.open(path) as fh:
+            return fh.read()
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
-def build_initramfs(release: str) -> str:
-    """cpio.gz with busybox, the 9p modules and /init; cached by kernel release."""
+def build_initramfs(kernel: Kernel) -> str:
+    """cpio.gz with busybox, the kernel's 9p modules and /init; cached per release."""
+    release = kernel.release
     out = os.path.join(CACHE, f"initramfs-{release}.cpio.gz")
     if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(__file__):
         return out
@@ -84,14 +101,26 @@ def build_initramfs(release: str) -> str:
     for d in ("bin", "proc", "sys", "dev", "modules", "newroot"):
         os.makedirs(os.path.join(root, d))
     shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
-    moddir = f"/lib/modules/{release}/kernel"
+    moddir = os.path.join(kernel.modules, "kernel")
+    loaded = []
     for name in MODULES:
-        found = glob.glob(f"{moddir}/**/{name}.ko", recursive=True)
+        found = glob.glob(f"{moddir}/**/{name}.ko", recursive=True) + \
+            glob.glob(f"{moddir}/**/{name}.ko.xz", recursive=True)
         if not found:
-            raise VmError(f"module {name}.ko not found under {moddir}")
-        shutil.copy2(found[0], os.path.join(root, "modules", f"{name}.ko"))
+            continue  # built in, or not a module of its own in this kernel
+        with open(os.path.join(root, "modules", f"{name}.ko"), "wb") as fh:
+            fh.write(_module_bytes(found[0]))
+        loaded.append(name)
+    if "9p" not in loaded:
+        try:
+            with open(os.path.join(kernel.modules, "modules.builtin")) as fh:
+                builtin = fh.read()
+        except OSError:
+            builtin = ""
+        if "/9p.ko" not in builtin:
+            raise VmError(f"kernel {release}: 9p is neither a module under {moddir} nor built in")
     with open(os.path.join(root, "init"), "w") as fh:
-        fh.write(INIT.format(modules=" ".join(MODULES), writable=" ".join(WRITABLE)))
+        fh.write(INIT.format(modules=" ".join(loaded), writable=" ".join(WRITABLE)))
     os.chmod(os.path.join(root, "init"), 0o755)
     files = subprocess.run("find . | sort", shell=True, cwd=root, capture_output=True,
                            check=True).stdout
@@ -105,15 +134,17 @@ def build_initramfs(release: str) -> str:
 
 
 def run(script: str, results_dir: str, timeout: float, memory_mb: int = 3072,
-        cpus: int = 2, log=None) -> int:
-    """Boot the VM, run `script` (a shell script path on the host root) as root in
-    the guest with /tmp/vmresults = results_dir, and return its exit status."""
+        cpus: int = 2, log=None, kernel: Kernel | None = None) -> int:
+    """Boot the VM on `kernel` (default: the host's 6.1), run `script` (a shell
+    script path on the host root) as root in the guest with /tmp/vmresults =
+    results_dir, and return its exit status."""
     if not shutil.which("qemu-system-x86_64"):
         raise VmError("qemu-system-x86_64 missing: apt-get install qemu-system-x86")
     if any(c.isspace() for c in REPO + script):
         raise VmError(f"the repository path must not contain spaces (kernel command line): {REPO}")
-    release = kernel_release()
-    initrd = build_initramfs(release)
+    kernel = kernel or host_kernel()
+    initrd = build_initramfs(kernel)
+    kroot = f" vmkroot={kernel.root}" if kernel.root != "/" else ""
     os.makedirs(results_dir, exist_ok=True)
     for stale in ("exit-status", "console.log"):
         try:
@@ -124,8 +155,8 @@ def run(script: str, results_dir: str, timeout: float, memory_mb: int = 3072,
     cmd = [
         "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=multi",
         "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
-        "-kernel", f"/boot/vmlinuz-{release}", "-initrd", initrd,
-        "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 vmscript={script} vmrepo={REPO}",
+        "-kernel", kernel.vmlinuz, "-initrd", initrd,
+        "-append", f"console=ttyS0 quiet loglevel=4 panic=-1 vmscript={script} vmrepo={REPO}{kroot}",
         "-display", "none", "-no-reboot", "-nic", "none",
         "-serial", f"file:{serial}", "-monitor", "none",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
