@@ -27,28 +27,32 @@ GUEST = os.path.join(HERE, "guest")
 RESULTS = os.path.join(vm.CACHE, "results")
 TIMEOUT = float(os.environ.get("OTEL_FSNOTIFY_VM_TIMEOUT", 25 * 60))
 KERNELS = os.environ.get("OTEL_FSNOTIFY_VM_KERNELS", ",".join(kernels.ALL)).split(",")
+# What a kernel does not run yet, by name (README, Kernels): 5.10's tmpfs has no
+# filesystem id, so watch mode's FID marks cannot go on the guest's /tmp
+# (test_watch_degradation.py proves the one-line refusal there instead).
+SUBSETS = {
+    "5.10": "not test_watch_mode and not test_a_sidecar_with_this_pod_reports_its_pod_and_nothing_else",
+}
 
 
-def _guest_test_ids() -> list[str]:
+def _guest_test_ids(select: str = "") -> list[str]:
     """Guest test ids (e.g. test_attribution.py::test_x[kprobe]), collected on the host."""
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-c", os.path.join(GUEST, "pytest.ini"),
-         "--rootdir", GUEST, GUEST], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+         "--rootdir", GUEST, *(["-k", select] if select else []), GUEST], cwd=REPO,
+        capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     ids = [line.split("tests/vm/guest/")[-1] for line in out.stdout.splitlines() if "::" in line]
     if not ids:
         raise RuntimeError("cannot collect the guest tests:\n" + out.stdout + out.stderr)
     return ids
 
 
-@pytest.fixture(scope="module", params=KERNELS)
-def guest_results(request):
+def _boot(series: str) -> dict:
     """Boot one kernel once; {test id: (outcome, message)} from the guest's junit xml."""
-    series = request.param
     try:
         kernel = kernels.get(series)
     except kernels.KernelError as exc:  # the install step did not fetch it: say how
-        pytest.fail(str(exc), pytrace=False)
+        return {"__boot__": ("failed", str(exc))}
     results_dir = os.path.join(RESULTS, series)
     os.makedirs(results_dir, exist_ok=True)
     junit = os.path.join(results_dir, "junit.xml")
@@ -56,11 +60,14 @@ def guest_results(request):
         os.unlink(junit)
     with open(os.path.join(results_dir, "pytest-args"), "w") as fh:
         fh.write(os.environ.get("OTEL_FSNOTIFY_VM_PYTEST_ARGS", ""))
+    with open(os.path.join(results_dir, "pytest-k"), "w") as fh:
+        fh.write(SUBSETS.get(series, ""))
     print(f"\nVM: kernel {kernel.release}")
     status = vm.run(os.path.join(HERE, "guest_run.sh"), results_dir, TIMEOUT, log=print, kernel=kernel)
     console = os.path.join(results_dir, "console.log")
     if not os.path.exists(junit):
-        pytest.fail(f"guest pytest on {kernel.release} wrote no results (exit {status}); see {console}")
+        return {"__boot__": ("failed", f"guest pytest on {kernel.release} wrote no results (exit "
+                                       f"{status}); see {console}")}
     results = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         module = case.get("classname", "").rsplit(".", 1)[-1]
@@ -77,17 +84,24 @@ def guest_results(request):
     return results
 
 
-GUEST_TESTS = _guest_test_ids()
+_BOOTED: dict[str, dict] = {}
+# (kernel, guest test), grouped by kernel: each kernel boots once, at its first test
+CASES = [(series, tid) for series in KERNELS
+         for tid in _guest_test_ids(SUBSETS.get(series, ""))]
 
 
-# ids given: pytest would shorten a long one to "guest_test31"
-@pytest.mark.parametrize("guest_test", GUEST_TESTS, ids=GUEST_TESTS)
-def test_in_vm(guest_results, guest_test):
-    outcome, message = guest_results.get(guest_test, ("missing", ""))
+@pytest.mark.parametrize("series,guest_test", CASES, ids=[f"{s}/{t}" for s, t in CASES])
+def test_in_vm(series, guest_test):
+    if series not in _BOOTED:
+        _BOOTED[series] = _boot(series)
+    results = _BOOTED[series]
+    if "__boot__" in results:
+        pytest.fail(results["__boot__"][1], pytrace=False)
+    outcome, message = results.get(guest_test, ("missing", ""))
     if outcome == "missing":
-        pytest.fail(f"{guest_test} did not run in the VM; console:\n"
-                    + guest_results["__console__"][1][-3000:])
+        pytest.fail(f"{guest_test} did not run in the VM on {series}; console:\n"
+                    + results["__console__"][1][-3000:])
     if outcome == "failed":
         pytest.fail(message[-6000:], pytrace=False)
     if outcome == "skipped":
-        pytest.fail(f"skipped in the VM (not accepted as a pass): {message}")
+        pytest.fail(f"skipped in the VM on {series} (not accepted as a pass): {message}")
