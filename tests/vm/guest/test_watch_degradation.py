@@ -18,7 +18,7 @@ def test_a_tmpfs_tree_is_watched_where_tmpfs_has_a_filesystem_id_else_refused_in
                      "--state-dir", str(tmp_path / "state"))
     if os.statvfs(root).f_fsid:
         agent.wait_started()
-        assert agent.wait_ready(300).startswith("otel-fsnotify: fim ready: watching 1 path(s)")
+        assert agent.wait_ready(300).startswith("otel-fsnotify: fim ready: watching 1 path on 1 filesystem")
         agent.stop()
         return
     assert agent.proc.wait(300) == 1
