@@ -28,6 +28,7 @@ FEATURES = {  # guest module -> column
     "test_otlp_export": "OTLP export",
     "test_pod_scope": "pods",
     "test_watch_mode": "watch mode",
+    "test_watch_degradation": "watch on tmpfs",
 }
 
 
