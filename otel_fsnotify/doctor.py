@@ -73,6 +73,7 @@ def _tracepoints() -> tuple[str, str]:
 
 def _exact_checks() -> tuple[tuple[str, str], tuple[str, str]]:
     k = probes.kprobes_available()
+    probes.lift_memlock_limit()  # as the agent does before loading (pre-5.11 accounting)
     f = probes.probe_fentry_load()
     return (("ok", "kprobe_events present") if k is None else ("NO", k),
             ("ok", "a fentry program loaded and attached") if f is None else ("NO", f))

@@ -11,6 +11,7 @@ import importlib
 import logging
 from typing import Iterator
 
+from ..kernel.probes import lift_memlock_limit
 from .base import Backend, BackendUnavailable, Filters
 
 # name -> "module:Class"; imported lazily so a missing backend never breaks the others.
@@ -47,6 +48,7 @@ def choose(name: str, filters: Filters, log: logging.Logger, own_group_fd: int =
     """Start the named backend, or for `auto` the first on the ladder that loads.
     own_group_fd: the agent's watch-mode fanotify group, whose actors the
     backend resolves (`Backend.fim_actor`)."""
+    lift_memlock_limit()  # before any load: pre-5.11 kernels charge BPF memory to it
     reasons = []
     for candidate, cls, reason in ladder(name):
         try:

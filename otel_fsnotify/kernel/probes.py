@@ -59,6 +59,20 @@ class _RawTpAttr(ctypes.Structure):
     _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint8 * 20)]
 
 
+def lift_memlock_limit() -> bool:
+    """Lift RLIMIT_MEMLOCK for this process. Kernels before 5.11 charge BPF
+    maps and programs to it (later ones to the memory cgroup): at its usual
+    8 MiB a second agent's loads fail with EPERM. Needs CAP_SYS_RESOURCE
+    above the hard limit; False if refused (the loads may still fit)."""
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 _SYS_BPF = 321  # x86_64
 _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
 _BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY = 26, 24

@@ -154,6 +154,7 @@ def fetch(series: str, log=print, refresh: bool = False) -> Kernel:
     for deb in sorted(glob.glob(os.path.join(debs, "*.deb"))):
         subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
     kernel = Kernel(series, release, root)
+    _depmod(kernel)
     for need in (kernel.vmlinuz, kernel.modules, kernel.headers):
         if not os.path.exists(need):
             raise KernelError(f"kernel {series}: {need} missing after unpacking {' '.join(packages)}")
@@ -164,6 +165,13 @@ def fetch(series: str, log=print, refresh: bool = False) -> Kernel:
     return kernel
 
 
+def _depmod(kernel: Kernel) -> None:
+    """modules.dep for the guest's modprobe (the image package leaves it to
+    its postinst, which never runs here)."""
+    if not os.path.exists(os.path.join(kernel.modules, "modules.dep")):
+        subprocess.run(["depmod", "-b", kernel.root, kernel.release], check=True)
+
+
 def get(series: str) -> Kernel:
     """A kernel the install step fetched; KernelError (one line) if it did not."""
     if series == HOST_SERIES:
@@ -172,6 +180,7 @@ def get(series: str) -> Kernel:
     if kernel is None:
         raise KernelError(f"kernel {series} is not in {KERNELS}: run ./install.sh --test "
                           f"(python -m tests.harness.kernels fetch {series})")
+    _depmod(kernel)
     return kernel
 
 

@@ -30,6 +30,7 @@ MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_
            "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
 # Directories a guest program may write to; everything else is the read-only host root.
 WRITABLE = ("/tmp", "/run", "/var/tmp", "/root", "/var/cache", "/home")
+SCRATCH_BYTES = 1 << 30  # the guest's ext4 scratch disk (sparse on the host)
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -152,6 +153,12 @@ def run(script: str, results_dir: str, timeout: float, memory_mb: int = 3072,
         except FileNotFoundError:
             pass
     serial = os.path.join(results_dir, "serial.log")
+    # a fresh ext4 disk (/dev/vda in the guest): a filesystem with a filesystem
+    # id for watch mode where the kernel's tmpfs has none (5.10)
+    scratch = os.path.join(CACHE, f"scratch-{kernel.release}.img")
+    with open(scratch, "wb") as fh:
+        fh.truncate(SCRATCH_BYTES)
+    subprocess.run(["mkfs.ext4", "-q", "-F", scratch], check=True)
     cmd = [
         "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=multi",
         "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
@@ -162,6 +169,7 @@ def run(script: str, results_dir: str, timeout: float, memory_mb: int = 3072,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={REPO},mount_tag=repo,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none",
+        "-drive", f"file={scratch},format=raw,if=virtio,cache=unsafe",
     ]
     start = time.monotonic()
     try:

@@ -27,12 +27,8 @@ GUEST = os.path.join(HERE, "guest")
 RESULTS = os.path.join(vm.CACHE, "results")
 TIMEOUT = float(os.environ.get("OTEL_FSNOTIFY_VM_TIMEOUT", 25 * 60))
 KERNELS = os.environ.get("OTEL_FSNOTIFY_VM_KERNELS", ",".join(kernels.ALL)).split(",")
-# What a kernel does not run yet, by name (README, Kernels): 5.10's tmpfs has no
-# filesystem id, so watch mode's FID marks cannot go on the guest's /tmp
-# (test_watch_degradation.py proves the one-line refusal there instead).
-SUBSETS = {
-    "5.10": "not test_watch_mode and not test_a_sidecar_with_this_pod_reports_its_pod_and_nothing_else",
-}
+# What a kernel does not run yet, by name (README, Kernels); none today.
+SUBSETS: dict[str, str] = {}
 
 
 def _guest_test_ids(select: str = "") -> list[str]:
