@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import msgspec
 
+from ..enrich.procs import pidns_id
 from ..event import Event
 
 MAX_PID_FILTERS = 64  # entries of each program's pid filter map (config.py checks it)
@@ -42,11 +43,8 @@ INIT_PIDNS_INUM = 0xEFFFFFFC
 def own_pidns_cflags() -> list[str]:
     """AGENT_PIDNS_INUM when the agent runs in a pid namespace of its own (a
     pod without hostPID): the programs then number pids as its /proc does."""
-    try:
-        inum = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return []
-    return [] if inum == INIT_PIDNS_INUM else [f"-DAGENT_PIDNS_INUM={inum}"]
+    inum = pidns_id("self")
+    return [] if inum in (0, INIT_PIDNS_INUM) else [f"-DAGENT_PIDNS_INUM={inum}"]
 
 
 def filter_cflags(f: Filters, tracee_pids_in_kernel: bool = True) -> list[str]:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import msgspec
 
 from ..kernel.abi import open_by_handle_at
+from .procs import mntns_id
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -112,7 +113,7 @@ class MountViews:
     IDLE_S = 600.0  # a listener's mount fd unused this long is closed (opening one is an open event)
 
     def __init__(self):
-        self.own_ns = mntns_of("self")
+        self.own_ns = mntns_id("self")
         self._own: tuple[float, MountTable] | None = None
         self._by_ns: dict[int, tuple[float, MountTable]] = {}
         self._fds: dict[int, tuple[int, str, Mount]] = {}  # dev -> mount fd, its path, the mount
@@ -134,7 +135,7 @@ class MountViews:
 
     def of(self, pid: int, ns: int = 0, fresh: bool = False) -> MountTable | None:
         """The mount table of pid's namespace (None when it is gone)."""
-        ns = ns or mntns_of(pid)
+        ns = ns or mntns_id(pid)
         if not ns:
             return None
         if ns == self.own_ns:
@@ -215,15 +216,6 @@ class MountViews:
         the agent's stands in, as the view every path had before namespaces."""
         table = (self.of(pid) if pid else None) or self.own()
         return table.view(dev, fs_path)
-
-
-def mntns_of(pid: int | str) -> int:
-    """The inode of a process's mount namespace; 0 if it is gone."""
-    try:
-        link = os.readlink(f"/proc/{pid}/ns/mnt")
-    except OSError:
-        return 0
-    return int(link[link.index("[") + 1: -1])
 
 
 class HostPaths:
