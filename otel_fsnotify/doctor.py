@@ -10,6 +10,7 @@ import os
 import platform
 
 from .backends import ladder
+from .enrich.mirror import fid_mark_refusals
 from .kernel import probes
 from .kernel.bcc import BccError, describe_headers, import_bcc
 from .kernel.btf import Btf, BtfError
@@ -79,6 +80,16 @@ def _exact_checks() -> tuple[tuple[str, str], tuple[str, str]]:
             ("ok", "a fentry program loaded and attached") if f is None else ("NO", f))
 
 
+def _fid_marks() -> tuple[str, str]:
+    """Where the tracepoint backend's mirror can use file-handle marks."""
+    probed, refused = fid_mark_refusals()
+    if not refused:
+        return "ok", f"file-handle marks accepted on the {probed} filesystems mounted here"
+    where = ", ".join(f"{fstype} at {point} ({err})" for fstype, point, err in refused)
+    return "warn", (f"refused on {where}: there the tracepoint backend attributes only open, access, "
+                    "modify and close of inotify watches (no create, delete, move, attrib, rename pairs)")
+
+
 def checks() -> list[tuple[str, str, str]]:
     rows = [("kernel", "ok", f"{platform.release()} ({platform.machine()})")]
     ok, detail = probes.capabilities()
@@ -87,6 +98,7 @@ def checks() -> list[tuple[str, str, str]]:
     rows.append(("btf", *_btf()))
     rows.append(("kernel headers", "ok", describe_headers()))
     rows.append(("tracepoints", *_tracepoints()))
+    rows.append(("fanotify fids", *_fid_marks()))
     kprobe, fentry = _exact_checks()
     rows.append(("kprobes", *kprobe))
     rows.append(("fentry/fexit", *fentry))

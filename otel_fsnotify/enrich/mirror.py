@@ -7,24 +7,45 @@ group reporting the directory file handle + name and the object's file handle
 (FAN_REPORT_DFID_NAME | FAN_REPORT_FID). fanotify events carry the actor's pid,
 so an inotify event a tracer reads is matched to the mirror event of the same
 object, name and event bit: attribution "inferred".
+
+Where the kernel refuses file-handle marks on a filesystem (tmpfs before 5.13
+has no filesystem id: ENODEV; 9p and other filesystems without export
+operations: EOPNOTSUPP), the watch is mirrored in a second group with plain
+fd-reporting marks. Their events carry the pid and an fd of the file, so
+open, access, modify and close there are still attributed; create, delete,
+move and attrib exist only in file-handle groups and stay unattributed
+(`inotify_unmatched`). Which filesystem degrades is said once, in one warning.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
 import struct
 import time
 from bisect import bisect_left
 from collections import deque
+from ctypes import get_errno
 
 from ..kernel.abi import (
-    FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
+    FAN_ACCESS, FAN_CLASS_NOTIF, FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_MODIFY, FAN_OPEN, FAN_CLOEXEC, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
     FAN_EVENT_ON_CHILD, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_MARK_ADD, FAN_MARK_REMOVE,
     FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
     O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc)
-from .mounts import MountViews
+from .mounts import MountViews, read_mounts
 from .watches import Watch
+
+log = logging.getLogger("otel_fsnotify")
+
+# The events an fd-reporting group can carry (the others need file handles)
+FD_EVENTS = FAN_ACCESS | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_OPEN
+# fanotify_mark's answer where a filesystem cannot give file handles to a
+# file-handle group: no fsid (ENODEV), no export operations (EOPNOTSUPP),
+# a zero or non-unique fsid (EXDEV)
+NO_HANDLES = (errno.ENODEV, errno.EOPNOTSUPP, errno.EXDEV)
 
 _U32 = struct.Struct("=I")
 NO_MATCH = (0, 0, 0, 0)
@@ -127,6 +148,12 @@ class Mirror:
         if fd < 0:
             raise errno_error("fanotify_init (mirror group)")
         self.fd = fd
+        self._flags = flags
+        self.fd_group = -1  # the fd-reporting group, made at its first mark
+        # (st_dev, st_ino) of an object marked in fd_group -> its inotify inode
+        self._fd_objects: dict[tuple[int, int], int] = {}
+        self._fd_dirs: dict[int, set[int]] = {}  # st_dev -> st_ino of directories marked there
+        self._degraded: set[int] = set()  # sdevs already warned about
         self.views = MountViews()
         # (handle_type, handle bytes) -> (ino, its path in its filesystem, handle layout)
         self._objects: dict[tuple[int, bytes], tuple[int, str, object]] = {}
@@ -141,11 +168,13 @@ class Mirror:
         self._seq = 0
         self.counters = {"mirror_overflow": 0, "mirror_mark_failed": 0, "mirror_events": 0,
                          "mirror_mark_limit": 0, "mirror_marks_added": 0,
-                         "mirror_marks_removed": 0, "mirror_marks_gone": 0}
+                         "mirror_marks_removed": 0, "mirror_marks_gone": 0, "mirror_marks_fd": 0}
 
     def close(self) -> None:
         self.views.close()
         os.close(self.fd)
+        if self.fd_group >= 0:
+            os.close(self.fd_group)
 
     # -- marks ------------------------------------------------------------------
     def path_of(self, watch: Watch, pid: int) -> str:
@@ -169,12 +198,39 @@ class Mirror:
         return self.views.open_handle(watch.sdev, watch.handle_type, watch.handle,
                                       O_PATH | os.O_CLOEXEC, pid)
 
-    def _fanotify_mark(self, flags: int, mask: int, ofd: int) -> None:
+    def _fanotify_mark(self, flags: int, mask: int, ofd: int, group: int = -1) -> None:
         # through the /proc magic link: with a NULL path fanotify_mark wants a
         # non-O_PATH dirfd, and opening the object for real would itself be an
         # open event for other listeners
-        if libc.fanotify_mark(self.fd, flags, mask, -100, f"/proc/self/fd/{ofd}".encode()) < 0:
+        group = self.fd if group < 0 else group
+        if libc.fanotify_mark(group, flags, mask, -100, f"/proc/self/fd/{ofd}".encode()) < 0:
             raise errno_error("fanotify_mark")
+
+    def _mark_fd_mode(self, watch: Watch, mask: int, ofd: int, refused: OSError) -> int:
+        """Mark the object in the fd-reporting group after the file-handle
+        group refused it (refused); the events it can carry there."""
+        if self.fd_group < 0:
+            fd = libc.fanotify_init(self._flags & ~(FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME),
+                                    O_RDONLY | O_LARGEFILE)
+            if fd < 0:
+                raise errno_error("fanotify_init (fd-reporting mirror group)")
+            self.fd_group = fd
+        fd_mask = (mask & FD_EVENTS) | (mask & ~SHARED_EVENTS)
+        self._fanotify_mark(FAN_MARK_ADD, fd_mask, ofd, self.fd_group)
+        st = os.fstat(ofd)
+        self._fd_objects[(st.st_dev, st.st_ino)] = watch.ino
+        if stat.S_ISDIR(st.st_mode):
+            self._fd_dirs.setdefault(st.st_dev, set()).add(st.st_ino)
+        self.counters["mirror_marks_fd"] += 1
+        if watch.sdev not in self._degraded:
+            self._degraded.add(watch.sdev)
+            where = self.views.own().describe(watch.sdev)
+            log.warning("mirror: %s gives fanotify no file handles on this kernel (%s): its "
+                        "inotify watches are mirrored with fd-reporting marks; open, access, "
+                        "modify and close there are attributed, create, delete, move and attrib "
+                        "are not (counted in inotify_unmatched)", where,
+                        errno.errorcode.get(refused.errno, refused.errno))
+        return fd_mask
 
     def mark(self, watch: Watch, owner=None) -> bool:
         """Mirror one inotify watch for owner (a listener key); False (and
@@ -195,7 +251,12 @@ class Mirror:
             try:
                 ofd, path = self._open_object(watch, owner[0] if owner else 0)
                 try:
-                    self._fanotify_mark(FAN_MARK_ADD, mask, ofd)
+                    try:
+                        self._fanotify_mark(FAN_MARK_ADD, mask, ofd)
+                    except OSError as exc:
+                        if exc.errno not in NO_HANDLES:
+                            raise
+                        mask = self._mark_fd_mode(watch, mask, ofd, exc)
                 finally:
                     os.close(ofd)
             except OSError:
@@ -230,8 +291,11 @@ class Mirror:
         try:
             ofd, _path = self._open_object(watch, owner[0] if owner else 0)
             try:
-                self._fanotify_mark(FAN_MARK_REMOVE,
-                                    SHARED_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR, ofd)
+                st = os.fstat(ofd)
+                fd_mode = self._fd_objects.pop((st.st_dev, st.st_ino), None) is not None
+                self._fd_dirs.get(st.st_dev, set()).discard(st.st_ino)
+                self._fanotify_mark(FAN_MARK_REMOVE, SHARED_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR,
+                                    ofd, self.fd_group if fd_mode else -1)
             finally:
                 os.close(ofd)
         except OSError:
@@ -246,10 +310,19 @@ class Mirror:
     # -- events -----------------------------------------------------------------
     def drain(self) -> int:
         """Read every pending mirror event; returns how many."""
+        n = self._drain_group(self.fd)
+        if self.fd_group >= 0:
+            n += self._drain_group(self.fd_group)
+        self.counters["mirror_events"] += n
+        self.expire()
+        return n
+
+    def _drain_group(self, group: int) -> int:
         n = 0
+        fd_mode = group == self.fd_group
         while True:
             try:
-                buf = os.read(self.fd, 256 * 1024)
+                buf = os.read(group, 256 * 1024)
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -260,22 +333,25 @@ class Mirror:
             seen_ns = time.monotonic_ns()  # the actor acted before this
             off = 0
             while off + FAN_METADATA.size <= len(buf):
-                event_len, _v, _r, mlen, mask, _fd, pid = FAN_METADATA.unpack_from(buf, off)
+                event_len, _v, _r, mlen, mask, efd, pid = FAN_METADATA.unpack_from(buf, off)
                 if event_len < FAN_METADATA.size:
                     break
                 if mask & FAN_Q_OVERFLOW:
                     self.counters["mirror_overflow"] += 1
+                elif fd_mode:
+                    if efd >= 0:
+                        self._record_keys(now, seen_ns, mask, pid, *self._objects_of_fd(efd))
+                        n += 1
                 else:
-                    self._record(now, seen_ns, mask, pid, buf[off + mlen: off + event_len])
+                    self._record_keys(now, seen_ns, mask, pid,
+                                      *self._objects_of(buf[off + mlen: off + event_len]))
                     n += 1
                 off += event_len
-        self.counters["mirror_events"] += n
-        self.expire()
         return n
 
-    def _record(self, now: float, seen_ns: int, mask: int, pid: int, info: bytes) -> None:
+    def _record_keys(self, now: float, seen_ns: int, mask: int, pid: int,
+                     keys: list[tuple[int, str]], child_ino: int) -> None:
         """Remember one mirror event under every (watched object, name, bit) it is for."""
-        keys, child_ino = self._objects_of(info)
         if not keys:
             return
         seq = self._seq
@@ -336,6 +412,36 @@ class Mirror:
                 child_ino = 0
         return keys, child_ino
 
+    def _objects_of_fd(self, efd: int) -> tuple[list[tuple[int, str]], int]:
+        """_objects_of for an fd-reporting event (closes its fd): the object
+        itself if it is marked, else the marked directory it is in and its
+        name. The directory is found by the fd's path where the agent sees
+        it; else (a mount only the listener has) it is the one directory
+        marked on that filesystem, if there is only one."""
+        try:
+            st = os.fstat(efd)
+            objects = self._fd_objects
+            obj = objects.get((st.st_dev, st.st_ino))
+            if obj is not None:
+                return [(obj, "")], 0
+            path = os.readlink(f"/proc/self/fd/{efd}")
+            if st.st_nlink == 0 and path.endswith(" (deleted)"):
+                path = path[:-10]
+            parent, _sep, name = path.rpartition("/")
+            try:
+                pst = os.stat(parent or "/")
+                obj = objects.get((pst.st_dev, pst.st_ino))
+            except OSError:
+                obj = None
+            if obj is None:
+                dirs = self._fd_dirs.get(st.st_dev, ())
+                obj = objects.get((st.st_dev, next(iter(dirs)))) if len(dirs) == 1 else None
+            return ([(obj, name)], st.st_ino) if obj is not None else ([], 0)
+        except OSError:
+            return [], 0
+        finally:
+            os.close(efd)
+
     @staticmethod
     def _layout(handle: bytes, ino: int) -> int:
         """Which HANDLE_LAYOUTS entry decodes this handle to ino (-1: none)."""
@@ -372,3 +478,34 @@ class Mirror:
                 if got is not None:
                     return got
         return NO_MATCH, False
+
+
+# Filesystems nobody puts an inotify watch on, or where a probe could hang
+# (automounts, network filesystems): not probed for file-handle marks
+_NOT_PROBED = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "securityfs", "debugfs",
+               "tracefs", "bpf", "pstore", "configfs", "fusectl", "binfmt_misc", "hugetlbfs",
+               "autofs", "efivarfs", "nsfs", "rpc_pipefs", "nfs", "nfs4", "cifs", "smb3", "ceph"}
+
+
+def fid_mark_refusals() -> tuple[int, list[tuple[str, str, str]]]:
+    """Try a file-handle fanotify mark (the tracepoint backend's mirror) on
+    one mount of each filesystem mounted here: (filesystems probed,
+    [(fstype, mount point, errno name) refused])."""
+    group = libc.fanotify_init(FAN_CLOEXEC | FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_REPORT_DIR_FID
+                               | FAN_REPORT_NAME, os.O_RDONLY)
+    if group < 0:
+        return 0, [("fanotify", "-", errno.errorcode.get(get_errno(), "?"))]
+    seen, refused = set(), []
+    try:
+        for m in read_mounts():
+            if m.dev in seen or m.fstype in _NOT_PROBED or m.fstype.startswith("fuse."):
+                continue
+            seen.add(m.dev)
+            if libc.fanotify_mark(group, FAN_MARK_ADD, FAN_OPEN | FAN_EVENT_ON_CHILD, -100,
+                                  m.point.encode()) < 0:
+                err = get_errno()
+                if err in NO_HANDLES:
+                    refused.append((m.fstype, m.point, errno.errorcode[err]))
+    finally:
+        os.close(group)
+    return len(seen), refused

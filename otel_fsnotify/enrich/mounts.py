@@ -35,6 +35,7 @@ class Mount(NamedTuple):
     dev: int  # kernel dev_t: major << 20 | minor
     root: str  # the directory of the filesystem this mount shows
     point: str  # where, in the reading process's view
+    fstype: str = ""  # after the " - " separator: tmpfs, ext4, 9p...
 
 
 def read_mounts(pid: int | str = "self") -> list[Mount]:
@@ -44,7 +45,9 @@ def read_mounts(pid: int | str = "self") -> list[Mount]:
         for line in fh:
             parts = line.split(" ", 6)
             major, minor = parts[2].split(":")
-            mounts.append(Mount((int(major) << 20) | int(minor), unescape(parts[3]), unescape(parts[4])))
+            fstype = (" " + parts[6]).partition(" - ")[2].split(" ", 1)[0] if len(parts) > 6 else ""
+            mounts.append(Mount((int(major) << 20) | int(minor), unescape(parts[3]), unescape(parts[4]),
+                                fstype))
     return mounts
 
 
@@ -70,6 +73,13 @@ class MountTable:
         found = [m for m in self.mounts if m.dev == dev]
         found.sort(key=lambda m: m.root != "/")
         return found
+
+    def describe(self, dev: int) -> str:
+        """The filesystem of dev for a person: "tmpfs at /tmp" (its first mount)."""
+        found = self.of_dev(dev)
+        if not found:
+            return f"the filesystem of device {dev >> 20}:{dev & 0xFFFFF}"
+        return f"{found[0].fstype or 'the filesystem'} at {found[0].point}"
 
     def locate(self, path: str) -> tuple[Mount, str] | None:
         """The mount a path is on (the deepest mount point above it; the last

@@ -147,6 +147,14 @@ class Agent:
                 raise AssertionError(f"the agent did not mirror the watch on {path}")
             time.sleep(0.02)
 
+    def ready_for(self, path) -> None:
+        """Until the agent can attribute events under a watch on path that a
+        listener has just added: at once on the exact backends (the kernel
+        record names the actor); the tracepoint backend must first mirror
+        the watch (wait_marked)."""
+        if self.backend == "tracepoint":
+            self.wait_marked(path)
+
     def stop(self) -> dict:
         """SIGTERM (SIGKILL after 60 s); returns the stats line the agent
         prints at exit ({} if none). Stopping twice is harmless."""

@@ -27,16 +27,21 @@ GUEST = os.path.join(HERE, "guest")
 RESULTS = os.path.join(vm.CACHE, "results")
 TIMEOUT = float(os.environ.get("OTEL_FSNOTIFY_VM_TIMEOUT", 25 * 60))
 KERNELS = os.environ.get("OTEL_FSNOTIFY_VM_KERNELS", ",".join(kernels.ALL)).split(",")
+# Every backend by default (guest conftest.py); OTEL_FSNOTIFY_VM_BACKENDS narrows a tryout
+BACKENDS = os.environ.get("OTEL_FSNOTIFY_VM_BACKENDS", "")
 # What a kernel does not run yet, by name (README, Kernels); none today.
 SUBSETS: dict[str, str] = {}
 
 
 def _guest_test_ids(select: str = "") -> list[str]:
     """Guest test ids (e.g. test_attribution.py::test_x[kprobe]), collected on the host."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    if BACKENDS:
+        env["VM_BACKENDS"] = BACKENDS
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-c", os.path.join(GUEST, "pytest.ini"),
          "--rootdir", GUEST, *(["-k", select] if select else []), GUEST], cwd=REPO,
-        capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        capture_output=True, text=True, env=env)
     ids = [line.split("tests/vm/guest/")[-1] for line in out.stdout.splitlines() if "::" in line]
     if not ids:
         raise RuntimeError("cannot collect the guest tests:\n" + out.stdout + out.stderr)
@@ -58,6 +63,8 @@ def _boot(series: str) -> dict:
         fh.write(os.environ.get("OTEL_FSNOTIFY_VM_PYTEST_ARGS", ""))
     with open(os.path.join(results_dir, "pytest-k"), "w") as fh:
         fh.write(SUBSETS.get(series, ""))
+    with open(os.path.join(results_dir, "backends"), "w") as fh:
+        fh.write(BACKENDS)
     print(f"\nVM: kernel {kernel.release}")
     status = vm.run(os.path.join(HERE, "guest_run.sh"), results_dir, TIMEOUT, log=print, kernel=kernel)
     console = os.path.join(results_dir, "console.log")

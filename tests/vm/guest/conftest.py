@@ -1,14 +1,14 @@
-"""Guest fixtures: the real agent CLI per exact backend, inside the VM
-(Debian 6.1 kernel: kprobes, fentry, BTF).
+"""Guest fixtures: the real agent CLI per backend, inside the VM (Debian's
+5.10, 6.1 or 6.12: kprobes, fentry, tracepoints, BTF).
 
-backend      each exact backend in turn, per module (VM_BACKENDS, default
-             kprobe,fentry)
+backend      each backend in turn, per module (VM_BACKENDS, default
+             kprobe,fentry,tracepoint)
 agent        that backend's agent, started once per module: compiling under
              TCG takes ~35 s, so many scenarios run against one agent
 start_agent  start more agents the VM's way: returns at once (wait_started()
              to wait), wait_for() waits up to 30 s (TCG is slow)
 scene        tracers and a tracee started before any agent of the module
-wdir         a fresh directory under /tmp for one test
+wdir         a fresh directory under $TMPDIR for one test
 """
 
 from __future__ import annotations
@@ -25,7 +25,20 @@ import pytest
 from tests.harness.agent import Agent
 from tests.harness.listeners import start_inotifywait, start_listener, stop
 
-BACKENDS = os.environ.get("VM_BACKENDS", "kprobe,fentry").split(",")
+BACKENDS = (os.environ.get("VM_BACKENDS") or "kprobe,fentry,tracepoint").split(",")
+ON_CHILD = 0x08000000  # FS_EVENT_ON_CHILD
+
+
+def attribution_of(backend: str) -> str:
+    """How a backend names an inotify event's actor (README, backends table)."""
+    return "inferred" if backend == "tracepoint" else "exact"
+
+
+def on_child(backend: str) -> int:
+    """The kernel's FS_EVENT_ON_CHILD bit as the backend reports it in i_mask
+    (the exact backends report the kernel mask, the tracepoint backend the
+    mask the listener read, which never has it)."""
+    return 0 if backend == "tracepoint" else ON_CHILD
 
 
 def vm_agent(backend: str, workdir: Path, *extra: str, output: str = "jsonl",
@@ -86,5 +99,5 @@ def scene(backend, tmp_path_factory):
 
 @pytest.fixture
 def wdir():
-    d = tempfile.mkdtemp(prefix="fsn-", dir="/tmp")
+    d = tempfile.mkdtemp(prefix="fsn-")  # $TMPDIR: the scratch disk where tmpfs has no fsid
     yield Path(d)

@@ -1,7 +1,8 @@
-"""Loss accounting, exact backends: in a storm, every event a tracer read
+"""Loss accounting, every backend: in a storm, every event a tracer read
 is reported or counted lost, none invented. One agent per backend for the
 module (the storm stops it to read its counters).
-(tests/host/test_loss_accounting.py: the same for the tracepoint backend.)
+(tests/host/test_loss_accounting.py: the tracepoint backend on this host,
+in detail.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import time
 from tests.harness.listeners import start_inotify_reader, stop_inotify_reader
 
 STORM_OPS = 50_000  # open+close per op: 100,000 inotify events
+# the counters of events lost on the way, by backend (missing ones are 0):
+# exact (ring full, pending map full, tracee record unmatched), tracepoint
+# (ring full, read cut at 64 KiB, pending map full, undecodable read)
+LOSS_KEYS = ("ringbuf_lost", "map_full", "tracee_unmatched", "read_truncated", "pending_map_full",
+             "decode_errors", "read_incomplete")
 
 
 def test_storm_every_event_emitted_or_counted(agent, wdir):
@@ -32,7 +38,7 @@ def test_storm_every_event_emitted_or_counted(agent, wdir):
         time.sleep(1)
     reported = agent.count(reader.pid)
     stats = agent.stop()
-    lost = stats["ringbuf_lost"] + stats["map_full"] + stats["tracee_unmatched"]
+    lost = sum(stats.get(k, 0) for k in LOSS_KEYS)
     print(f"\n[{agent.backend}] storm: generated {2 * STORM_OPS} events in {gen_s:.1f}s, tracer read "
           f"{read} ({overflows} overflow), agent reported {reported}, lost {lost}; stats {json.dumps(stats)}")
     assert read >= 2 * STORM_OPS * 0.5  # the tracer kept up with most of the storm

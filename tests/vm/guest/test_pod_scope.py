@@ -1,6 +1,6 @@
-"""A sidecar scoped to its pod on the exact backends (fentry, kprobe): the
-shared suite (tests/harness/pod_suite.py); the tracee's cgroup comes from the
-kernel record of each event here.
+"""A sidecar scoped to its pod on every backend: the shared suite
+(tests/harness/pod_suite.py). The exact backends test the scope in the
+kernel, the tracepoint backend in user space.
 (tests/host/test_pod_scope.py: the same suite on this host's tracepoint backend.)
 """
 
@@ -13,8 +13,8 @@ from tests.vm.guest.conftest import vm_agent
 
 
 @pytest.fixture
-def scope_in_kernel() -> bool:
-    return True
+def scope_in_kernel(backend) -> bool:
+    return backend != "tracepoint"
 
 
 @pytest.fixture
