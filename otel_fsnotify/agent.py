@@ -21,12 +21,13 @@ import time
 import msgspec
 
 from . import backends
-from .config import AgentConfig, default_state_dir, filters_of
+from .config import AgentConfig, ConfigError, default_state_dir, filters_of
 from .delivery.settings import OtlpSettings
 from .enrich import pods
 from .enrich.mounts import HostPaths
 from .enrich.scope import kernel_cgroup
 from .enrich.scope import resolve as resolve_scope
+from .kernel import bcc
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
 log = logging.getLogger("otel_fsnotify")
@@ -177,6 +178,10 @@ def run(cfg: AgentConfig) -> int:
     scope = resolve_scope(cgroup=f.cgroup, container_id=f.container_id, pod_uid=f.pod_uid,
                           this_pod=f.this_pod)
     pods.configure(cfg.pod_log_dir)
+    try:
+        bcc.use_headers(cfg.kernel_headers)
+    except bcc.HeadersError as exc:
+        raise ConfigError(str(exc)) from None
     if scope:
         log.info("scope: only actors in %s", ", ".join(f"{k} {v}" for k, v in scope._asdict().items() if v))
     fim = start_fim(cfg)
@@ -191,6 +196,7 @@ def run(cfg: AgentConfig) -> int:
             fim.close()
         raise
     log.info("backend %s started", backend.name)
+    log.info("kernel headers: %s", bcc.describe_headers())
     if scope:
         where = (f"in the kernel (cgroup {filters.scope_cgroup}) and in user space"
                  if backend.scope_in_kernel and filters.scope_cgroup else "in user space")

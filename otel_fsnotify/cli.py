@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pod-log-dir", metavar="DIR",
                    help="the kubelet's pod log directory, which names the node's pods for "
                         "k8s.namespace.name and k8s.pod.name (default /var/log/pods)")
+    r.add_argument("--kernel-headers", metavar="DIR",
+                   help="compile the BPF program against this headers tree (a "
+                        "/usr/src/linux-headers-<version>-<flavour> directory) instead of the "
+                        "running kernel's; offsets come from BTF either way")
     r.add_argument("--health-listen", metavar="[ADDR:]PORT",
                    help="serve /healthz and /readyz for probes (off by default; a bare port binds 127.0.0.1)")
     r.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
@@ -180,7 +184,8 @@ def _cmd_run(args) -> int:
         tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
         inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, cgroup=args.cgroup,
         container_id=args.container_id, pod_uid=args.pod_uid, this_pod=args.this_pod,
-        health_listen=args.health_listen, pod_log_dir=args.pod_log_dir, **_otlp_flags(args),
+        health_listen=args.health_listen, pod_log_dir=args.pod_log_dir,
+        kernel_headers=args.kernel_headers, **_otlp_flags(args),
         **{k: v for k, v in vars(args).items() if k.startswith(("fim_", "rules_"))})
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())

@@ -90,6 +90,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     health_listen: str = ""  # [ADDRESS:]PORT of /healthz and /readyz; "" = off
     pod_log_dir: str = "/var/log/pods"  # the kubelet's: names the pods on this node (enrich/pods.py)
+    kernel_headers: str = ""  # the headers tree bcc compiles against; "" = the running kernel's (kernel/bcc.py)
     filters: FilterConfig = msgspec.field(default_factory=FilterConfig)
     fim: FimConfig = msgspec.field(default_factory=FimConfig)
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)

@@ -30,7 +30,8 @@ from collections import deque
 from ctypes import get_errno
 
 from ..kernel.abi import (
-    FAN_ACCESS, FAN_CLASS_NOTIF, FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_MODIFY, FAN_OPEN, FAN_CLOEXEC, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
+    FAN_ACCESS, FAN_CLASS_NOTIF, FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_CREATE, FAN_DELETE,
+    FAN_MODIFY, FAN_MOVED_FROM, FAN_MOVED_TO, FAN_OPEN, FAN_CLOEXEC, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
     FAN_EVENT_ON_CHILD, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_MARK_ADD, FAN_MARK_REMOVE,
     FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
@@ -42,6 +43,8 @@ log = logging.getLogger("otel_fsnotify")
 
 # The events an fd-reporting group can carry (the others need file handles)
 FD_EVENTS = FAN_ACCESS | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_OPEN
+# events of a directory's entries (a mark on a file must not ask for them)
+DIRENT_EVENTS = FAN_MOVED_FROM | FAN_MOVED_TO | FAN_CREATE | FAN_DELETE
 # fanotify_mark's answer where a filesystem cannot give file handles to a
 # file-handle group: no fsid (ENODEV), no export operations (EOPNOTSUPP),
 # a zero or non-unique fsid (EXDEV)
@@ -206,9 +209,9 @@ class Mirror:
         if libc.fanotify_mark(group, flags, mask, -100, f"/proc/self/fd/{ofd}".encode()) < 0:
             raise errno_error("fanotify_mark")
 
-    def _mark_fd_mode(self, watch: Watch, mask: int, ofd: int, refused: OSError) -> int:
+    def _mark_fd_mode(self, watch: Watch, mask: int, ofd: int, refused: OSError) -> None:
         """Mark the object in the fd-reporting group after the file-handle
-        group refused it (refused); the events it can carry there."""
+        group refused it (refused), with the events it can carry there."""
         if self.fd_group < 0:
             fd = libc.fanotify_init(self._flags & ~(FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME),
                                     O_RDONLY | O_LARGEFILE)
@@ -230,7 +233,6 @@ class Mirror:
                         "modify and close there are attributed, create, delete, move and attrib "
                         "are not (counted in inotify_unmatched)", where,
                         errno.errorcode.get(refused.errno, refused.errno))
-        return fd_mask
 
     def mark(self, watch: Watch, owner=None) -> bool:
         """Mirror one inotify watch for owner (a listener key); False (and
@@ -251,12 +253,17 @@ class Mirror:
             try:
                 ofd, path = self._open_object(watch, owner[0] if owner else 0)
                 try:
+                    marked = mask
+                    if not stat.S_ISDIR(os.fstat(ofd).st_mode):
+                        # a watched file: no children, no directory entries
+                        # (the kernel refuses those bits on it: ENOTDIR)
+                        marked &= ~(DIRENT_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR)
                     try:
-                        self._fanotify_mark(FAN_MARK_ADD, mask, ofd)
+                        self._fanotify_mark(FAN_MARK_ADD, marked, ofd)
                     except OSError as exc:
                         if exc.errno not in NO_HANDLES:
                             raise
-                        mask = self._mark_fd_mode(watch, mask, ofd, exc)
+                        self._mark_fd_mode(watch, marked, ofd, exc)
                 finally:
                     os.close(ofd)
             except OSError:

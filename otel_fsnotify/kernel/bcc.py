@@ -1,26 +1,44 @@
 """bcc on this host: the kernel headers tree it compiles against, tracefs, and
 loading bpf/ programs. The only module that imports bcc.
 
-bcc (0.26) only looks for headers in /lib/modules/$(uname -r)/{build,source}
-(or an in-kernel kheaders module). Hardened kernels often ship no headers
-package at all; any recent tree works for bcc's own compilation because every
-struct offset the BPF code reads comes from BTF (btf.py, layout.py), not from
-these headers. So when the running kernel has none, the newest installed
-Debian tree is linked in. bcc also picks its tracefs path when it is
-imported, so both are made ready before the import.
+bcc (0.26) compiles against /lib/modules/$(uname -r)/{build,source}, the
+in-kernel kheaders module, or the tree named by BCC_KERNEL_SOURCE. Hardened
+kernels often ship no headers package at all; any recent tree works for bcc's
+own compilation because every struct offset the BPF code reads comes from
+BTF (btf.py, layout.py), not from these headers. So when the running kernel
+has none (or `--kernel-headers` names one), a Debian tree is used through a
+private view: a directory of symlinks joining its two halves
+(linux-headers-<ver>-<flavour> with the generated headers,
+linux-headers-<ver>-common with the sources) in the layout bcc expects,
+passed in BCC_KERNEL_SOURCE for this process only and removed at exit.
+Nothing under /lib/modules is created or changed. bcc also picks its tracefs
+path when it is imported, so both are made ready before the import.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import re
+import shutil
+import tempfile
 
 MODULES = "/lib/modules"
+_requested: str | None = None  # --kernel-headers
+_view: str | None = None  # the private view made for this process
+# the kernel's name for this machine's architecture (arch/<name>/include)
+ARCH = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
 
 def _version_key(path: str):
     return [int(x) for x in re.findall(r"\d+", os.path.basename(path))]
+
+
+def _common_of(build: str) -> str:
+    """The -common half of a Debian split tree (the tree itself if it is whole)."""
+    common = re.sub(r"-[a-z0-9]+$", "-common", build.rstrip("/"))
+    return common if common != build and os.path.isdir(os.path.join(common, "include")) else build
 
 
 def installed_trees() -> list[tuple[str, str]]:
@@ -29,54 +47,100 @@ def installed_trees() -> list[tuple[str, str]]:
     for build in sorted(glob.glob("/usr/src/linux-headers-*"), key=_version_key, reverse=True):
         if build.endswith("-common") or not os.path.isdir(os.path.join(build, "include", "generated")):
             continue
-        # Debian splits a tree: <ver>-<flavour> (generated headers) and <ver>-common (sources).
-        common = re.sub(r"-[a-z0-9]+$", "-common", build)
-        trees.append((build, common if os.path.isdir(common) else build))
+        trees.append((build, _common_of(build)))
     return trees
-
-
-def describe_headers() -> str:
-    """One line: which headers bcc would use now."""
-    release = os.uname().release
-    build = os.path.join(MODULES, release, "build")
-    if os.path.isdir(build):
-        target = os.path.realpath(build)
-        own = os.path.basename(target).startswith(f"linux-headers-{release}")
-        return f"{build} -> {target}" + ("" if own else f" (not {release}'s own; offsets come from BTF)")
-    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
-        return "in-kernel kheaders (/sys/kernel/kheaders.tar.xz)"
-    trees = installed_trees()
-    if trees:
-        return f"none for {release}; would link {trees[0][0]} at start"
-    return f"none: no /lib/modules/{release}/build and no /usr/src/linux-headers-* (apt-get install linux-headers-amd64)"
 
 
 class HeadersError(RuntimeError):
     pass
 
 
-def ensure_headers() -> str:
-    """Make sure bcc finds a headers tree; link the newest installed one if needed."""
-    release = os.uname().release
-    kdir = os.path.join(MODULES, release)
-    build = os.path.join(kdir, "build")
-    if os.path.isdir(build) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
-        return describe_headers()
+def use_headers(path: str | None) -> None:
+    """Compile against this headers tree (a linux-headers-<ver>-<flavour>
+    directory, or a whole kernel build tree) instead of the running kernel's."""
+    global _requested
+    if path and not os.path.isdir(os.path.join(path, "include", "generated")):
+        raise HeadersError(f"--kernel-headers {path}: not a kernel headers tree "
+                           "(no include/generated; give the linux-headers-<version>-<flavour> directory)")
+    _requested = path or None
+
+
+def _own_tree() -> str | None:
+    """What bcc finds by itself for the running kernel, or None."""
+    build = os.path.join(MODULES, os.uname().release, "build")
+    if os.path.isdir(build):
+        return build
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        return "/sys/kernel/kheaders.tar.xz"
+    return None
+
+
+def _chosen() -> tuple[str, str] | None:
+    """The (build, source) tree a private view is needed for; None when bcc's
+    own lookup (the running kernel's tree, kheaders) is used."""
+    if _requested:
+        return _requested, _common_of(_requested)
+    if _own_tree():
+        return None
     trees = installed_trees()
     if not trees:
         raise HeadersError(
-            f"no kernel headers for bcc: /lib/modules/{release}/build is missing and no "
+            f"no kernel headers for bcc: /lib/modules/{os.uname().release}/build is missing and no "
             "/usr/src/linux-headers-* tree is installed (apt-get install linux-headers-amd64)")
-    tree_build, tree_source = trees[0]
+    return trees[0]
+
+
+def describe_headers() -> str:
+    """One line: which headers bcc uses (or would use) now."""
     try:
-        os.makedirs(kdir, exist_ok=True)
-        for name, target in (("build", tree_build), ("source", tree_source)):
-            link = os.path.join(kdir, name)
-            if os.path.islink(link):
-                os.unlink(link)
-            os.symlink(target, link)
-    except OSError as exc:
-        raise HeadersError(f"cannot link kernel headers into {kdir}: {exc.strerror}") from None
+        tree = _chosen()
+    except HeadersError as exc:
+        return f"none: {exc}"
+    release = os.uname().release
+    if tree is None:
+        own = _own_tree()
+        target = os.path.realpath(own)
+        mine = own.endswith(".tar.xz") or os.path.basename(target).startswith(f"linux-headers-{release}")
+        return f"{own} -> {target}" + ("" if mine else f" (not {release}'s own; offsets come from BTF)")
+    build, _source = tree
+    return (f"{build} through a private view for this process (BCC_KERNEL_SOURCE; "
+            f"not {release}'s own: offsets come from BTF)")
+
+
+def _make_view(build: str, source: str) -> str:
+    """A temporary directory of symlinks: source's tree with build's generated
+    headers and config joined into include/ and arch/<ARCH>/include/."""
+    view = tempfile.mkdtemp(prefix="otel-fsnotify-headers-")
+    atexit.register(shutil.rmtree, view, True)  # symlinks only: the trees stay untouched
+    for top in os.listdir(source):
+        if top not in ("include", "arch"):
+            os.symlink(os.path.join(source, top), os.path.join(view, top))
+    for rel in ("include", os.path.join("arch", ARCH, "include")):
+        os.makedirs(os.path.join(view, rel))
+        for half in (source, build):
+            folder = os.path.join(half, rel)
+            for name in os.listdir(folder) if os.path.isdir(folder) else ():
+                link = os.path.join(view, rel, name)
+                if not os.path.lexists(link):
+                    os.symlink(os.path.join(folder, name), link)
+    arch = os.path.join(source, "arch")
+    for name in os.listdir(arch) if os.path.isdir(arch) else ():
+        if name != ARCH:
+            os.symlink(os.path.join(arch, name), os.path.join(view, "arch", name))
+    return view
+
+
+def ensure_headers() -> str:
+    """Make sure bcc finds a headers tree: its own lookup, or a private view
+    of the chosen tree in BCC_KERNEL_SOURCE."""
+    global _view
+    tree = _chosen()
+    if tree is not None and _view is None:
+        try:
+            _view = _make_view(*tree)
+        except OSError as exc:
+            raise HeadersError(f"cannot make a view of the kernel headers {tree[0]}: {exc}") from None
+        os.environ["BCC_KERNEL_SOURCE"] = _view
     return describe_headers()
 
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf")
