@@ -61,7 +61,11 @@ struct path_walk {
     u32 len;         /* bytes of components written, leaf first, each NUL-ended */
     u32 depth;       /* components written */
     u32 complete;    /* 1: the walk reached the global root (the path is whole) */
+    u32 root_depth;  /* components written when the walk passed the reading
+                        task's root (chroot, RootDirectory=): the path as that
+                        task sees it; ROOT_NOT_PASSED if it never did */
 };
+#define ROOT_NOT_PASSED 0xffffffffU
 
 static __always_inline u64 read_ptr(u64 addr)
 {
@@ -179,14 +183,26 @@ static __always_inline void fill_proc(struct proc_id *p)
  * global root, crossing mounts: struct mount embeds its vfsmount at
  * OFF_MOUNT_MNT; at a mount's root the walk goes on from its mountpoint in the
  * parent mount. Components land in buf (PATH_BYTES + NAME_MAX_Z bytes) back to
- * back, leaf first, each NUL-ended; *w says how far it got. */
+ * back, leaf first, each NUL-ended; *w says how far it got.
+ *
+ * Unlike d_path(), the walk does not stop at the current task's root
+ * (current->fs->root: a chroot, systemd's RootDirectory=): it notes where it
+ * passed it (root_depth) and goes on to the mount namespace's root, so user
+ * space gets both the path the reading task resolves and the namespace's. The
+ * walk runs in the reading task's context (its read of the event). */
 static __always_inline void walk_path(char *buf, struct path_walk *w, u64 dentry, u64 vfsmnt)
 {
     u64 mnt = vfsmnt - OFF_MOUNT_MNT;
+    u64 fs = read_ptr((u64)bpf_get_current_task() + OFF_TASK_FS);
+    u64 root_vfsmnt = read_ptr(fs + OFF_FS_STRUCT_ROOT + OFF_PATH_MNT);
+    u64 root_dentry = read_ptr(fs + OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY);
     w->len = 0;
     w->depth = 0;
     w->complete = 0;
+    w->root_depth = ROOT_NOT_PASSED;
     for (int i = 0; i < PATH_STEPS; i++) {
+        if (dentry == root_dentry && mnt + OFF_MOUNT_MNT == root_vfsmnt && w->root_depth == ROOT_NOT_PASSED)
+            w->root_depth = w->depth;
         u64 mnt_root = read_ptr(mnt + OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT);
         u64 parent = read_ptr(dentry + OFF_DENTRY_D_PARENT);
         if (dentry == mnt_root || dentry == parent) {

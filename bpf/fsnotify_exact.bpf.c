@@ -259,6 +259,7 @@ static __always_inline struct out_event *new_out(struct record *r, u32 rtype)
     out->walk.len = 0;
     out->walk.depth = 0;
     out->walk.complete = 0;
+    out->walk.root_depth = ROOT_NOT_PASSED;
     out->tail_len = 0;
     return out;
 }

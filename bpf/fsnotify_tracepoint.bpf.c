@@ -86,7 +86,6 @@ struct rec_hdr {
     u32 queued;      // REC_EXEC / REC_CREDS: events of this process still waiting in
                      // the agent's watch group (queued before: made as it was then)
     struct path_walk walk;  // REC_FAN_PATH: the components in data
-    u32 pad;         // no hidden tail padding: the size is what user space declares
 };
 _Static_assert(sizeof(struct rec_hdr) == REC_HDR_SIZE,
                "struct rec_hdr does not match otel_fsnotify/backends/tracepoint/records.py");
@@ -250,6 +249,7 @@ static __always_inline void clear_record(struct rec_hdr *h, u32 kind) {
     h->walk.len = 0;
     h->walk.depth = 0;
     h->walk.complete = 0;
+    h->walk.root_depth = ROOT_NOT_PASSED;
 }
 
 // A record of the current task, `kind`, nothing captured yet (the caller may

@@ -121,8 +121,8 @@ def load_rules(cfg: AgentConfig, include_command_line: bool):
 
 
 class _Sink:
-    """Events on their way out: a tracer in another mount namespace gets the
-    host's path beside its own, those whose actor is out of scope are left
+    """Events on their way out: a tracer in another mount namespace or under
+    another root (chroot) gets the host's path beside its own, those whose actor is out of scope are left
     out (counted), the rules mark the rest (and --alerts-only keeps only the
     marked, counting the others), then the output."""
 
@@ -142,7 +142,9 @@ class _Sink:
         apply = self.rules.apply if self.rules is not None else None
         holds = self.scope.holds if self.scope is not None else None
         for event in events:
-            if event.tracer_mntns_id != own_ns and event.path:
+            # inotify paths are the watch's as its owner sees it: under a chroot
+            # too (fanotify's come with their host path from the kernel's walk)
+            if event.path and (event.tracer_mntns_id != own_ns or event.type == "inotify"):
                 event = host_path(event)
             if holds is not None and not holds(event):
                 self.out_of_scope += 1

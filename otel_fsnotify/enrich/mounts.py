@@ -91,19 +91,22 @@ class MountTable:
                 best = (m, rel)
         return best
 
-    def view(self, dev: int, fs_path: str) -> str:
-        """Where this view shows a filesystem-relative path; "" if nowhere."""
-        best = None
+    def view(self, dev: int, fs_path: str, under: str = "/") -> str:
+        """Where this view shows a filesystem-relative path ("" if nowhere),
+        below `under` (a chrooted process's root) only. Where bind mounts
+        show it more than once, the shortest path: the others go through
+        a bind of a directory above it (an alias)."""
+        best = ""
         for m in self.mounts:
             if m.dev != dev:
                 continue
             rel = _under(fs_path, m.root)
-            if rel is not None and (best is None or len(m.root) > len(best[0].root)):
-                best = (m, rel)
-        if best is None:
-            return ""
-        m, rel = best
-        return (m.point.rstrip("/") + rel) or "/"
+            if rel is None:
+                continue
+            path = (m.point.rstrip("/") + rel) or "/"
+            if (not best or len(path) < len(best)) and (under == "/" or _under(path, under) is not None):
+                best = path
+        return best
 
     def fs_path(self, path: str) -> tuple[int, str] | None:
         """(device, path relative to its filesystem) of a path in this view."""
@@ -129,6 +132,7 @@ class MountViews:
         self._fds: dict[int, tuple[int, str, Mount]] = {}  # dev -> mount fd, its path, the mount
         self._foreign: set[int] = set()  # devs whose mount fd is a listener's, not the agent's
         self._used: dict[int, float] = {}  # dev -> when its mount fd was last used
+        self._roots: dict[int, tuple[float, str]] = {}  # pid -> (when read, its root)
 
     def close(self) -> None:
         for fd, _p, _m in self._fds.values():
@@ -220,19 +224,45 @@ class MountViews:
         rel = _under(link, mpath) if not link.endswith(" (deleted)") else None
         return fd, ((m.root.rstrip("/") + rel) or "/") if rel is not None else ""
 
+    def root_of(self, pid: int) -> str:
+        """pid's root directory (chroot, RootDirectory=) as the agent sees
+        it: "/" when it shares the agent's, "" when it is gone or out of
+        the agent's sight. Cached for TTL."""
+        now = time.monotonic()
+        hit = self._roots.get(pid)
+        if hit is None or now - hit[0] > self.TTL:
+            try:
+                root = os.readlink(f"/proc/{pid}/root")
+            except OSError:
+                root = hit[1] if hit else ""
+            if len(self._roots) >= self.MAX:
+                self._roots.clear()
+            hit = self._roots[pid] = (now, root)
+        return hit[1]
+
     def view_of(self, pid: int, dev: int, fs_path: str) -> str:
-        """Where pid sees a filesystem-relative path ("" nowhere). A listener
-        already gone (its events are read after it exits) has no view left:
-        the agent's stands in, as the view every path had before namespaces."""
+        """Where pid sees a filesystem-relative path ("" nowhere), below its
+        own root. A listener already gone (its events are read after it
+        exits) has no view left: the agent's stands in, as the view every
+        path had before namespaces."""
         table = (self.of(pid) if pid else None) or self.own()
-        return table.view(dev, fs_path)
+        if not pid or table is not self._own[1]:
+            # another namespace's mountinfo is already relative to the pid's root
+            return table.view(dev, fs_path)
+        # the agent's namespace: a chrooted listener sees the part below its root
+        root = self.root_of(pid) or "/"
+        path = table.view(dev, fs_path, root)
+        if root != "/" and path:
+            path = _under(path, root) or "/"
+        return path
 
 
 class HostPaths:
     """Puts the agent's (the host's) path beside the tracer's on events whose
-    tracer is in another mount namespace (Event.host_path). A path on a
-    filesystem the agent has no mount of (a pod's private tmpfs) has none:
-    counted as host_path_unmounted."""
+    tracer is in another mount namespace or under another root (a chroot,
+    RootDirectory=): Event.host_path. A path on a filesystem the agent has
+    no mount of (a pod's private tmpfs) has none: counted as
+    host_path_unmounted. fanotify events come with it from the kernel's walk."""
 
     def __init__(self):
         self.views = MountViews()
@@ -241,8 +271,13 @@ class HostPaths:
 
     def __call__(self, ev):
         ns = ev.tracer_mntns_id
-        if not ns or ns == self.own_ns or not ev.path or ev.host_path:
+        if not ns or not ev.path or ev.host_path:
             return ev
+        if ns == self.own_ns:
+            root = self.views.root_of(ev.tracer_pid)
+            if root in ("/", "") or ev.type != "inotify":
+                return ev
+            return msgspec.structs.replace(ev, host_path=root.rstrip("/") + ev.path)
         host = self.views.to_host(ev.tracer_pid, ns, ev.path)
         if not host:
             self.unmounted += 1

@@ -24,6 +24,8 @@ COMMON_OFFSETS = {
     "OFF_NSPROXY_MNT_NS": ("nsproxy", "mnt_ns"),
     "OFF_MNT_NS_INUM": ("mnt_namespace", "ns.inum"),
     "OFF_PATH_DENTRY": ("path", "dentry"),
+    "OFF_TASK_FS": ("task_struct", "fs"),  # the reading task's root (walk_path)
+    "OFF_FS_STRUCT_ROOT": ("fs_struct", "root"),
     "OFF_PATH_MNT": ("path", "mnt"),
     "OFF_DENTRY_D_PARENT": ("dentry", "d_parent"),
     "OFF_DENTRY_D_NAME": ("dentry", "d_name"),

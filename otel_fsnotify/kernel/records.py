@@ -23,7 +23,27 @@ PROC_ID: Fields = (
     ("comm", "16s"), ("pcomm", "16s"),
 )
 # struct path_walk (bpf/fsnotify_common.h)
-PATH_WALK: Fields = (("len", "I"), ("depth", "I"), ("complete", "I"))
+PATH_WALK: Fields = (("len", "I"), ("depth", "I"), ("complete", "I"), ("root_depth", "I"))
+ROOT_NOT_PASSED = 0xFFFFFFFF  # path_walk.root_depth: the walk never passed the reader's root
+
+
+def walked_path(components: bytes, depth: int, complete: int, root_depth: int) -> tuple[str, str]:
+    """From a path_walk's components (leaf first, NUL-ended): (the path as
+    the reading task resolves it, the path from its mount namespace's root).
+    They differ when the reader runs under another root (chroot,
+    RootDirectory=); a file outside that root is resolved from the
+    namespace's root, as d_path() does. A walk cut short (too deep, too
+    long) gives ("...<the part walked>", "")."""
+    if not depth:
+        return "", ""
+    parts = components.split(b"\0")[:depth]
+    parts.reverse()
+    ns_path = "/" + b"/".join(parts).decode(errors="replace")
+    if not complete:
+        return "..." + ns_path, ""
+    if root_depth >= depth:  # ROOT_NOT_PASSED, or passed at the namespace's root
+        return ns_path, ns_path
+    return "/" + b"/".join(parts[depth - root_depth:]).decode(errors="replace"), ns_path
 
 
 def nested(prefix: str, fields: Fields) -> list[tuple[str, str]]:

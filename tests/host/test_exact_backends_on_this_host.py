@@ -26,6 +26,7 @@ from otel_fsnotify.kernel import bcc
 from otel_fsnotify.kernel.layout import KernelLayout
 from otel_fsnotify.kernel.probes import kprobes_available, probe_fentry_load
 from otel_fsnotify.kernel.ringbuf import RingReader
+from otel_fsnotify.kernel.records import ROOT_NOT_PASSED
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = [sys.executable, "-m", "otel_fsnotify"]
@@ -45,7 +46,7 @@ def _record(tail: bytes = b"", **kw) -> bytes:
     """A ring record as the BPF program writes it: OUT_EVENT then the tail."""
     f = dict(ts_boot=1_000, group=0xffff888000001000, **_proc("tracee", 100, b"touch"),
              **_proc("tracer", 200, b"inotifywait"), kind=1, i_wd=1, i_mask=0x100,
-             ts_now=2_000, rtype=1)
+             ts_now=2_000, rtype=1, walk_root_depth=ROOT_NOT_PASSED)
     f.update(kw)
     return OUT_EVENT.pack(**f, tail_len=len(tail)) + tail
 

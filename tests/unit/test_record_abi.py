@@ -14,7 +14,7 @@ import pytest
 from otel_fsnotify.backends.exact import records as exact_records
 from otel_fsnotify.backends.tracepoint import records as tp_records
 from otel_fsnotify.kernel.layout import KernelLayout
-from otel_fsnotify.kernel.records import PROC_ID, RecordLayout
+from otel_fsnotify.kernel.records import PROC_ID, ROOT_NOT_PASSED, RecordLayout, walked_path
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
 COMMON = (BPF / "fsnotify_common.h").read_text()
@@ -88,3 +88,15 @@ def test_every_offset_a_program_reads_comes_from_this_kernels_btf(source, cflags
     used = set(re.findall(r"\b(OFF_\w+)", source + COMMON))
     given = {flag[2:].split("=")[0] for flag in cflags(KernelLayout.load())}
     assert used - given == set()
+
+
+def test_a_walked_path_is_given_as_its_reader_resolves_it_and_from_the_namespace_root():
+    comps = b"x\0work\0jail\0srv\0"  # leaf first, as the kernel walks
+    # the reader's root passed after 2 components (a chroot at /srv/jail)
+    assert walked_path(comps, 4, 1, 2) == ("/work/x", "/srv/jail/work/x")
+    assert walked_path(comps, 4, 1, 4) == ("/srv/jail/work/x",) * 2  # its root is the namespace's
+    # outside the reader's root: from the namespace's root, as d_path() does
+    assert walked_path(comps, 4, 1, ROOT_NOT_PASSED) == ("/srv/jail/work/x",) * 2
+    assert walked_path(b"jail\0", 1, 1, 0) == ("/", "/jail")  # the chroot's own root
+    assert walked_path(comps, 2, 0, ROOT_NOT_PASSED) == (".../work/x", "")  # cut short
+    assert walked_path(b"", 0, 1, ROOT_NOT_PASSED) == ("", "")

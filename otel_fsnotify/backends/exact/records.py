@@ -23,7 +23,7 @@ from ...enrich.watches import WatchPaths
 from ...event import Event
 from ...kernel.abi import FAN_Q_OVERFLOW, IN_Q_OVERFLOW
 from ...kernel.layout import KernelLayout
-from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, cstr, nested
+from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, cstr, nested, walked_path
 
 # struct out_event up to its tail; the program asserts the size (OUT_HDR_SIZE).
 # Fields named like the Event fields they fill.
@@ -61,14 +61,6 @@ def boot_to_epoch_offset() -> int:
     return best[1]
 
 
-def fanotify_path(tail: bytes, r) -> str:
-    """The path from the walked components (leaf first); "..." ahead when the
-    walk stopped short of the root (the head is unknown)."""
-    if not r.walk_depth:
-        return ""
-    parts = tail.split(b"\0")[: r.walk_depth]
-    path = "/" + "/".join(cstr(p) for p in reversed(parts))
-    return path if r.walk_complete else "..." + path
 
 
 class Decoder:
@@ -124,11 +116,14 @@ class Decoder:
             self.procs.exit(pid)
 
     def _fanotify(self, r, tail: bytes, answered: bool) -> dict:
-        path = fanotify_path(tail, r)
+        # as the listener resolves it ("..." ahead when the walk was cut),
+        # and from the namespace's root when its root is elsewhere (chroot)
+        path, ns_path = walked_path(tail, r.walk_depth, r.walk_complete, r.walk_root_depth)
         what = dict(zip(_FANOTIFY_COPIED, _fanotify_copied(r)),
                     fa_type=self.layout.fa_type_name(r.fa_type),
                     fa_mask_names=masks.names(r.fa_mask, fanotify=True),
-                    name=path, path=path if r.walk_complete else "")
+                    name=path, path=path if ns_path else "",
+                    host_path=ns_path if ns_path != path else "")
         if answered:
             what["fa_response"] = ("interrupted" if r.state != FAN_EVENT_ANSWERED
                                    else masks.fa_response_name(r.response))

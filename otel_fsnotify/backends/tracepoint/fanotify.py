@@ -21,7 +21,7 @@ from ...kernel.abi import (
     FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_METADATA, FAN_NAME_INFO_TYPES, FAN_PERM_EVENTS,
     FAN_Q_OVERFLOW, FAN_REPORT_FID_BITS, FAN_REPORT_NAME, FAN_REPORT_TID, FILE_HANDLE_HDR)
 from ...kernel.records import cstr
-from .records import Clock, FanPaths
+from .records import NO_PATH, Clock, FanPaths
 from .verdicts import Verdicts
 
 NS_MISS_KEEP_S = 1.0  # a pid not found in another pid namespace is looked for again after this
@@ -94,7 +94,7 @@ class FanotifyReads:
                 ev = msgspec.structs.replace(tmpl, **fields)
             else:
                 if efd >= 0:
-                    self._path(paths.get(off, ""), fields)
+                    self._path(paths.get(off, NO_PATH), fields)
                 else:
                     # FID modes: a name relative to the directory whose file
                     # handle the event carries, not a path
@@ -105,12 +105,15 @@ class FanotifyReads:
             if mask & FAN_PERM_EVENTS and efd >= 0:
                 self.verdicts.awaiting((pid, efd), ev, h.group)
 
-    def _path(self, path: str, fields: dict) -> None:
+    def _path(self, walked: tuple[str, str], fields: dict) -> None:
         # only the path the kernel walked from this very fd: a readlink of
         # /proc/<tracer>/fd/<efd> after the fact may name whatever file
         # reuses that fd number by then
+        path, ns_path = walked
         if path:
             fields["path"] = fields["name"] = path
+            if ns_path != path:  # the listener runs under another root (chroot)
+                fields["host_path"] = ns_path
         else:  # past MAX_FAN_PATHS, cut, or its record lost
             self.counters["fanotify_path_unresolved"] += 1
 

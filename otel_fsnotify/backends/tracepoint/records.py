@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 
-from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, nested
+from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, nested, walked_path
 
 # struct rec_hdr; `len` bytes of data follow each header
 HDR = RecordLayout("rec_hdr", [
     ("ts", "Q"), ("group", "Q"), ("cgroup", "Q"), ("kind", "I"), *nested("proc", PROC_ID),
     ("fd", "i"), ("ret", "i"), ("prio", "I"), ("listener", "I"), ("total", "I"),
     ("offset", "I"), ("len", "I"), ("pidns", "I"), ("nspid", "I"), ("event_off", "I"),
-    ("queued", "I"), *nested("walk", PATH_WALK), ("pad", "I"),
+    ("queued", "I"), *nested("walk", PATH_WALK),
 ])
 
 # rec_hdr.kind (the REC_* defines of the program)
@@ -102,26 +102,28 @@ class ReadAssembler:
         return h, bytes(data)
 
 
+NO_PATH = ("", "")  # FanPaths: no path walked for an event
+
+
 class FanPaths:
     """The paths the kernel walked for a fanotify read's events (one record
     each, sent before the read), by the reading thread and the event's offset
     in its read."""
 
     def __init__(self):
-        self._by_tid: dict[int, dict[int, str]] = {}
+        # tid -> {event offset: (path as the reader resolves it, from the namespace's root)}
+        self._by_tid: dict[int, dict[int, tuple[str, str]]] = {}
 
     def add(self, h, data: bytes) -> None:
         if h.walk_complete:  # the walk reached the root
-            comps = data[: h.walk_len].split(b"\0")[: h.walk_depth]
-            comps.reverse()
-            path = "/" + b"/".join(comps).decode(errors="replace")
+            path = walked_path(data[: h.walk_len], h.walk_depth, 1, h.walk_root_depth)
         else:
-            path = ""
+            path = NO_PATH
         if h.event_off == 0:  # a new read's first event: forget leftovers of a lost read
             self._by_tid[h.proc_tid] = {0: path}
         else:
             self._by_tid.setdefault(h.proc_tid, {})[h.event_off] = path
 
-    def take(self, tid: int) -> dict[int, str]:
+    def take(self, tid: int) -> dict[int, tuple[str, str]]:
         """{event offset: path} for this thread's read, now being decoded."""
         return self._by_tid.pop(tid, None) or {}
