@@ -29,6 +29,9 @@ FEATURES = {  # guest module -> column
     "test_pod_scope": "pods",
     "test_watch_mode": "watch mode",
     "test_watch_degradation": "watch on tmpfs",
+    "test_mirror_per_filesystem": "mirror on tmpfs",
+    "test_paths_under_another_root": "chroot paths",
+    "test_another_kernels_headers": "other headers",
 }
 
 
