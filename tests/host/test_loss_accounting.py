@@ -163,9 +163,10 @@ def test_storm_every_event_emitted_or_counted(tmp_path):
     if not any(lost.values()):
         assert len(evs) == read_by_tracer  # nothing lost silently
     else:
-        # kernel-side losses are in records and bytes, not events: the
-        # identity cannot be in events then, but every shortfall is counted
-        assert len(evs) < read_by_tracer
+        # kernel-side losses are in records and bytes, not events, and are
+        # counted for every tracer on the machine (another agent's large
+        # reads count too): nothing invented, every shortfall counted
+        assert len(evs) <= read_by_tracer
     # every event says how it was attributed, and an unknown one names nobody
     assert inferred + len(unknown) == len(evs)
     assert all(e["tracee_pid"] == 0 and e["tracee_comm"] == "" for e in unknown)
