@@ -232,3 +232,11 @@ def test_the_images_config_leaves_the_endpoint_to_the_environment():
     cfg = config.load("config/agent.toml")
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318"}
     assert OtlpSettings.from_env(env, **cfg.otlp).endpoint == "http://otel-collector.observability:4318"
+
+
+def test_a_kernel_headers_dir_that_is_no_headers_tree_is_one_line_and_exit_2(tmp_path):
+    proc = run_cli("run", "--output", "jsonl", "--duration", "1", "--kernel-headers", str(tmp_path))
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (
+        f"otel-fsnotify: error: --kernel-headers {tmp_path}: not a kernel headers tree "
+        "(no include/generated; give the linux-headers-<version>-<flavour> directory)")
