@@ -82,12 +82,23 @@ def _exact_checks() -> tuple[tuple[str, str], tuple[str, str]]:
 
 def _fid_marks() -> tuple[str, str]:
     """Where the tracepoint backend's mirror can use file-handle marks."""
-    probed, refused = fid_mark_refusals()
+    try:
+        probed, refused = fid_mark_refusals()
+    except OSError as exc:
+        return "NO", f"cannot create a file-handle fanotify group: {exc.strerror}"
     if not refused:
         return "ok", f"file-handle marks accepted on the {probed} filesystems mounted here"
-    where = ", ".join(f"{fstype} at {point} ({err})" for fstype, point, err in refused)
-    return "warn", (f"refused on {where}: there the tracepoint backend attributes only open, access, "
-                    "modify and close of inotify watches (no create, delete, move, attrib, rename pairs)")
+    parts = []
+    partial = [f"{t} at {p} ({e})" for t, p, e in refused if e != "EOPNOTSUPP"]
+    none = [f"{t} at {p}" for t, p, e in refused if e == "EOPNOTSUPP"]
+    if partial:
+        parts.append(f"refused on {', '.join(partial)}: there the tracepoint backend attributes only "
+                     "open, access, modify and close of inotify watches (no create, delete, move, "
+                     "attrib, rename pairs)")
+    if none:
+        parts.append(f"no file handles at all on {', '.join(none)} (EOPNOTSUPP): inotify watches there "
+                     "are not attributed by the tracepoint backend (mirror_mark_failed)")
+    return "warn", "; ".join(parts)
 
 
 def checks() -> list[tuple[str, str, str]]:

@@ -9,9 +9,10 @@ so an inotify event a tracer reads is matched to the mirror event of the same
 object, name and event bit: attribution "inferred".
 
 Where the kernel refuses file-handle marks on a filesystem (tmpfs before 5.13
-has no filesystem id: ENODEV; 9p and other filesystems without export
-operations: EOPNOTSUPP), the watch is mirrored in a second group with plain
-fd-reporting marks. Their events carry the pid and an fd of the file, so
+has no filesystem id: ENODEV; a zero or shared id: EXDEV), the watch is
+mirrored in a second group with plain fd-reporting marks. (A filesystem
+without export operations, 9p, gives no file handle to open the watched
+object by at all: its watches stay unmirrored, mirror_mark_failed.) Their events carry the pid and an fd of the file, so
 open, access, modify and close there are still attributed; create, delete,
 move and attrib exist only in file-handle groups and stay unattributed
 (`inotify_unmatched`). Which filesystem degrades is said once, in one warning.
@@ -46,8 +47,8 @@ FD_EVENTS = FAN_ACCESS | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_
 # events of a directory's entries (a mark on a file must not ask for them)
 DIRENT_EVENTS = FAN_MOVED_FROM | FAN_MOVED_TO | FAN_CREATE | FAN_DELETE
 # fanotify_mark's answer where a filesystem cannot give file handles to a
-# file-handle group: no fsid (ENODEV), no export operations (EOPNOTSUPP),
-# a zero or non-unique fsid (EXDEV)
+# file-handle group: no fsid (ENODEV), no export operations (EOPNOTSUPP: such
+# an object cannot be opened by handle either), a zero or non-unique fsid (EXDEV)
 NO_HANDLES = (errno.ENODEV, errno.EOPNOTSUPP, errno.EXDEV)
 
 _U32 = struct.Struct("=I")
@@ -156,6 +157,7 @@ class Mirror:
         # (st_dev, st_ino) of an object marked in fd_group -> its inotify inode
         self._fd_objects: dict[tuple[int, int], int] = {}
         self._fd_dirs: dict[int, set[int]] = {}  # st_dev -> st_ino of directories marked there
+        self._fd_marked: dict[tuple[int, int], tuple[int, int]] = {}  # (sdev, ino) -> (st_dev, st_ino)
         self._degraded: set[int] = set()  # sdevs already warned about
         self.views = MountViews()
         # (handle_type, handle bytes) -> (ino, its path in its filesystem, handle layout)
@@ -171,7 +173,8 @@ class Mirror:
         self._seq = 0
         self.counters = {"mirror_overflow": 0, "mirror_mark_failed": 0, "mirror_events": 0,
                          "mirror_mark_limit": 0, "mirror_marks_added": 0,
-                         "mirror_marks_removed": 0, "mirror_marks_gone": 0, "mirror_marks_fd": 0}
+                         "mirror_marks_removed": 0, "mirror_marks_gone": 0, "mirror_marks_fd": 0,
+                         "mirror_read_errors": 0}
 
     def close(self) -> None:
         self.views.close()
@@ -213,8 +216,9 @@ class Mirror:
         """Mark the object in the fd-reporting group after the file-handle
         group refused it (refused), with the events it can carry there."""
         if self.fd_group < 0:
+            # each event opens its file in the agent: never wait for a FIFO's writer
             fd = libc.fanotify_init(self._flags & ~(FAN_REPORT_FID | FAN_REPORT_DIR_FID | FAN_REPORT_NAME),
-                                    O_RDONLY | O_LARGEFILE)
+                                    O_RDONLY | O_LARGEFILE | os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:
                 raise errno_error("fanotify_init (fd-reporting mirror group)")
             self.fd_group = fd
@@ -222,6 +226,7 @@ class Mirror:
         self._fanotify_mark(FAN_MARK_ADD, fd_mask, ofd, self.fd_group)
         st = os.fstat(ofd)
         self._fd_objects[(st.st_dev, st.st_ino)] = watch.ino
+        self._fd_marked[(watch.sdev, watch.ino)] = (st.st_dev, st.st_ino)
         if stat.S_ISDIR(st.st_mode):
             self._fd_dirs.setdefault(st.st_dev, set()).add(st.st_ino)
         self.counters["mirror_marks_fd"] += 1
@@ -295,14 +300,24 @@ class Mirror:
         del self._owners[key]
         self._marked.pop(key, None)
         self._objects.pop((watch.handle_type, watch.handle), None)
+        fd_obj = self._fd_marked.pop(key, None)  # forgotten even if the object is gone
+        if fd_obj is not None:
+            self._fd_objects.pop(fd_obj, None)
+            self._fd_dirs.get(fd_obj[0], set()).discard(fd_obj[1])
         try:
             ofd, _path = self._open_object(watch, owner[0] if owner else 0)
             try:
-                st = os.fstat(ofd)
-                fd_mode = self._fd_objects.pop((st.st_dev, st.st_ino), None) is not None
-                self._fd_dirs.get(st.st_dev, set()).discard(st.st_ino)
-                self._fanotify_mark(FAN_MARK_REMOVE, SHARED_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR,
-                                    ofd, self.fd_group if fd_mode else -1)
+                # the bits each group accepts on this object (the kernel
+                # refuses the others even in a removal: EINVAL, ENOTDIR)
+                if fd_obj is not None:
+                    group, bits = self.fd_group, FD_EVENTS
+                else:
+                    group, bits = -1, SHARED_EVENTS
+                if not stat.S_ISDIR(os.fstat(ofd).st_mode):
+                    bits &= ~DIRENT_EVENTS
+                else:
+                    bits |= FAN_EVENT_ON_CHILD | FAN_ONDIR
+                self._fanotify_mark(FAN_MARK_REMOVE, bits, ofd, group)
             finally:
                 os.close(ofd)
         except OSError:
@@ -327,13 +342,18 @@ class Mirror:
     def _drain_group(self, group: int) -> int:
         n = 0
         fd_mode = group == self.fd_group
+        # fd mode: every event in a read is an open fd in the agent until decoded
+        size = 16 * 1024 if fd_mode else 256 * 1024
         while True:
             try:
-                buf = os.read(group, 256 * 1024)
+                buf = os.read(group, size)
             except BlockingIOError:
                 break
             except InterruptedError:
                 continue
+            except OSError:  # the kernel could not open an event's file (EMFILE...)
+                self.counters["mirror_read_errors"] += 1
+                break
             if not buf:
                 break
             now = time.monotonic()
@@ -421,29 +441,34 @@ class Mirror:
 
     def _objects_of_fd(self, efd: int) -> tuple[list[tuple[int, str]], int]:
         """_objects_of for an fd-reporting event (closes its fd): the object
-        itself if it is marked, else the marked directory it is in and its
-        name. The directory is found by the fd's path where the agent sees
-        it; else (a mount only the listener has) it is the one directory
-        marked on that filesystem, if there is only one."""
+        itself if it is marked, and the marked directory it is in with its
+        name. The directory is found by the fd's path; where the agent cannot
+        see that path (a mount only the listener has), it is the one
+        directory marked on that filesystem, if there is only one."""
         try:
             st = os.fstat(efd)
             objects = self._fd_objects
-            obj = objects.get((st.st_dev, st.st_ino))
-            if obj is not None:
-                return [(obj, "")], 0
+            keys = []
+            own = objects.get((st.st_dev, st.st_ino))
+            if own is not None:
+                keys.append((own, ""))
             path = os.readlink(f"/proc/self/fd/{efd}")
             if st.st_nlink == 0 and path.endswith(" (deleted)"):
                 path = path[:-10]
             parent, _sep, name = path.rpartition("/")
             try:
                 pst = os.stat(parent or "/")
-                obj = objects.get((pst.st_dev, pst.st_ino))
+                seen = pst.st_dev == st.st_dev
+                directory = objects.get((pst.st_dev, pst.st_ino))
             except OSError:
-                obj = None
-            if obj is None:
+                seen, directory = False, None
+            if not seen:
                 dirs = self._fd_dirs.get(st.st_dev, ())
-                obj = objects.get((st.st_dev, next(iter(dirs)))) if len(dirs) == 1 else None
-            return ([(obj, name)], st.st_ino) if obj is not None else ([], 0)
+                directory = objects.get((st.st_dev, next(iter(dirs)))) if len(dirs) == 1 else None
+            if directory is not None and directory != own:
+                keys.append((directory, name))
+                return keys, st.st_ino
+            return keys, 0
         except OSError:
             return [], 0
         finally:
@@ -491,7 +516,8 @@ class Mirror:
 # (automounts, network filesystems): not probed for file-handle marks
 _NOT_PROBED = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "securityfs", "debugfs",
                "tracefs", "bpf", "pstore", "configfs", "fusectl", "binfmt_misc", "hugetlbfs",
-               "autofs", "efivarfs", "nsfs", "rpc_pipefs", "nfs", "nfs4", "cifs", "smb3", "ceph"}
+               "autofs", "efivarfs", "nsfs", "rpc_pipefs", "nfs", "nfs4", "cifs", "smb3", "ceph",
+               "fuseblk", "afs", "glusterfs", "lustre"}
 
 
 def fid_mark_refusals() -> tuple[int, list[tuple[str, str, str]]]:
@@ -501,7 +527,7 @@ def fid_mark_refusals() -> tuple[int, list[tuple[str, str, str]]]:
     group = libc.fanotify_init(FAN_CLOEXEC | FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_REPORT_DIR_FID
                                | FAN_REPORT_NAME, os.O_RDONLY)
     if group < 0:
-        return 0, [("fanotify", "-", errno.errorcode.get(get_errno(), "?"))]
+        raise errno_error("fanotify_init")
     seen, refused = set(), []
     try:
         for m in read_mounts():

@@ -36,9 +36,15 @@ def _version_key(path: str):
 
 
 def _common_of(build: str) -> str:
-    """The -common half of a Debian split tree (the tree itself if it is whole)."""
-    common = re.sub(r"-[a-z0-9]+$", "-common", build.rstrip("/"))
-    return common if common != build and os.path.isdir(os.path.join(common, "include")) else build
+    """The -common half of a Debian split tree (the tree itself if it is
+    whole): linux-headers-6.12.9+deb12-cloud-amd64 -> ...-6.12.9+deb12-common."""
+    head = build.rstrip("/")
+    while re.search(r"-[a-z][a-z0-9]*$", head):
+        head = head.rsplit("-", 1)[0]  # drop a flavour word (amd64, cloud, rt)
+        common = head + "-common"
+        if os.path.isdir(os.path.join(common, "include")):
+            return common
+    return build
 
 
 def installed_trees() -> list[tuple[str, str]]:
@@ -59,6 +65,7 @@ def use_headers(path: str | None) -> None:
     """Compile against this headers tree (a linux-headers-<ver>-<flavour>
     directory, or a whole kernel build tree) instead of the running kernel's."""
     global _requested
+    path = os.path.abspath(path) if path else None  # the view's links must not dangle
     if path and not os.path.isdir(os.path.join(path, "include", "generated")):
         raise HeadersError(f"--kernel-headers {path}: not a kernel headers tree "
                            "(no include/generated; give the linux-headers-<version>-<flavour> directory)")

@@ -23,7 +23,8 @@ from ...enrich.watches import WatchPaths
 from ...event import Event
 from ...kernel.abi import FAN_Q_OVERFLOW, IN_Q_OVERFLOW
 from ...kernel.layout import KernelLayout
-from ...kernel.records import PATH_WALK, PROC_ID, RecordLayout, cstr, nested, walked_path
+from ...kernel.records import (
+    PATH_WALK, PROC_ID, ROOT_NOT_PASSED, RecordLayout, cstr, nested, walked_path)
 
 # struct out_event up to its tail; the program asserts the size (OUT_HDR_SIZE).
 # Fields named like the Event fields they fill.
@@ -117,8 +118,12 @@ class Decoder:
 
     def _fanotify(self, r, tail: bytes, answered: bool) -> dict:
         # as the listener resolves it ("..." ahead when the walk was cut),
-        # and from the namespace's root when its root is elsewhere (chroot)
-        path, ns_path = walked_path(tail, r.walk_depth, r.walk_complete, r.walk_root_depth)
+        # and from the namespace's root when its root is elsewhere (chroot).
+        # A verdict is walked where the event is destroyed, in the actor's
+        # context: its root is not the listener's, so that path is the
+        # namespace's.
+        root_depth = ROOT_NOT_PASSED if answered else r.walk_root_depth
+        path, ns_path = walked_path(tail, r.walk_depth, r.walk_complete, root_depth)
         what = dict(zip(_FANOTIFY_COPIED, _fanotify_copied(r)),
                     fa_type=self.layout.fa_type_name(r.fa_type),
                     fa_mask_names=masks.names(r.fa_mask, fanotify=True),
