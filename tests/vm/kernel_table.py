@@ -2,6 +2,9 @@
 
     python -m tests.vm.kernel_table            # print it
     python -m tests.vm.kernel_table --readme   # and put it into README.md
+    python -m tests.vm.kernel_table --from-log ci.log --readme
+                                               # from the host-side `pytest -v`
+                                               # lines of a whole run (CI's output)
 
 Rows are a kernel's backends, columns the guest suite's modules (what they
 prove); each cell is passed/run in that kernel's junit xml
@@ -60,11 +63,46 @@ def _results(series: str):
     return release, when, cells
 
 
-def table() -> str:
+_LOG_LINE = re.compile(r"test_in_vm\[([\d.]+)/(\w+)\.py::(\S+?)\] (PASSED|FAILED|ERROR|SKIPPED)")
+
+
+def _results_from_log(path: str) -> dict:
+    """{series: (release, when, cells)} from the host-side lines of a
+    `pytest -v` run of the VM suite (one line per guest test)."""
+    when = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc)
+    found: dict = {}
+    with open(path) as fh:
+        for line in fh:
+            m = _LOG_LINE.search(line)
+            if not m:
+                continue
+            series, module, name, outcome = m.groups()
+            b = re.search(r"\[(\w+)\]$", name)
+            cells = found.setdefault(series, {})
+            cell = cells.setdefault((b.group(1) if b else "?", FEATURES.get(module, module)), [0, 0])
+            cell[1] += 1
+            cell[0] += outcome == "PASSED"
+    out = {}
+    for series, cells in found.items():
+        try:
+            release = kernel_release(series)
+        except Exception:  # noqa: BLE001 - a name is all the table needs
+            release = series
+        out[series] = (release, when, cells)
+    return out
+
+
+def kernel_release(series: str) -> str:
+    from tests.harness import kernels
+    return kernels.get(series).release
+
+
+def table(log: str | None = None) -> str:
     rows, dates = [], []
     columns = list(FEATURES.values())
+    from_log = _results_from_log(log) if log else None
     for series in ALL:
-        got = _results(series)
+        got = from_log.get(series) if from_log is not None else _results(series)
         if got is None:
             rows.append(f"| {series} | — | " + " | ".join("not run" for _ in columns) + " |")
             continue
@@ -94,7 +132,8 @@ def update_readme(text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    text = table()
+    log = argv[argv.index("--from-log") + 1] if "--from-log" in argv else None
+    text = table(log)
     print(text, end="")
     if "--readme" in argv:
         update_readme(text)
