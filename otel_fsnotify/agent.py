@@ -122,9 +122,9 @@ def load_rules(cfg: AgentConfig, include_command_line: bool):
 
 class _Sink:
     """Events on their way out: a tracer in another mount namespace or under
-    another root (chroot) gets the host's path beside its own, those whose actor is out of scope are left
-    out (counted), the rules mark the rest (and --alerts-only keeps only the
-    marked, counting the others), then the output."""
+    another root (chroot) gets the host's path beside its own, those whose
+    actor is out of scope are left out (counted), the rules mark the rest (and
+    --alerts-only keeps only the marked, counting the others), then the output."""
 
     def __init__(self, output, rules, alerts_only: bool, scope=None):
         self.output = output

@@ -10,12 +10,13 @@ object, name and event bit: attribution "inferred".
 
 Where the kernel refuses file-handle marks on a filesystem (tmpfs before 5.13
 has no filesystem id: ENODEV; a zero or shared id: EXDEV), the watch is
-mirrored in a second group with plain fd-reporting marks. (A filesystem
-without export operations, 9p, gives no file handle to open the watched
-object by at all: its watches stay unmirrored, mirror_mark_failed.) Their events carry the pid and an fd of the file, so
-open, access, modify and close there are still attributed; create, delete,
-move and attrib exist only in file-handle groups and stay unattributed
-(`inotify_unmatched`). Which filesystem degrades is said once, in one warning.
+mirrored in a second group with plain fd-reporting marks. Their events carry
+the pid and an fd of the file, so open, access, modify and close there are
+still attributed; create, delete, move and attrib exist only in file-handle
+groups and stay unattributed (`inotify_unmatched`). Which filesystem degrades
+is said once, in one warning. (A filesystem without export operations, 9p,
+gives no file handle to open the watched object by at all: its watches stay
+unmirrored, `mirror_mark_failed`.)
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ from collections import deque
 from ctypes import get_errno
 
 from ..kernel.abi import (
-    FAN_ACCESS, FAN_CLASS_NOTIF, FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_CREATE, FAN_DELETE,
-    FAN_MODIFY, FAN_MOVED_FROM, FAN_MOVED_TO, FAN_OPEN, FAN_CLOEXEC, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID,
-    FAN_EVENT_ON_CHILD, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_MARK_ADD, FAN_MARK_REMOVE,
-    FAN_METADATA, FAN_NONBLOCK, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
+    FAN_ACCESS, FAN_CLASS_NOTIF, FAN_CLOEXEC, FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_CREATE,
+    FAN_DELETE, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_ON_CHILD, FAN_INFO_HANDLE_AT, FAN_INFO_HDR, FAN_MARK_ADD, FAN_MARK_REMOVE,
+    FAN_METADATA, FAN_MODIFY, FAN_MOVED_FROM, FAN_MOVED_TO, FAN_NONBLOCK, FAN_ONDIR, FAN_OPEN, FAN_Q_OVERFLOW, FAN_REPORT_DIR_FID, FAN_REPORT_FID,
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
     O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc)
 from .mounts import MountViews, read_mounts
@@ -50,6 +50,13 @@ DIRENT_EVENTS = FAN_MOVED_FROM | FAN_MOVED_TO | FAN_CREATE | FAN_DELETE
 # file-handle group: no fsid (ENODEV), no export operations (EOPNOTSUPP: such
 # an object cannot be opened by handle either), a zero or non-unique fsid (EXDEV)
 NO_HANDLES = (errno.ENODEV, errno.EOPNOTSUPP, errno.EXDEV)
+
+
+def object_mask(mask: int, is_dir: bool) -> int:
+    """The part of a mark's mask the kernel accepts on this object, to add or
+    remove: a file has no children and no directory entries (asking for
+    those on it gives ENOTDIR)."""
+    return mask if is_dir else mask & ~(DIRENT_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR)
 
 _U32 = struct.Struct("=I")
 NO_MATCH = (0, 0, 0, 0)
@@ -212,7 +219,8 @@ class Mirror:
         if libc.fanotify_mark(group, flags, mask, -100, f"/proc/self/fd/{ofd}".encode()) < 0:
             raise errno_error("fanotify_mark")
 
-    def _mark_fd_mode(self, watch: Watch, mask: int, ofd: int, refused: OSError) -> None:
+    def _mark_fd_mode(self, watch: Watch, mask: int, ofd: int, st: os.stat_result,
+                      refused: OSError) -> None:
         """Mark the object in the fd-reporting group after the file-handle
         group refused it (refused), with the events it can carry there."""
         if self.fd_group < 0:
@@ -224,7 +232,6 @@ class Mirror:
             self.fd_group = fd
         fd_mask = (mask & FD_EVENTS) | (mask & ~SHARED_EVENTS)
         self._fanotify_mark(FAN_MARK_ADD, fd_mask, ofd, self.fd_group)
-        st = os.fstat(ofd)
         self._fd_objects[(st.st_dev, st.st_ino)] = watch.ino
         self._fd_marked[(watch.sdev, watch.ino)] = (st.st_dev, st.st_ino)
         if stat.S_ISDIR(st.st_mode):
@@ -258,17 +265,14 @@ class Mirror:
             try:
                 ofd, path = self._open_object(watch, owner[0] if owner else 0)
                 try:
-                    marked = mask
-                    if not stat.S_ISDIR(os.fstat(ofd).st_mode):
-                        # a watched file: no children, no directory entries
-                        # (the kernel refuses those bits on it: ENOTDIR)
-                        marked &= ~(DIRENT_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR)
+                    st = os.fstat(ofd)
+                    marked = object_mask(mask, stat.S_ISDIR(st.st_mode))
                     try:
                         self._fanotify_mark(FAN_MARK_ADD, marked, ofd)
                     except OSError as exc:
                         if exc.errno not in NO_HANDLES:
                             raise
-                        self._mark_fd_mode(watch, marked, ofd, exc)
+                        self._mark_fd_mode(watch, marked, ofd, st, exc)
                 finally:
                     os.close(ofd)
             except OSError:
@@ -309,14 +313,9 @@ class Mirror:
             try:
                 # the bits each group accepts on this object (the kernel
                 # refuses the others even in a removal: EINVAL, ENOTDIR)
-                if fd_obj is not None:
-                    group, bits = self.fd_group, FD_EVENTS
-                else:
-                    group, bits = -1, SHARED_EVENTS
-                if not stat.S_ISDIR(os.fstat(ofd).st_mode):
-                    bits &= ~DIRENT_EVENTS
-                else:
-                    bits |= FAN_EVENT_ON_CHILD | FAN_ONDIR
+                group, bits = (self.fd_group, FD_EVENTS) if fd_obj is not None else (-1, SHARED_EVENTS)
+                bits = object_mask(bits | FAN_EVENT_ON_CHILD | FAN_ONDIR,
+                                   stat.S_ISDIR(os.fstat(ofd).st_mode))
                 self._fanotify_mark(FAN_MARK_REMOVE, bits, ofd, group)
             finally:
                 os.close(ofd)

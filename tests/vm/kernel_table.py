@@ -20,6 +20,7 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 
+from tests.harness import kernels
 from tests.harness.kernels import ALL, CACHE, REPO
 
 RESULTS = os.path.join(CACHE, "results")
@@ -85,16 +86,11 @@ def _results_from_log(path: str) -> dict:
     out = {}
     for series, cells in found.items():
         try:
-            release = kernel_release(series)
-        except Exception:  # noqa: BLE001 - a name is all the table needs
+            release = kernels.get(series).release
+        except kernels.KernelError:  # not fetched here: the series names it
             release = series
         out[series] = (release, when, cells)
     return out
-
-
-def kernel_release(series: str) -> str:
-    from tests.harness import kernels
-    return kernels.get(series).release
 
 
 def table(log: str | None = None) -> str:

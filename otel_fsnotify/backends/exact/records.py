@@ -62,8 +62,6 @@ def boot_to_epoch_offset() -> int:
     return best[1]
 
 
-
-
 class Decoder:
     """Ring records -> Events."""
 

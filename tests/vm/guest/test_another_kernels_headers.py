@@ -14,10 +14,9 @@ import re
 import subprocess
 
 from tests.harness.actors import run
+from tests.harness.kernels import REPO
 from tests.harness.listeners import start_inotifywait, start_listener, stop
 from tests.vm.guest.conftest import attribution_of, vm_agent
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def other_kernels_headers() -> str:
