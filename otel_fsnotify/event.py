@@ -97,7 +97,7 @@ _FIELDS: list[tuple[str, type, object]] = [
 
 # One fsnotify event, linked to its tracee (actor) and tracer (reader).
 Event = msgspec.defstruct(
-    "Event", _FIELDS, module=__name__, omit_defaults=False, forbid_unknown_fields=True)
+    "Event", _FIELDS, module=__name__, omit_defaults=False, forbid_unknown_fields=True, gc=False)
 
 FIELD_NAMES: tuple[str, ...] = Event.__struct_fields__
 

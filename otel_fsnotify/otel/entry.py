@@ -8,7 +8,7 @@ import msgspec
 from ..event import Event
 
 
-class LogEntry(msgspec.Struct, array_like=True):
+class LogEntry(msgspec.Struct, array_like=True, gc=False):
     """One event as it becomes a log record: its identity (uid) and observed
     time are fixed once, before the first delivery attempt, and kept across
     retries and restarts (the spool stores exactly this)."""

@@ -12,9 +12,11 @@ import functools
 import os
 import pwd
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from ..event import Event
+from msgspec.structs import astuple
+
+from ..event import FIELD_NAMES, Event
 from ..masks import action
 
 SCOPE_NAME = "otel_fsnotify"
@@ -153,25 +155,37 @@ _IDENTITY = frozenset(("uid", "gid", "ruid", "suid"))  # known only with pid and
 _WIDE = frozenset(("mntns_id",))  # u64 in the kernel: may exceed int64
 
 
-def _rows(role: str, table) -> tuple:
-    """(event field, attribute, identity?, wide?) rows of one role's table,
-    and the fields saying whether its identity was read."""
-    rows = tuple((f"{role}_{field}", key, field in _IDENTITY, field in _WIDE)
+class _Role(NamedTuple):
+    """One role's process fields as a run of the event's fields (its slice of
+    msgspec.structs.astuple(ev)) and the rows of its attribute table, each
+    (index in that run, attribute, identity?, wide?)."""
+
+    fields: slice
+    rows: tuple[tuple[int, str, bool, bool], ...]
+    pid: int  # index of the pid in the run
+    comm: int  # ...and of the comm
+
+
+def _role(role: str, table) -> _Role:
+    first = FIELD_NAMES.index(f"{role}_pid")
+    last = max(i for i, name in enumerate(FIELD_NAMES) if name.startswith(f"{role}_"))
+    run = FIELD_NAMES[first:last + 1]
+    rows = tuple((run.index(f"{role}_{field}"), key, field in _IDENTITY, field in _WIDE)
                  for field, key in table)
-    return rows, f"{role}_pid", f"{role}_comm"
+    return _Role(slice(first, last + 1), rows, run.index(f"{role}_pid"), run.index(f"{role}_comm"))
 
 
-_TRACEE_ROWS = _rows("tracee", TRACEE)
-_WATCHER_ROWS = _rows("tracer", WATCHER)
+_TRACEE_ROLE = _role("tracee", TRACEE)
+_WATCHER_ROLE = _role("tracer", WATCHER)
 
 
-def _process(a: dict[str, Any], ev: Event, role_rows) -> None:
-    """One role's process attributes into a; the executable's name is the
-    basename of its path (the 15-character comm is the command)."""
-    rows, pid_field, comm_field = role_rows
-    identified = bool(getattr(ev, pid_field) and getattr(ev, comm_field))
-    for field, key, identity, wide in rows:
-        value = getattr(ev, field)
+def _process(values: tuple, role: _Role) -> dict[str, Any]:
+    """One role's process attributes from its run of fields; the executable's
+    name is the basename of its path (the 15-character comm is the command)."""
+    a: dict[str, Any] = {}
+    identified = bool(values[role.pid] and values[role.comm])
+    for i, key, identity, wide in role.rows:
+        value = values[i]
         if identity:
             if identified:
                 a[key] = value
@@ -179,52 +193,99 @@ def _process(a: dict[str, Any], ev: Event, role_rows) -> None:
             a[key] = _i64(value) if wide else value
             if key.endswith("executable.path"):
                 a[key[: -len("path")] + "name"] = os.path.basename(value)
-
-
-def attributes(ev: Event, uid: str = "", command_line: str = "",
-               include_command_line: bool = False) -> dict[str, Any]:
-    """The record's attributes (the one place that decides them)."""
-    a: dict[str, Any] = {}
-    _process(a, ev, _TRACEE_ROWS)  # the acting process: semantic conventions
-    if ev.tracee_pid and ev.tracee_comm:
-        a["process.user.name"] = user_name(ev.tracee_uid)
-    if include_command_line and command_line:
-        a["process.command_line"] = command_line
-    _file(a, ev)
-    if ev.type == "fim":
-        _watched_file(a, ev)
-    else:
-        _process(a, ev, _WATCHER_ROWS)  # the watcher: no convention exists, so fsnotify.watcher.*
-        _details(a, ev)
-    if ev.rules:
-        _security_rule(a, ev.rules)
-    if uid:
-        a["log.record.uid"] = uid
     return a
 
 
-def resource_of(ev: Event) -> tuple[tuple[str, str], ...]:
-    """The resource attributes this event adds to the agent's (its container);
-    () outside any. Records are grouped by it."""
-    if not ev.tracee_container_id:
-        return ()
-    return tuple((key, getattr(ev, field)) for field, key in CONTAINER if getattr(ev, field))
+# ----------------------------------------------------------- the record's parts
+# attributes() is built from parts, in the order sent. A part whose inputs
+# repeat from event to event (one process's identity, one kind of event) is a
+# function of a key made from them, so an encoder can keep its encoded bytes
+# per key (otel/parts.py); the rest (file, name, uid) is per event.
 
 
-def _security_rule(a: dict[str, Any], ids: list[str]) -> None:
+def tracee_key(t: tuple) -> tuple:
+    """The key of the acting process's part (t: astuple of the event)."""
+    return t[_TRACEE_ROLE.fields]
+
+
+def tracee_part(key: tuple) -> dict[str, Any]:
+    """The acting process: semantic conventions (process.*)."""
+    a = _process(key, _TRACEE_ROLE)
+    if key[_TRACEE_ROLE.pid] and key[_TRACEE_ROLE.comm]:
+        a["process.user.name"] = user_name(a["process.user.id"])
+    return a
+
+
+def watcher_key(t: tuple) -> tuple:
+    return t[_WATCHER_ROLE.fields]
+
+
+def watcher_part(key: tuple) -> dict[str, Any]:
+    """The watcher: no convention exists, so fsnotify.watcher.*."""
+    return _process(key, _WATCHER_ROLE)
+
+
+def details_key(ev: Event) -> tuple:
+    """The key of what the kernel said about the event, but its name."""
+    if ev.type == "inotify":
+        return (ev.type, ev.i_mask, tuple(ev.i_mask_names), ev.i_wd, ev.i_cookie, ev.i_ino_dir)
+    return (ev.type, ev.fa_mask, tuple(ev.fa_mask_names), ev.fa_type, ev.fa_response, ev.fa_pid,
+            ev.fa_flags, ev.fa_f_flags)
+
+
+def details_part(key: tuple) -> dict[str, Any]:
+    """fsnotify.*: what the kernel said about the event (details_key)."""
+    kind, m, names = key[:3]
+    a: dict[str, Any] = {"fsnotify.type": kind, "fsnotify.mask": _i64(m)}
+    if names:
+        a["fsnotify.mask.names"] = list(names)
+    a["fsnotify.action"] = action(m, fanotify=kind != "inotify")
+    if kind == "inotify":
+        wd, cookie, dir_ino = key[3:]
+        a["fsnotify.inotify.wd"] = wd
+        if cookie:
+            a["fsnotify.inotify.cookie"] = _i64(cookie)
+        if dir_ino:
+            a["fsnotify.inotify.dir_inode"] = str(dir_ino)
+    else:
+        fa_type, response, fa_pid, flags, f_flags = key[3:]
+        if fa_type:
+            a["fsnotify.fanotify.type"] = fa_type
+        a["fsnotify.fanotify.response"] = response
+        if fa_pid:
+            a["fsnotify.fanotify.pid"] = fa_pid
+        if flags:
+            a["fsnotify.fanotify.flags"] = _i64(flags)
+        if f_flags:
+            a["fsnotify.fanotify.f_flags"] = _i64(f_flags)
+    return a
+
+
+def link_key(ev: Event) -> tuple:
+    return (ev.prio, ev.attribution)
+
+
+def link_part(key: tuple) -> dict[str, Any]:
+    """How the event was linked: its group's priority and the attribution."""
+    return {"fsnotify.group.priority": key[0], "fsnotify.attribution": key[1]}
+
+
+def rules_part(ids: tuple) -> dict[str, Any]:
     """semconv security_rule.* for the event's most severe rule; every id in
     fsnotify.rules."""
-    a["security_rule.uuid"] = ids[0]
+    a: dict[str, Any] = {"security_rule.uuid": ids[0]}
     name, ruleset = _RULES.get(ids[0], ("", ""))
     if name:
         a["security_rule.name"] = name
     if ruleset:
         a["security_rule.ruleset.name"] = ruleset
     a["fsnotify.rules"] = list(ids)
+    return a
 
 
-def _file(a: dict[str, Any], ev: Event) -> None:
+def file_part(ev: Event) -> dict[str, Any]:
     """file.* (semantic conventions)."""
+    a: dict[str, Any] = {}
     path = file_path(ev)
     if path:
         a["file.path"] = path
@@ -239,11 +300,55 @@ def _file(a: dict[str, Any], ev: Event) -> None:
         a["fsnotify.host_path"] = ev.host_path
     if ev.i_ino:
         a["file.inode"] = str(ev.i_ino)
+    return a
 
 
-def _watched_file(a: dict[str, Any], ev: Event) -> None:
+def record_parts(ev: Event, uid: str = "", command_line: str = "",
+                 include_command_line: bool = False) -> list[tuple[Any, Any]]:
+    """The record's attributes as parts, in the order sent: (build, key)
+    where build(key) is the part's attributes, or (None, attributes) for a
+    part of this event alone."""
+    t = astuple(ev)
+    parts: list[tuple[Any, Any]] = [(tracee_part, tracee_key(t))]
+    if include_command_line and command_line:
+        parts.append((None, {"process.command_line": command_line}))
+    parts.append((None, file_part(ev)))
+    if ev.type == "fim":
+        parts.append((None, watched_file_part(ev)))
+    else:
+        parts.append((watcher_part, watcher_key(t)))
+        parts.append((details_part, details_key(ev)))
+        if ev.type == "inotify" and ev.name:
+            parts.append((None, {"fsnotify.inotify.name": ev.name}))
+        parts.append((link_part, link_key(ev)))
+    if ev.rules:
+        parts.append((rules_part, tuple(ev.rules)))
+    if uid:
+        parts.append((None, {"log.record.uid": uid}))
+    return parts
+
+
+def attributes(ev: Event, uid: str = "", command_line: str = "",
+               include_command_line: bool = False) -> dict[str, Any]:
+    """The record's attributes (the one place that decides them)."""
+    a: dict[str, Any] = {}
+    for build, key in record_parts(ev, uid, command_line, include_command_line):
+        a.update(build(key) if build else key)
+    return a
+
+
+def resource_of(ev: Event) -> tuple[tuple[str, str], ...]:
+    """The resource attributes this event adds to the agent's (its container);
+    () outside any. Records are grouped by it."""
+    if not ev.tracee_container_id:
+        return ()
+    return tuple((key, getattr(ev, field)) for field, key in CONTAINER if getattr(ev, field))
+
+
+def watched_file_part(ev: Event) -> dict[str, Any]:
     """Watch mode: the file after the change (semconv file.*; hashes as
     ECS-style file.hash.<algo>, which semconv lacks) and what changed."""
+    a: dict[str, Any] = {}
     if ev.file_mode or ev.file_ino:
         a["file.size"] = _i64(ev.file_size)
         a["file.mode"] = f"{ev.file_mode & 0o7777:04o}"
@@ -267,6 +372,7 @@ def _watched_file(a: dict[str, Any], ev: Event) -> None:
         a["fsnotify.mask"] = _i64(ev.fa_mask)
         a["fsnotify.mask.names"] = list(ev.fa_mask_names)
     a["fsnotify.attribution"] = ev.attribution
+    return a
 
 
 _FILE_TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink", 0o020000: "char_device",
@@ -282,32 +388,3 @@ def _iso8601(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
-def _details(a: dict[str, Any], ev: Event) -> None:
-    """fsnotify.*: what the kernel said about the event."""
-    m = mask(ev)
-    a["fsnotify.type"] = ev.type
-    a["fsnotify.mask"] = _i64(m)
-    names = mask_names(ev)
-    if names:
-        a["fsnotify.mask.names"] = list(names)
-    a["fsnotify.action"] = action(m, fanotify=ev.type != "inotify")
-    if ev.type == "inotify":
-        a["fsnotify.inotify.wd"] = ev.i_wd
-        if ev.i_cookie:
-            a["fsnotify.inotify.cookie"] = _i64(ev.i_cookie)
-        if ev.i_ino_dir:
-            a["fsnotify.inotify.dir_inode"] = str(ev.i_ino_dir)
-        if ev.name:
-            a["fsnotify.inotify.name"] = ev.name
-    else:
-        if ev.fa_type:
-            a["fsnotify.fanotify.type"] = ev.fa_type
-        a["fsnotify.fanotify.response"] = ev.fa_response
-        if ev.fa_pid:
-            a["fsnotify.fanotify.pid"] = ev.fa_pid
-        if ev.fa_flags:
-            a["fsnotify.fanotify.flags"] = _i64(ev.fa_flags)
-        if ev.fa_f_flags:
-            a["fsnotify.fanotify.f_flags"] = _i64(ev.fa_f_flags)
-    a["fsnotify.group.priority"] = ev.prio
-    a["fsnotify.attribution"] = ev.attribution

@@ -1,4 +1,5 @@
-"""OTLP/JSON (ExportLogsServiceRequest) as msgspec Structs: the fast encoder.
+"""OTLP/JSON (ExportLogsServiceRequest): its shape as msgspec Structs, and
+the encoder that writes it from pre-encoded parts.
 
 Field names follow the OTLP JSON mapping (lowerCamelCase, 64-bit integers as
 decimal strings, enum as number). Attribute values come from
@@ -14,6 +15,7 @@ import msgspec
 from .. import __version__
 from . import mapping
 from .entry import LogEntry
+from .parts import EncodedParts
 from .mapping import SCOPE_NAME
 from .resource import PerContainer
 
@@ -98,36 +100,52 @@ def key_values(attrs: dict[str, Any]) -> list[KeyValue]:
     return [KeyValue(k, any_value(v)) for k, v in attrs.items()]
 
 
+_enc = msgspec.json.Encoder()
+_key_cache: dict[str, bytes] = {}
+
+
+def attribute_items(attrs: dict[str, Any]) -> bytes:
+    """Attributes as the comma-separated KeyValue objects of a JSON array
+    (b"" for none). A string, the usual case, is written without a Struct."""
+    out = []
+    for k, v in attrs.items():
+        kb = _key_cache.get(k)
+        if kb is None:
+            kb = _key_cache[k] = b'{"key":' + _enc.encode(k) + b',"value":'
+        if type(v) is str:
+            out.append(b'%s{"stringValue":%s}}' % (kb, _enc.encode(v)))
+        else:
+            out.append(kb + _enc.encode(any_value(v)) + b"}")
+    return b",".join(out)
+
+
 class JsonEncoder:
-    """Encode batches of LogEntry as one OTLP/JSON request body."""
+    """Encode batches of LogEntry as one OTLP/JSON request body, written
+    from pre-encoded parts (the same document the Structs above describe)."""
 
     def __init__(self, resource: dict[str, Any], include_command_line: bool = False):
-        self._resource = PerContainer(resource, lambda attrs: Resource(key_values(attrs)))
-        self._scope = Scope(SCOPE_NAME, __version__)
+        self._resource = PerContainer(resource, lambda attrs: _enc.encode(Resource(key_values(attrs))))
+        self._scope = _enc.encode(Scope(SCOPE_NAME, __version__))
         self._include_cmd = include_command_line
-        self._enc = msgspec.json.Encoder()
+        self._attributes = EncodedParts(attribute_items)
 
-    def record(self, e: LogEntry) -> LogRecord:
+    def record(self, e: LogEntry) -> bytes:
+        """One LogRecord object."""
         ev = e.event
         num, text = mapping.severity(ev)
-        return LogRecord(
-            timeUnixNano=str(ev.timestamp),
-            observedTimeUnixNano=str(e.observed),
-            severityNumber=num,
-            severityText=text,
-            eventName=mapping.event_name(ev),
-            body=StrV(mapping.body(ev)),
-            attributes=key_values(mapping.attributes(
-                ev, e.uid, e.command_line, self._include_cmd)),
-        )
+        attrs = b",".join([p for p in self._attributes(ev, e.uid, e.command_line, self._include_cmd) if p])
+        return (b'{"timeUnixNano":"%d","observedTimeUnixNano":"%d","severityNumber":%d,'
+                b'"severityText":%s,"eventName":%s,"body":{"stringValue":%s},"attributes":[%s]}'
+                % (ev.timestamp, e.observed, num, _enc.encode(text),
+                   _enc.encode(mapping.event_name(ev)), _enc.encode(mapping.body(ev)), attrs))
 
     def encode(self, entries: Iterable[LogEntry]) -> bytes:
         """One ResourceLogs per container (mapping.resource_of), in order of
         first appearance."""
-        groups: dict[tuple, list[LogRecord]] = {}
+        groups: dict[tuple, list[bytes]] = {}
         for e in entries:
             groups.setdefault(mapping.resource_of(e.event), []).append(self.record(e))
-        req = ExportLogsServiceRequest([
-            ResourceLogs(self._resource(extra), [ScopeLogs(self._scope, records)])
-            for extra, records in groups.items()])
-        return self._enc.encode(req)
+        return b'{"resourceLogs":[%s]}' % b",".join(
+            b'{"resource":%s,"scopeLogs":[{"scope":%s,"logRecords":[%s]}]}'
+            % (self._resource(extra), self._scope, b",".join(records))
+            for extra, records in groups.items())

@@ -26,6 +26,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from .. import __version__
 from . import mapping
 from .entry import LogEntry
+from .parts import EncodedParts
 from .resource import PerContainer
 
 _U64 = (1 << 64) - 1
@@ -69,12 +70,33 @@ def any_value(v: Any) -> bytes:
 _key_cache: dict[str, bytes] = {}
 
 
-def key_value(k: str, v: Any) -> bytes:
-    """Serialized KeyValue (the key part is memoised: attribute keys repeat)."""
+def _key(k: str) -> bytes:
     kb = _key_cache.get(k)
     if kb is None:
         kb = _key_cache[k] = _ld(b"\x0a", k.encode())
-    return kb + _ld(b"\x12", any_value(v))
+    return kb
+
+
+def key_value(k: str, v: Any) -> bytes:
+    """Serialized KeyValue (the key part is memoised: attribute keys repeat)."""
+    return _key(k) + _ld(b"\x12", any_value(v))
+
+
+def attribute_fields(attrs: dict[str, Any]) -> bytes:
+    """LogRecord.attributes fields (6), one per attribute. A short string,
+    the usual case, is written with its one-byte lengths in one step."""
+    out = []
+    for k, v in attrs.items():
+        kb = _key(k)
+        if type(v) is str:
+            b = v.encode("utf-8", "surrogateescape")
+            n = len(b)
+            size = len(kb) + n + 4  # KeyValue: key, 0x12 len, AnyValue (0x0a n bytes)
+            if size < 0x80:
+                out.append(b"\x32%c%s\x12%c\x0a%c%s" % (size, kb, n + 2, n, b))
+                continue
+        out.append(_ld(b"\x32", kb + _ld(b"\x12", any_value(v))))
+    return b"".join(out)
 
 
 class ProtoEncoder:
@@ -86,6 +108,7 @@ class ProtoEncoder:
         scope = InstrumentationScope(name=mapping.SCOPE_NAME, version=__version__).SerializeToString()
         self._scope = _ld(b"\x0a", scope)
         self._include_cmd = include_command_line
+        self._attributes = EncodedParts(attribute_fields)
 
     def record(self, e: LogEntry) -> bytes:
         """Serialized LogRecord: 1 time_unix_nano (fixed64), 2 severity_number,
@@ -101,8 +124,7 @@ class ProtoEncoder:
         if text:
             parts.append(_ld(b"\x1a", text.encode()))
         parts.append(_ld(b"\x2a", any_value(mapping.body(ev))))
-        for k, v in mapping.attributes(ev, e.uid, e.command_line, self._include_cmd).items():
-            parts.append(_ld(b"\x32", key_value(k, v)))
+        parts += self._attributes(ev, e.uid, e.command_line, self._include_cmd)
         if e.observed:
             parts.append(b"\x59" + _F64(e.observed & _U64))
         name = mapping.event_name(ev)

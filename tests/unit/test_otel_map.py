@@ -6,11 +6,13 @@ import json
 
 import os
 
+import msgspec
 import pytest
 
 from otel_fsnotify.otel import mapping as otel_map, resource as otel_resource
 from otel_fsnotify.delivery.outcome import parse_retry_after
 from otel_fsnotify.delivery.sdk import SdkExporter
+from otel_fsnotify.otel import otlp_json
 from otel_fsnotify.otel.otlp_json import JsonEncoder
 from otel_fsnotify.delivery.settings import OtlpSettings, SettingsError
 from otel_fsnotify.otel.entry import LogEntry
@@ -100,7 +102,9 @@ def test_command_line_only_when_enabled():
 def test_json_and_protobuf_paths_send_the_same_attributes():
     entry = LogEntry("U9", 123, INOTIFY)
     res = otel_resource.build_resource("tracepoint", environ={})
-    json_rec = JsonEncoder(res).record(entry)
+    body = JsonEncoder(res).encode([entry])
+    json_rec = msgspec.json.decode(body, type=otlp_json.ExportLogsServiceRequest) \
+        .resourceLogs[0].scopeLogs[0].logRecords[0]
     settings = OtlpSettings.from_env({}, protocol="http/protobuf", endpoint="http://127.0.0.1:9")
     sdk_rec = SdkExporter(settings, res).to_sdk(entry).log_record
     assert [kv.key for kv in json_rec.attributes] == list(sdk_rec.attributes.keys())
