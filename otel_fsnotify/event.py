@@ -7,6 +7,7 @@ so ``--fields`` habits carry over. JSON lines of this struct are both the
 
 from __future__ import annotations
 
+import operator
 from typing import Annotated
 
 import msgspec
@@ -142,12 +143,45 @@ def from_json_line(line: bytes | str, source: str = "<input>", lineno: int = 0) 
     return ev
 
 
+_u64_values = operator.attrgetter(*_U64_FIELDS)
+CHUNK_BYTES = 1 << 20
+
+
+def iter_capture_chunks(path: str, chunk_bytes: int = CHUNK_BYTES):
+    """Yield lists of (lineno, Event) from a jsonl capture, about
+    chunk_bytes of lines at a time; blank lines are skipped.
+
+    Raises CaptureError naming the file and line of the first bad record."""
+    decode = _decoder.decode
+    lineno = 0
+    with open(path, "rb") as fh:
+        while True:
+            lines = fh.readlines(chunk_bytes)
+            if not lines:
+                return
+            first = lineno + 1
+            lineno += len(lines)
+            try:
+                out = [(n, decode(line)) for n, line in enumerate(lines, first) if line.strip()]
+                if out and max(map(max, map(_u64_values, (ev for _n, ev in out)))) > _U64_MAX:
+                    raise ValueError  # a u64 field out of range: find it line by line
+            except (msgspec.DecodeError, ValueError):  # line by line: the bad one named
+                out = []
+                for n, line in enumerate(lines, first):
+                    if line.strip():
+                        try:
+                            out.append((n, from_json_line(line, path, n)))
+                        except CaptureError:
+                            if out:
+                                yield out  # the good lines before it
+                            raise
+            yield out
+
+
 def iter_capture(path: str):
     """Yield (lineno, Event) from a jsonl capture; blank lines are skipped.
 
     Raises CaptureError naming the file and line of the first bad record.
     """
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                yield lineno, from_json_line(line, path, lineno)
+    for chunk in iter_capture_chunks(path):
+        yield from chunk

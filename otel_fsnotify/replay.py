@@ -25,12 +25,11 @@ import os
 import sys
 import time
 
-from .event import CaptureError, iter_capture
+from .event import CaptureError, iter_capture_chunks
 from .delivery.settings import OtlpSettings
 from .delivery.spool import SpoolBusy, SpoolUnsafe
 
 PROGRESS_INTERVAL = 1.0
-_POS_EVERY = 1000
 
 
 def capture_id(path: str) -> str:
@@ -63,8 +62,8 @@ def _count_capture(path: str) -> int | str:
     """The number of events in the capture, or the one error line for it."""
     total = 0
     try:
-        for _lineno, _ev in iter_capture(path):
-            total += 1
+        for chunk in iter_capture_chunks(path):
+            total += len(chunk)
     except FileNotFoundError:
         return f"{path}: no such file"
     except IsADirectoryError:
@@ -109,30 +108,44 @@ class _Replay:
     def _spool_full(self) -> bool:
         return self.shipper.spool.total_bytes + 64 * 1024 > self.settings.spool_max_bytes
 
-    def _wait_for_room(self) -> None:
+    def _wait_for_room(self) -> bool:
         """replay is not the kernel: when the spool is full, wait for room (up
-        to drain_timeout) instead of dropping."""
+        to drain_timeout) instead of dropping. False when the time ran out."""
         waited = time.monotonic()
         while self._spool_full() and time.monotonic() - waited < self.settings.drain_timeout:
             time.sleep(0.05)
             self._maybe_show()
         if time.monotonic() - waited >= self.settings.drain_timeout:
             self.deadline_hit = True
+            return False
+        return True
+
+    def _submit(self, events: list, uids: list[str]) -> None:
+        """Spool one batch whole, waiting for room as often as needed; what
+        cannot be written in the end is dropped (counted)."""
+        done = 0
+        while done < len(events):
+            got = self.shipper.submit_many(events[done:], uids[done:], drop=False)
+            done += got
+            if done < len(events) and (not self._wait_for_room() or (not got and not self._spool_full())):
+                # no room in time, or the disk refused with room left: counted
+                self.shipper.submit_many(events[done:], uids[done:])
+                return
 
     def send(self) -> None:
-        lineno = self.resume_after
-        for lineno, ev in iter_capture(self.path):
-            if lineno <= self.resume_after:
+        """The capture after the recorded line, into the spool one chunk at a
+        time (one write each); the position saved after each."""
+        last = self.resume_after
+        for chunk in iter_capture_chunks(self.path):
+            chunk = [(n, ev) for n, ev in chunk if n > self.resume_after]
+            if not chunk:
                 continue
-            if self._spool_full():
-                self._wait_for_room()
-            self.shipper.submit(ev, uid=f"{self.cid}-{lineno}")
-            self.read += 1
-            if self.read % _POS_EVERY == 0:
-                self.pos.save(lineno)
-            if self.read % 256 == 0:
-                self._maybe_show()
-        self.pos.save(lineno if self.read else self.resume_after)
+            self._submit([ev for _n, ev in chunk], [f"{self.cid}-{n}" for n, _ev in chunk])
+            self.read += len(chunk)
+            last = chunk[-1][0]
+            self.pos.save(last)
+            self._maybe_show()
+        self.pos.save(last)
 
     def drain(self) -> bool:
         """Wait for the collector up to drain_timeout (progress meanwhile);

@@ -67,6 +67,10 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
     - batch_size: log records per export request (default 1000).
     - batch_linger: seconds to wait for a batch to fill before sending a
       partial one (default 0.2).
+    - max_in_flight: export requests sent at once, each on its own
+      connection (default 4): the next batches are encoded and sent while
+      the collector works on the first. The spool still acknowledges them in
+      order, so a batch is never acknowledged before an earlier one.
     - max_backoff: longest wait in seconds between retries of a failed export
       (default 30); a Retry-After from the collector is honoured up to this cap.
     - drain_timeout: seconds `close()` / `replay` wait for the spool to drain
@@ -96,6 +100,7 @@ class OtlpSettings(msgspec.Struct, kw_only=True):
     spool_fsync: bool = False
     batch_size: int = 1000
     batch_linger: float = 0.2
+    max_in_flight: int = 4
     max_backoff: float = 30.0
     drain_timeout: float = 60.0
     include_command_line: bool = False
@@ -252,7 +257,7 @@ def _with_scheme(url: str, s: OtlpSettings) -> str:
 NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "timeout": (0, 3600), "batch_linger": (0, 60), "max_backoff": (0, 3600),
     "drain_timeout": (0, 7 * 86400), "metrics_interval": (0, 86400),
-    "batch_size": (1, 100_000), "spool_max_bytes": (64 * 1024, 1 << 50),
+    "batch_size": (1, 100_000), "max_in_flight": (1, 64), "spool_max_bytes": (64 * 1024, 1 << 50),
     "spool_segment_bytes": (4096, 1 << 40), "max_request_bytes": (64 * 1024, 1 << 30),
 }
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field name

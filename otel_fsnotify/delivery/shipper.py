@@ -27,11 +27,15 @@ is split in halves (`batches_split`).
 
 from __future__ import annotations
 
+import base64
+import collections
 import logging
 import os
 import random
+import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -43,8 +47,13 @@ from .outcome import Exporter
 from .settings import OtlpSettings
 from .spool import Spool, decode_entry, encode_entry
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# base32 (RFC 4648) letters -> Crockford's, the ULID alphabet
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 PROBE_S = 0.25  # while the collector is unreachable, a connection is tried this often
+
+_LOW40 = (1 << 40) - 1
+_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
 
 
 class UidGenerator:
@@ -56,6 +65,10 @@ class UidGenerator:
         self._rand = 0
 
     def __call__(self) -> str:
+        return self.many(1)[0]
+
+    def many(self, n: int) -> list[str]:
+        """n ULIDs in increasing order."""
         with self._lock:
             ms = time.time_ns() // 1_000_000
             if ms > self._ms:
@@ -63,12 +76,22 @@ class UidGenerator:
                 self._rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
             else:
                 self._rand += 1
-            value = (self._ms << 80) | (self._rand & ((1 << 80) - 1))
-        out = []
-        for _ in range(26):
-            out.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return "".join(reversed(out))
+            first = (self._ms << 80) | (self._rand & ((1 << 80) - 1))
+            self._rand += n - 1
+        # 26 characters of 5 bits hold the 128: encode 160 bits, keep the last 26
+        text = base64.b32encode(first.to_bytes(20, "big"))[6:].translate(_CROCKFORD).decode()
+        low = first & _LOW40
+        if low + n > _LOW40:  # the increments carry past the last 8 characters
+            return [text] + self._slow(first + 1, n - 1)
+        head, pairs = text[:18], _PAIRS  # the last 8 characters: 4 pairs of 10 bits
+        return [head + pairs[x >> 30] + pairs[(x >> 20) & 1023] + pairs[(x >> 10) & 1023] + pairs[x & 1023]
+                for x in range(low, low + n)]
+
+    @staticmethod
+    def _slow(first: int, n: int) -> list[str]:
+        b32 = base64.b32encode
+        return [b32((first + i).to_bytes(20, "big"))[6:].translate(_CROCKFORD).decode()
+                for i in range(n)]
 
 
 class RateLimitedLog:
@@ -103,6 +126,15 @@ class Shipper:
         self.spool = Spool(settings.resolved_spool_dir(), settings.spool_max_bytes,
                            settings.spool_segment_bytes, settings.spool_fsync)
         self.exporter = exporter or make_exporter(settings, resource)
+        # one exporter (connection) per request in flight; an exporter given
+        # by the caller is the only one
+        self._exporters = [self.exporter] + ([] if exporter else [
+            make_exporter(settings, resource) for _ in range(settings.max_in_flight - 1)])
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for exp in self._exporters:
+            self._free.put(exp)
+        self._pool = ThreadPoolExecutor(len(self._exporters), "otel-fsnotify-export") \
+            if len(self._exporters) > 1 else None
         self._uid = UidGenerator()
         self._lock = threading.Lock()
         self._c = {
@@ -131,21 +163,34 @@ class Shipper:
     # ----------------------------------------------------------- producer side
     def submit(self, event: Event, uid: str | None = None) -> bool:
         """Spool one event for delivery. False if it had to be dropped (counted)."""
+        return self.submit_many([event], None if uid is None else [uid]) == 1
+
+    def submit_many(self, events: list[Event], uids: list[str] | None = None,
+                    drop: bool = True) -> int:
+        """Spool events for delivery in order, with one write; how many were
+        accepted. The rest are dropped (counted), or with drop=False left to
+        the caller (replay waits for room). `uids`: their log.record.uid,
+        one per event (default: new ULIDs)."""
+        if not events:
+            return 0
         cmd = ""
-        if self.settings.include_command_line and event.tracee_pid:
-            cmd = command_line(event.tracee_pid)
-        frame = encode_entry(LogEntry(uid or self._uid(), time.time_ns(), event, cmd))
+        observed = time.time_ns()
+        uids = uids or self._uid.many(len(events))
+        frames = []
+        for i, event in enumerate(events):
+            if self.settings.include_command_line and event.tracee_pid:
+                cmd = command_line(event.tracee_pid)
+            frames.append(encode_entry(LogEntry(uids[i], observed, event, cmd)))
         write_errors = self.spool.write_errors
-        ok = self.spool.append(frame)
+        ok = self.spool.append_many(frames)
+        lost = len(frames) - ok if drop else 0
         with self._lock:
-            self._c["submitted"] += 1
-            if ok:
-                self._c["spooled"] += 1
-            else:
-                self._c["dropped_spool_full"] += 1
+            self._c["submitted"] += ok + lost
+            self._c["spooled"] += ok
+            self._c["dropped_spool_full"] += lost
             dropped = self._c["dropped_spool_full"]
-        if ok:
-            return True
+        if not lost:
+            return ok
         if self.spool.write_errors != write_errors:
             self._rl.warning("spool_full", "spool %s: the disk refused a write (%s): dropping "
                              "events until the collector drains it; %d dropped so far",
@@ -154,18 +199,20 @@ class Shipper:
             self._rl.warning("spool_full", "spool %s is full (%d bytes): dropping events; "
                              "%d dropped so far", self.spool.dir, self.settings.spool_max_bytes,
                              dropped)
-        return False
+        return ok
 
     # ----------------------------------------------------------- sender side
     def _run(self) -> None:
         """The sender loop. It must never die: an unexpected error is logged
         (rate-limited, with its traceback the first time), counted as
-        ``sender_errors``, and the batch is read again after a back-off."""
+        ``sender_errors``, and the batches in flight are read again after a
+        back-off."""
         failures = 0
+        inflight: collections.deque = collections.deque()
         while not self._abort.is_set():
             try:
-                if self._step() is False:
-                    return
+                if self._step(inflight) is False:
+                    break
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - keep delivering whatever happens
                 failures += 1
@@ -177,34 +224,72 @@ class Shipper:
                 else:
                     self._rl.warning("sender_error", "sender: unexpected error (%s: %s); retrying",
                                      type(exc).__name__, exc)
-                self.spool.rewind()
+                self._settle(inflight)
                 delay = min(self.settings.max_backoff, 0.25 * (2 ** min(failures, 16)))
                 if self._abort.wait(delay):
                     break
+        self._settle(inflight)
         self._idle.set()
 
-    def _step(self) -> bool | None:
-        """Read one batch from the spool, deliver it, acknowledge it.
-        False: stop the loop (stopped and empty, or aborted mid-delivery)."""
+    def _settle(self, inflight: collections.deque) -> None:
+        """Stop short: wait for the requests in flight (their result no
+        longer matters: none is acknowledged) and read their batches again
+        (next time, or in the next run)."""
+        for fut, *_rest in inflight:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - its batch is read again anyway
+                pass
+        inflight.clear()
+        self.spool.rewind()
+
+    def _step(self, inflight: collections.deque) -> bool | None:
+        """Keep up to max_in_flight batches in delivery, acknowledge the
+        oldest once it is done. False: stop the loop (stopped and empty, or
+        aborted mid-delivery)."""
         s = self.settings
-        self._idle.set()
-        if not self.spool.wait_for_data(0.2):
-            return False if self._stop.is_set() else None
-        self._idle.clear()
-        self.spool.wait_for_frames(s.batch_size, s.batch_linger if not self._stop.is_set() else 0)
-        payloads, pos, damaged = self.spool.read(s.batch_size)
-        if not payloads and not damaged:
+        if not inflight:
+            self._idle.set()
+            if not self.spool.wait_for_data(0.2):
+                return False if self._stop.is_set() else None
+            self._idle.clear()
+            self.spool.wait_for_frames(s.batch_size, s.batch_linger if not self._stop.is_set() else 0)
+        while len(inflight) < len(self._exporters) and (
+                not inflight or self.spool.unread() >= s.batch_size or self._stop.is_set()):
+            payloads, pos, damaged = self.spool.read(s.batch_size)
+            if not payloads and not damaged:
+                break
+            entries = self._decode(payloads)
+            inflight.append((self._start(entries), pos, len(payloads), damaged))
+        if not inflight:
             return None
-        entries = self._decode(payloads)
+        fut, pos, frames, damaged = inflight[0]
+        if not fut.result():
+            self._settle(inflight)  # aborted: leave the batches in the spool for the next run
+            return False
+        inflight.popleft()
         if s.spool_fsync:
             self.spool.sync()
-        if not entries or self._deliver(entries):
-            self.spool.ack(pos, len(payloads))
-            if damaged:
-                self._count_damaged(damaged)
-            return None
-        self.spool.rewind()  # aborted: leave the batch in the spool for the next run
-        return False
+        self.spool.ack(pos, frames)
+        if damaged:
+            self._count_damaged(damaged)
+        return None
+
+    def _start(self, entries: list[LogEntry]) -> Future:
+        """Deliver one batch on a free exporter: in the pool when there are
+        several, else here (a finished future)."""
+        if self._pool is not None:
+            return self._pool.submit(self._deliver_on_free, entries)
+        fut: Future = Future()
+        fut.set_result(self._deliver_on_free(entries))
+        return fut
+
+    def _deliver_on_free(self, entries: list[LogEntry]) -> bool:
+        exporter = self._free.get()
+        try:
+            return not entries or self._deliver(exporter, entries)
+        finally:
+            self._free.put(exporter)
 
     def _count_damaged(self, events: int) -> None:
         with self._lock:
@@ -233,7 +318,7 @@ class Shipper:
                              "%d so far", self.spool.dir, bad, detail, total)
         return entries
 
-    def _deliver(self, entries: list[LogEntry]) -> bool:
+    def _deliver(self, exporter: Exporter, entries: list[LogEntry]) -> bool:
         """Export until accepted or refused for good; a batch too large for
         the collector is split and its halves delivered in turn. False only
         when aborted."""
@@ -242,12 +327,12 @@ class Shipper:
         while True:
             with self._lock:
                 self._c["export_requests"] += 1
-            out = self.exporter.export(entries)
+            out = exporter.export(entries)
             if out.ok:
                 self._accepted(n, out)
                 return True
             if out.too_large:
-                return self._split(entries, out.detail)
+                return self._split(exporter, entries, out.detail)
             if out.pause:
                 if self._paused(n, out.detail):
                     return False
@@ -260,7 +345,7 @@ class Shipper:
                 return True
             with self._lock:
                 self._c["retried"] += 1
-            if self._back_off(attempt, out, n):
+            if self._back_off(exporter, attempt, out, n):
                 return False
             attempt += 1
 
@@ -272,7 +357,7 @@ class Shipper:
         if rejected:
             self._rl.warning("rejected", "collector rejected %d of %d records", rejected, n)
 
-    def _split(self, entries: list[LogEntry], detail: str) -> bool:
+    def _split(self, exporter: Exporter, entries: list[LogEntry], detail: str) -> bool:
         if len(entries) == 1:
             with self._lock:
                 self._c["rejected"] += 1
@@ -281,7 +366,7 @@ class Shipper:
         with self._lock:
             self._c["batches_split"] += 1
         half = len(entries) // 2
-        return self._deliver(entries[:half]) and self._deliver(entries[half:])
+        return self._deliver(exporter, entries[:half]) and self._deliver(exporter, entries[half:])
 
     def _paused(self, n: int, detail: str) -> bool:
         """The collector refuses this agent as configured: keep everything,
@@ -293,7 +378,7 @@ class Shipper:
                          max(n, self.spool.pending), detail)
         return self._abort.wait(max(self.settings.max_backoff, 0.1))
 
-    def _back_off(self, attempt: int, out, n: int) -> bool:
+    def _back_off(self, exporter: Exporter, attempt: int, out, n: int) -> bool:
         """Wait before retrying: the collector's delay, else exponential with
         jitter (within max_backoff). While the collector cannot be reached at
         all, probe it every PROBE_S and retry as soon as it answers. True
@@ -314,7 +399,7 @@ class Shipper:
                 return False
             if self._abort.wait(min(PROBE_S, left)):
                 return True
-            if self.exporter.reachable(timeout=min(PROBE_S, 0.5)):
+            if exporter.reachable(timeout=min(PROBE_S, 0.5)):
                 return False  # it is back: retry now
 
     # ----------------------------------------------------------- control
@@ -331,8 +416,11 @@ class Shipper:
         self._stop.set()
         self._abort.set()
         self.spool.wake()
-        self.exporter.shutdown()  # interrupts an SDK exporter's own retry sleep
+        for exporter in self._exporters:
+            exporter.shutdown()  # interrupts an SDK exporter's own retry sleep
         self._thread.join(timeout=self.settings.timeout + 5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
         self.spool.close()
         if not done:
             self.log.warning("collector %s: %d events not delivered; they stay in %s for the next run",

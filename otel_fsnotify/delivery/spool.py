@@ -13,8 +13,9 @@ every file 0600, opened with O_NOFOLLOW):
   32-byte slots written in place in turn (sequence number + CRC pick the
   newer valid one), so acknowledging never needs free disk space.
 
-A write is one os.write() of a whole frame, so an agent killed with SIGKILL
-loses nothing that append() accepted (the page cache keeps it); with
+A write is one os.write() of whole frames (a batch of them: append_many), so
+an agent killed with SIGKILL loses nothing that append() accepted (the page
+cache keeps it); with
 `spool_fsync` the segment is also fsync'ed after each batch, which covers a
 power cut. A write the disk cannot take (ENOSPC, a short write) is rolled
 back, so no torn frame is left, and refused: the caller counts it.
@@ -407,33 +408,55 @@ class Spool:
     def append(self, data: bytes) -> bool:
         """Append one encoded frame; False (nothing written, nothing left
         behind) when the spool is full or the disk refuses (last_write_error)."""
+        return self.append_many([data]) == 1
+
+    def append_many(self, frames: list[bytes]) -> int:
+        """Append encoded frames in order, as few writes as the segment size
+        allows (one, usually); the number accepted. The rest, from the first
+        one that did not fit or that the disk refused, is not written."""
+        done = 0
+        single = False  # after a batch the disk refused: frame by frame
         with self._cv:
-            if self._closed:
-                return False
-            try:
-                if self._wfd < 0:
-                    self._wfd = self._new_segment(self._wseg)
-                if self._sizes[self._wseg] >= self.segment_bytes:
-                    self._rotate()
-                if self.total_bytes + len(data) > self.max_bytes:
-                    # the write segment only frees its room by rotating: if every
-                    # frame in it is acknowledged, reclaim it before refusing
-                    if not self._reclaim_write_segment_locked() \
-                            or self.total_bytes + len(data) > self.max_bytes:
-                        return False
-                self._write_locked(data)
-            except OSError as exc:
-                self.write_errors += 1
-                self.last_write_error = exc.strerror or str(exc)
-                return False
-            self._sizes[self._wseg] += len(data)
-            self.total_bytes += len(data)
-            self.pending += 1
-            self._cv.notify_all()
-            return True
+            while done < len(frames) and not self._closed:
+                end = done
+                try:
+                    if self._wfd < 0:
+                        self._wfd = self._new_segment(self._wseg)
+                    if self._sizes[self._wseg] >= self.segment_bytes:
+                        self._rotate()
+                    if self.total_bytes + len(frames[done]) > self.max_bytes:
+                        # the write segment only frees its room by rotating: if every
+                        # frame in it is acknowledged, reclaim it before refusing
+                        if not self._reclaim_write_segment_locked() \
+                                or self.total_bytes + len(frames[done]) > self.max_bytes:
+                            break
+                    # as many as fit the bound and (past the first) this segment
+                    room = min(self.max_bytes - self.total_bytes,
+                               max(self.segment_bytes - self._sizes[self._wseg], len(frames[done])))
+                    size = 0
+                    while end < len(frames) and size + len(frames[end]) <= room \
+                            and not (single and end > done):
+                        size += len(frames[end])
+                        end += 1
+                    data = frames[done] if end == done + 1 else b"".join(frames[done:end])
+                    self._write_locked(data)
+                except OSError as exc:
+                    if end > done + 1:  # maybe a part fits: try again one by one
+                        single = True
+                        continue
+                    self.write_errors += 1
+                    self.last_write_error = exc.strerror or str(exc)
+                    break
+                self._sizes[self._wseg] += size
+                self.total_bytes += size
+                self.pending += end - done
+                done = end
+            if done:
+                self._cv.notify_all()
+        return done
 
     def _write_locked(self, data: bytes) -> None:
-        """One whole frame or nothing: a short or failed write is rolled back,
+        """Whole frames or nothing: a short or failed write is rolled back,
         and the segment closed so its acknowledged frames can free the disk."""
         size = self._sizes[self._wseg]
         try:
@@ -517,6 +540,11 @@ class Spool:
         if pos.offset < self._sizes.get(pos.segment, 0):
             return True
         return any(s > pos.segment and n > self._start(s) for s, n in self._sizes.items())
+
+    def unread(self) -> int:
+        """Frames written and not yet handed to the reader."""
+        with self._cv:
+            return self.pending - self._inflight
 
     def wait_for_frames(self, n: int, timeout: float) -> None:
         """Wait until at least n frames are unread or timeout passes."""
