@@ -45,11 +45,12 @@ from ..event import Event
 from ..otel.entry import LogEntry
 from .outcome import Exporter
 from .settings import OtlpSettings
-from .spool import Spool, decode_entry, encode_entry
+from .spool import Spool, decode_entry, encode_payload, frame
 
 # base32 (RFC 4648) letters -> Crockford's, the ULID alphabet
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+FRESH_MAX = 8192  # entries kept for the sender beside their spooled bytes
 PROBE_S = 0.25  # while the collector is unreachable, a connection is tried this often
 
 _LOW40 = (1 << 40) - 1
@@ -136,6 +137,9 @@ class Shipper:
         self._pool = ThreadPoolExecutor(len(self._exporters), "otel-fsnotify-export") \
             if len(self._exporters) > 1 else None
         self._uid = UidGenerator()
+        # entries spooled in this run and not read back yet, by their spool
+        # payload: the sender takes them from here instead of decoding again
+        self._fresh: dict[bytes, LogEntry] = {}
         self._lock = threading.Lock()
         self._c = {
             "submitted": 0,  # events handed to submit() in this run
@@ -177,12 +181,21 @@ class Shipper:
         observed = time.time_ns()
         uids = uids or self._uid.many(len(events))
         frames = []
+        payloads: list[bytes] = []
+        fresh = self._fresh if len(self._fresh) < FRESH_MAX else None
         for i, event in enumerate(events):
             if self.settings.include_command_line and event.tracee_pid:
                 cmd = command_line(event.tracee_pid)
-            frames.append(encode_entry(LogEntry(uids[i], observed, event, cmd)))
+            entry = LogEntry(uids[i], observed, event, cmd)
+            payload = encode_payload(entry)
+            frames.append(frame(payload))
+            if fresh is not None:
+                fresh[payload] = entry
+                payloads.append(payload)
         write_errors = self.spool.write_errors
         ok = self.spool.append_many(frames)
+        for payload in payloads[ok:]:  # not spooled: the sender will not read them
+            self._fresh.pop(payload, None)
         lost = len(frames) - ok if drop else 0
         with self._lock:
             self._c["submitted"] += ok + lost
@@ -299,12 +312,18 @@ class Shipper:
                          "%d so far", self.spool.dir, events, total)
 
     def _decode(self, payloads: list[bytes]) -> list[LogEntry]:
-        """Frames -> entries. A frame that does not decode (written by another
+        """Frames -> entries (those spooled in this run as they were handed
+        in, the rest decoded). A frame that does not decode (written by another
         version of the Event schema) cannot ever be sent: it is counted as
         spool_corrupt_events, logged, and acknowledged past."""
         entries = []
         bad = 0
+        fresh = self._fresh.pop
         for p in payloads:
+            entry = fresh(p, None)
+            if entry is not None:
+                entries.append(entry)
+                continue
             try:
                 entries.append(decode_entry(p))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -86,8 +86,12 @@ def frame(payload: bytes) -> bytes:
     return _FRAME.pack(FRAME_MAGIC, len(payload), _crc(payload)) + payload
 
 
+def encode_payload(entry: LogEntry) -> bytes:
+    return _entry_encoder.encode(entry)
+
+
 def encode_entry(entry: LogEntry) -> bytes:
-    return frame(_entry_encoder.encode(entry))
+    return frame(encode_payload(entry))
 
 
 def decode_entry(payload: bytes) -> LogEntry:

@@ -109,28 +109,39 @@ class ProtoEncoder:
         self._scope = _ld(b"\x0a", scope)
         self._include_cmd = include_command_line
         self._attributes = EncodedParts(attribute_fields)
+        self._names: dict[str, bytes] = {}  # event type -> field 12
+        self._severities: dict[tuple, bytes] = {}
 
     def record(self, e: LogEntry) -> bytes:
         """Serialized LogRecord: 1 time_unix_nano (fixed64), 2 severity_number,
         3 severity_text, 5 body, 6 attributes, 11 observed_time_unix_nano
         (fixed64), 12 event_name."""
         ev = e.event
-        num, text = mapping.severity(ev)
-        parts = []
-        if ev.timestamp:
-            parts.append(b"\x09" + _F64(ev.timestamp & _U64))
-        if num:
-            parts.append(b"\x10" + _varint(num))
-        if text:
-            parts.append(_ld(b"\x1a", text.encode()))
+        parts = [b"\x09" + _F64(ev.timestamp & _U64)] if ev.timestamp else []
+        parts.append(self._severity(ev))
         parts.append(_ld(b"\x2a", any_value(mapping.body(ev))))
         parts += self._attributes(ev, e.uid, e.command_line, self._include_cmd)
         if e.observed:
             parts.append(b"\x59" + _F64(e.observed & _U64))
-        name = mapping.event_name(ev)
-        if name:
-            parts.append(_ld(b"\x62", name.encode()))
+        name = self._names.get(ev.type)
+        if name is None:
+            if len(self._names) > 64:  # a capture's made-up types: keep it small
+                self._names.clear()
+            name = self._names[ev.type] = _ld(b"\x62", mapping.event_name(ev).encode())
+        parts.append(name)
         return b"".join(parts)
+
+    def _severity(self, ev) -> bytes:
+        """Fields 2 and 3, by what decides them."""
+        key = (ev.severity, ev.fa_response)
+        got = self._severities.get(key)
+        if got is None:
+            if len(self._severities) > 64:
+                self._severities.clear()
+            num, text = mapping.severity(ev)
+            got = self._severities[key] = (b"\x10" + _varint(num) if num else b"") + \
+                (_ld(b"\x1a", text.encode()) if text else b"")
+        return got
 
     @staticmethod
     def _resource_bytes(attrs: dict[str, Any]) -> bytes:
