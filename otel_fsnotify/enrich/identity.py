@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from operator import attrgetter
 
+import msgspec
+
 from ..event import PROCESS_FIELDS, Event
 from ..kernel.records import PROC_ID, cstr
 from . import pods
@@ -96,6 +98,8 @@ class Identities:
         self._tracer = KernelProcess("tracer", "proc_", _ProcTableExe(procs))
         self._tracers: dict[tuple, Event] = {}  # tracer identity -> Event template
         self._tracees: dict[int, tuple[Proc, dict]] = {}  # pid -> (identity, its fields)
+        # (tracer template, tracee fields, attribution) -> the template with all three
+        self._pairs: dict[tuple, tuple[Event, dict, Event]] = {}
 
     def tracer(self, rec) -> Event:
         """An Event template holding the tracer's fields and the group
@@ -130,6 +134,21 @@ class Identities:
             self._tracees.clear()
         self._tracees[pid] = (proc, fields)
         return fields
+
+    def event(self, tmpl: Event, tracee: dict, attribution: str, fields: dict) -> Event:
+        """The event of tracer template `tmpl` and `tracee` (fields from
+        tracee()) with its own `fields`. A tracer and a tracee that meet
+        again are put together once (tracee() keeps one dict per identity)."""
+        if len(tracee) < 2:  # a bare pid: nobody knows it, nothing to keep
+            return msgspec.structs.replace(tmpl, **fields, **tracee, attribution=attribution)
+        key = (id(tmpl), id(tracee), attribution)
+        pair = self._pairs.get(key)
+        if pair is None or pair[0] is not tmpl or pair[1] is not tracee:  # ids are reused
+            if len(self._pairs) > 16 * MAX_CACHED:
+                self._pairs.clear()
+            pair = self._pairs[key] = (
+                tmpl, tracee, msgspec.structs.replace(tmpl, **tracee, attribution=attribution))
+        return msgspec.structs.replace(pair[2], **fields)
 
     def tracee_queued(self, pid: int) -> dict:
         """The tracee fields of the next watch-group event of pid (see

@@ -126,8 +126,7 @@ class FanotifyReads:
             fields["tracee_tid"] = tid
         if not tracee:  # pid 0 (actor outside the reader's pid namespace) or untranslatable
             return msgspec.structs.replace(tmpl, **fields)
-        return msgspec.structs.replace(tmpl, **fields, **self.identities.tracee(tracee, h.ts),
-                                       attribution="exact")
+        return self.identities.event(tmpl, self.identities.tracee(tracee, h.ts), "exact", fields)
 
     def _tracee(self, pidns: int, apid: int, report_tid: int) -> tuple[int, int]:
         """(pid, tid) in the agent's numbering of the pid a fanotify reader got

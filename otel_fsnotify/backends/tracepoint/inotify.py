@@ -123,7 +123,7 @@ class InotifyReads:
         # of its mirror event: its identity then counts, not a later exec's
         acted_by = min(read_ns, seen_ns) if seen_ns else read_ns
         tracee = self.identities.tracee(pid, acted_by) if pid else {}
-        self.emit(msgspec.structs.replace(tmpl, **fields, **tracee, attribution="inferred"))
+        self.emit(self.identities.event(tmpl, tracee, "inferred", fields))
         return True
 
     @property
