@@ -27,7 +27,7 @@ from .enrich import pods
 from .enrich.mounts import HostPaths
 from .enrich.scope import kernel_cgroup
 from .enrich.scope import resolve as resolve_scope
-from .kernel import bcc
+from .kernel import bcc, probes
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
 log = logging.getLogger("otel_fsnotify")
@@ -192,12 +192,15 @@ def run(cfg: AgentConfig) -> int:
         if scope:
             filters = msgspec.structs.replace(filters, scope_cgroup=kernel_cgroup(scope))
         backend = backends.choose(cfg.backend, filters, log,
-                                  own_group_fd=fim.fd if fim else -1)
+                                  own_group_fd=fim.fd if fim else -1, ring_mib=cfg.ring_buffer_mib)
     except BaseException:
         if fim is not None:
             fim.close()
         raise
     log.info("backend %s started", backend.name)
+    maps = probes.bpf_map_memory()
+    log.info("bpf maps: %.1f MiB of kernel memory in %d maps (ring buffer %.1f MiB: ring_buffer_mib)",
+             maps.total / (1 << 20), maps.maps, maps.ring / (1 << 20))
     log.info("kernel headers: %s", bcc.describe_headers())
     if scope:
         where = (f"in the kernel (cgroup {filters.scope_cgroup}) and in user space"

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the BPF program against this headers tree (a "
                         "/usr/src/linux-headers-<version>-<flavour> directory) instead of the "
                         "running kernel's; offsets come from BTF either way")
+    r.add_argument("--ring-buffer-mib", type=int, metavar="MIB",
+                   help="the ring buffer the kernel side fills and the agent drains, in MiB (a "
+                        "power of two; default 4): larger rides out longer bursts without "
+                        "ringbuf_lost, at that much locked kernel memory")
     r.add_argument("--health-listen", metavar="[ADDR:]PORT",
                    help="serve /healthz and /readyz for probes (off by default; a bare port binds 127.0.0.1)")
     r.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
@@ -185,7 +189,7 @@ def _cmd_run(args) -> int:
         inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, cgroup=args.cgroup,
         container_id=args.container_id, pod_uid=args.pod_uid, this_pod=args.this_pod,
         health_listen=args.health_listen, pod_log_dir=args.pod_log_dir,
-        kernel_headers=args.kernel_headers, **_otlp_flags(args),
+        kernel_headers=args.kernel_headers, ring_buffer_mib=args.ring_buffer_mib, **_otlp_flags(args),
         **{k: v for k, v in vars(args).items() if k.startswith(("fim_", "rules_"))})
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())

@@ -15,13 +15,14 @@ from typing import Any, Union
 import msgspec
 
 from .backends import CHOICES as BACKEND_CHOICES
-from .backends.base import MAX_PID_FILTERS, Filters
+from .backends.base import DEFAULT_RING_MIB, MAX_PID_FILTERS, Filters
 from .event import FIELD_NAMES
 from .fim.excludes import ExcludeError, Excludes
 from .fim.hashing import ALGORITHMS, DEFAULT_MAX_FILE_SIZE
 from .otel.mapping import SEVERITY_NUMBERS
 
 OUTPUTS = ("otlp", "jsonl", "table")
+RING_MIB_CHOICES = tuple(1 << i for i in range(11))  # 1 MiB .. 1 GiB: a ring buffer is a power of two
 MAX_SECONDS = 10 * 365 * 86400.0  # durations and intervals: finite, under ten years
 DEFAULT_TABLE_FIELDS = ("type", "tracer_comm", "tracer_pid", "tracee_comm", "tracee_pid",
                         "i_mask", "fa_mask", "fa_response", "attribution", "name")
@@ -91,6 +92,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     health_listen: str = ""  # [ADDRESS:]PORT of /healthz and /readyz; "" = off
     pod_log_dir: str = "/var/log/pods"  # the kubelet's: names the pods on this node (enrich/pods.py)
     kernel_headers: str = ""  # the headers tree bcc compiles against; "" = the running kernel's (kernel/bcc.py)
+    ring_buffer_mib: int = DEFAULT_RING_MIB  # the kernel-to-agent ring buffer (backends/base.py)
     filters: FilterConfig = msgspec.field(default_factory=FilterConfig)
     fim: FimConfig = msgspec.field(default_factory=FimConfig)
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
@@ -113,6 +115,9 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
         if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
             raise ConfigError(f"{where}: {key} = {value}: must be a number of seconds from 0 "
                               f"to {MAX_SECONDS:g}")
+    if cfg.ring_buffer_mib not in RING_MIB_CHOICES:
+        raise ConfigError(f"{where}: ring_buffer_mib = {cfg.ring_buffer_mib}: expected a power of two "
+                          f"from 1 to {RING_MIB_CHOICES[-1]}")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log_level = {cfg.log_level!r}: expected debug, info, warning or error")
     if cfg.otlp:

@@ -6,10 +6,12 @@ backend `--backend auto` would pick and why. Exit 0 when some backend can run.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 
-from .backends import ladder
+from .backends import BackendUnavailable, Filters, choose, ladder
+from .backends.base import DEFAULT_RING_MIB
 from .enrich.mirror import fid_mark_refusals
 from .kernel import probes
 from .kernel.bcc import BccError, describe_headers, import_bcc
@@ -137,6 +139,29 @@ def auto_choice(rows: list[tuple[str, str, str]]) -> tuple[str | None, str]:
 RUNG_CHECK = {"fentry": "fentry/fexit", "kprobe": "kprobes", "tracepoint": "tracepoints"}
 
 
+MAP_BUDGET_MIB = 8  # the agent's BPF maps by default, at most
+
+
+def bpf_memory(backend: str, ring_mib: int = DEFAULT_RING_MIB) -> tuple[str, str]:
+    """The kernel memory the backend's maps take, measured: it is started
+    (compiled, loaded, attached) and stopped again."""
+    log = logging.getLogger("otel_fsnotify.doctor")
+    log.setLevel(logging.WARNING)
+    try:
+        be = choose(backend, Filters(), log, ring_mib=ring_mib)
+    except BackendUnavailable as exc:
+        return "NO", f"{backend} did not start: {exc}"
+    try:
+        mem = probes.bpf_map_memory()
+    finally:
+        be.close()
+    mib = mem.total / (1 << 20)
+    return ("ok" if mib <= MAP_BUDGET_MIB else "warn",
+            f"{mib:.1f} MiB in {mem.maps} maps for {backend}, of which the ring buffer "
+            f"{mem.ring / (1 << 20):.1f} MiB (ring_buffer_mib = {ring_mib}; larger loses fewer "
+            f"events in a burst)")
+
+
 def main() -> int:
     rows = checks()
     for name, st, detail in rows:
@@ -144,4 +169,7 @@ def main() -> int:
     choice, why = auto_choice(rows)
     print(f"{'auto backend':<15} {'ok' if choice else 'NO':<4} "
           + (f"{choice} (because {why})" if choice else f"none can run: {why}"))
+    if choice:
+        st, detail = bpf_memory(choice)
+        print(f"{'bpf memory':<15} {st:<4} {detail}")
     return 0 if choice else 1

@@ -12,7 +12,7 @@ import logging
 from typing import Iterator
 
 from ..kernel.probes import lift_memlock_limit
-from .base import Backend, BackendUnavailable, Filters
+from .base import DEFAULT_RING_MIB, Backend, BackendUnavailable, Filters
 
 # name -> "module:Class"; imported lazily so a missing backend never breaks the others.
 REGISTRY: dict[str, str] = {
@@ -44,10 +44,11 @@ def ladder(name: str = "auto") -> Iterator[tuple[str, type[Backend] | None, str 
         yield candidate, cls, reason
 
 
-def choose(name: str, filters: Filters, log: logging.Logger, own_group_fd: int = -1) -> Backend:
+def choose(name: str, filters: Filters, log: logging.Logger, own_group_fd: int = -1,
+           ring_mib: int = DEFAULT_RING_MIB) -> Backend:
     """Start the named backend, or for `auto` the first on the ladder that loads.
     own_group_fd: the agent's watch-mode fanotify group, whose actors the
-    backend resolves (`Backend.fim_actor`)."""
+    backend resolves (`Backend.fim_actor`); ring_mib: its ring buffer."""
     lift_memlock_limit()  # before any load: pre-5.11 kernels charge BPF memory to it
     reasons = []
     for candidate, cls, reason in ladder(name):
@@ -56,6 +57,7 @@ def choose(name: str, filters: Filters, log: logging.Logger, own_group_fd: int =
                 raise BackendUnavailable(reason)
             backend = cls(filters, log)
             backend.own_group_fd = own_group_fd
+            backend.ring_bytes = ring_mib << 20
             backend.start()
         except BackendUnavailable as exc:
             if name != "auto":

@@ -77,12 +77,20 @@ class BackendUnavailable(RuntimeError):
     """This kernel cannot run the backend; the message names the missing feature."""
 
 
+# The ring buffer the kernel side writes and the agent reads: what absorbs a
+# burst while the agent is busy. Larger loses fewer events in a storm
+# (ringbuf_lost), at that much kernel memory, locked, for as long as it runs.
+DEFAULT_RING_MIB = 4
+
+
 class Backend(abc.ABC):
     name: ClassVar[str]
     #: what `attribution` this backend can claim for its tracee
     description: ClassVar[str]
     #: the agent's own watch-mode fanotify group (-1: none), set before start()
     own_group_fd: int = -1
+    #: bytes of the ring buffer to user space (a power of two), set before start()
+    ring_bytes: int = DEFAULT_RING_MIB << 20
     #: whether Filters.scope_cgroup is tested in the kernel (else only in user space)
     scope_in_kernel: ClassVar[bool] = False
 

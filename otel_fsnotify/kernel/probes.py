@@ -8,9 +8,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from typing import NamedTuple
 
 from .bcc import TRACEFS_DIRS
 from .btf import Btf, BtfError
+
+BPF_MAP_TYPE_RINGBUF = 27
 
 # include/uapi/linux/capability.h
 CAPS = {"CAP_SYS_ADMIN": 21, "CAP_BPF": 39, "CAP_PERFMON": 38,
@@ -133,3 +136,35 @@ def tracepoints_available() -> str | None:
     if os.geteuid() != 0:
         return "needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for fanotify)"
     return None
+
+
+class MapMemory(NamedTuple):
+    """The kernel memory of the BPF maps a process holds (fdinfo `memlock`)."""
+
+    total: int  # bytes, every map
+    maps: int  # how many
+    ring: int  # bytes of the ring buffers among them
+
+
+def bpf_map_memory(pid: str = "self") -> MapMemory:
+    """Sum the `memlock` of every BPF map pid holds (by map id: a map may
+    have several fds)."""
+    total = maps = ring = 0
+    seen = set()
+    base = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(base):
+        try:
+            with open(f"{base}/{fd}") as fh:
+                info = dict(line.split(":", 1) for line in fh if ":" in line)
+        except OSError:
+            continue
+        key = info.get("map_id", fd)  # 5.10 and earlier: one fd per map here
+        if "map_type" not in info or "memlock" not in info or key in seen:
+            continue
+        seen.add(key)
+        size = int(info["memlock"])
+        total += size
+        maps += 1
+        if int(info["map_type"]) == BPF_MAP_TYPE_RINGBUF:
+            ring += size
+    return MapMemory(total, maps, ring)

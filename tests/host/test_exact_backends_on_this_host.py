@@ -88,7 +88,7 @@ def test_bpf_program_passes_this_kernels_verifier(filters):
         for fn in ("on_inotify_handle_enter", "on_handle_return", "on_insert_enter",
                    "on_remove_first_enter", "on_remove_first_return", "on_destroy_enter"):
             assert b.load_func(fn.encode(), BPF.KPROBE).fd >= 0
-        ring = RingReader(b[b"events"].map_fd, exact.RINGBUF_PAGES * 4096)
+        ring = RingReader(b[b"events"].map_fd, be.ring_bytes)
         ring.close()
     finally:
         b.cleanup()

@@ -47,6 +47,8 @@ def test_config_file_values_and_flag_override(tmp_path):
     ('backend = \n', "not valid TOML"),
     ('[otlp]\nprotocl = "grpc"\n', "otlp.protocl: unknown setting"),
     ('[otlp]\nprotocol = "udp"\n', "otlp.protocol: 'udp' is not one of"),
+    ('ring_buffer_mib = 3\n', "ring_buffer_mib = 3: expected a power of two from 1 to 1024"),
+    ('[otlp]\nmax_in_flight = 0\n', "otlp.max_in_flight"),
 ])
 def test_bad_config_gives_one_line_naming_the_key_and_exit_2(tmp_path, text, needle):
     path = write(tmp_path, text)
@@ -74,6 +76,7 @@ def test_missing_config_file(tmp_path):
     (["run", "--header", "a=b\r\nX-Injected: 1", "--duration", "0.1"], "control characters"),
     (["run", "--endpoint", "http://collector example:4318", "--duration", "0.1"], "spaces or control"),
     (["run", "--header", "novalue", "--duration", "0.1"], "expected KEY=VALUE"),
+    (["run", "--ring-buffer-mib", "6", "--duration", "0.1"], "ring_buffer_mib = 6: expected a power of two"),
 ])
 def test_bad_flags(args, needle):
     proc = run_cli(*args)

@@ -31,10 +31,10 @@ from ..base import Backend, BackendUnavailable, fill_pid_filters, filter_cflags
 from .records import COUNTERS, OUT_EVENT, Decoder
 
 SOURCE = "fsnotify_exact.bpf.c"
-# Bounded kernel memory per agent: the ring buffer (RINGBUF_PAGES pages = 32 MiB)
-# + `pending` (MAX_PENDING x ~450 B = 7 MiB) + small per-tid/group maps.
-MAX_PENDING = 16384     # events queued in kernel and not yet freed (all groups)
-RINGBUF_PAGES = 8192    # 32 MiB: ~130,000 inotify records of ~250 B wait for the reader
+# Bounded kernel memory per agent: the ring buffer (Backend.ring_bytes, 4 MiB
+# by default: ~16,000 inotify records of ~250 B wait for the reader)
+# + `pending` (MAX_PENDING x ~450 B = 3.5 MiB) + small per-tid/group maps.
+MAX_PENDING = 8192      # events queued in kernel and not yet freed (all groups)
 PATH_STEPS = 28         # dentries and mount crossings walked per fanotify path
 EXPIRE_EVERY = 64       # polls between expiries of exited processes
 OWN_KEPT = 1 << 17      # the agent's own read records kept for watch mode (oldest dropped)
@@ -84,7 +84,7 @@ class _ExactBackend(Backend):
                                      "(kernel.kptr_restrict hides them?)")
         return layout.exact_cflags() + filter_cflags(self.filters) + [
             f"-DUSE_FENTRY={1 if self.use_fentry else 0}",
-            f"-DMAX_PENDING={MAX_PENDING}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
+            f"-DMAX_PENDING={MAX_PENDING}", f"-DRINGBUF_PAGES={self.ring_bytes // mmap.PAGESIZE}",
             f"-DPATH_STEPS={PATH_STEPS}", OUT_EVENT.size_macro("OUT_HDR_SIZE"),
             f"-DSELF_TGID={self._self}", f"-DFILTER_SCOPE={int(bool(self.filters.scope_cgroup))}",
             f"-DINOTIFY_HANDLER_ADDR={inotify_fn}ULL", f"-DFANOTIFY_HANDLER_ADDR={fanotify_fn}ULL",
@@ -119,7 +119,7 @@ class _ExactBackend(Backend):
         try:
             # read the ring through its mmap, a batch at a time (no per-record
             # ctypes callback)
-            self._ring = RingReader(self._bpf["events"].map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
+            self._ring = RingReader(self._bpf["events"].map_fd, self.ring_bytes)
         except (OSError, ValueError) as exc:
             raise BackendUnavailable(f"cannot map the ring buffer: {exc}") from None
         self.log.info("%s backend attached (%s, %s)", self.name, layout.inotify_handle,

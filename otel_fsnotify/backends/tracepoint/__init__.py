@@ -49,7 +49,6 @@ from .inotify import InotifyReads
 from .verdicts import Verdicts
 
 SOURCE = "fsnotify_tracepoint.bpf.c"
-RINGBUF_PAGES = 2048  # 8 MiB (BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES))
 KIND_INOTIFY, KIND_FANOTIFY = 1, 2  # rec_hdr.listener (fsnotify_common.h)
 LEARN_WATCH_GROUP = 3  # learn_fds: the agent's watch group (its queue is looked at on exec)
 MAX_WAIT_MS = 25  # longest wait for the ring between looks (the kernel wakes us for bulk only)
@@ -117,7 +116,7 @@ class TracepointBackend(Backend):
             raise BackendUnavailable(str(exc)) from None
         return layout + filter_cflags(self.filters, tracee_pids_in_kernel=False) + [
             records.HDR.size_macro("REC_HDR_SIZE"),
-            f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
+            f"-DRINGBUF_PAGES={self.ring_bytes // mmap.PAGESIZE}",
             f"-DSELF_TGID={self._self}",
         ]
 
@@ -141,7 +140,7 @@ class TracepointBackend(Backend):
                 # a permission listener running before the agent: its answers count
                 self.bpf["perm_readers"][ctypes.c_uint32(listener.pid)] = ctypes.c_uint32(listener.fd)
         try:
-            self._ring = RingReader(self.bpf["events"].map_fd, RINGBUF_PAGES * mmap.PAGESIZE)
+            self._ring = RingReader(self.bpf["events"].map_fd, self.ring_bytes)
         except (OSError, ValueError) as exc:
             raise BackendUnavailable(f"cannot map the ring buffer: {exc}") from None
 
