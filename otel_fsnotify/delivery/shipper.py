@@ -119,18 +119,22 @@ class Shipper:
     """Loss-counting OTLP delivery of Events (see module docstring)."""
 
     def __init__(self, settings: OtlpSettings, resource: dict[str, Any],
-                 log: logging.Logger | None = None, exporter: Exporter | None = None):
+                 log: logging.Logger | None = None, exporter: Exporter | None = None,
+                 exporters: list[Exporter] | None = None):
+        """exporter / exporters: given by the caller instead of made from the
+        settings (one per request in flight)."""
         self.settings = settings
         self.resource = resource
         self.log = log or logging.getLogger("otel_fsnotify.delivery")
         self._rl = RateLimitedLog(self.log)
         self.spool = Spool(settings.resolved_spool_dir(), settings.spool_max_bytes,
                            settings.spool_segment_bytes, settings.spool_fsync)
-        self.exporter = exporter or make_exporter(settings, resource)
-        # one exporter (connection) per request in flight; an exporter given
-        # by the caller is the only one
-        self._exporters = [self.exporter] + ([] if exporter else [
-            make_exporter(settings, resource) for _ in range(settings.max_in_flight - 1)])
+        # one exporter (connection) per request in flight
+        if exporters is None:
+            exporters = [exporter] if exporter else [
+                make_exporter(settings, resource) for _ in range(settings.max_in_flight)]
+        self.exporter = exporters[0]
+        self._exporters = list(exporters)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for exp in self._exporters:
             self._free.put(exp)

@@ -180,3 +180,86 @@ def test_close_without_timeout_waits_drain_timeout_and_keeps_the_rest(tmp_path):
     again = Shipper(s, build_resource(""), logging.getLogger("test"))
     assert again.counters()["recovered"] == 30  # kept in the spool for the next run
     again.close(0)
+
+
+def test_a_batch_across_segments_is_read_back_whole_and_in_order(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), max_bytes=1 << 20, segment_bytes=16 * 1024)
+    frames = _frames(300)  # ~170 KB: about ten segments
+    assert spool.append_many(frames) == 300
+    assert len([n for n in os.listdir(tmp_path / "spool") if n.endswith(".seg")]) >= 8
+    got = []
+    while spool.pending:
+        payloads, pos, lost = spool.read(64)
+        assert lost == 0
+        got += payloads
+        spool.ack(pos, len(payloads))
+    assert [msgspec.msgpack.decode(p)[0] for p in got] == [f"uid-{i}" for i in range(300)]
+    spool.close()
+
+
+def test_a_batch_larger_than_the_room_left_keeps_its_first_frames(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), max_bytes=64 * 1024, segment_bytes=16 * 1024)
+    frames = _frames(300)
+    took = spool.append_many(frames)
+    assert 0 < took < 300 and spool.total_bytes <= 64 * 1024
+    assert spool.append_many(frames[took:]) == 0  # still full: nothing of the rest
+    payloads, _pos, _lost = spool.read(1000)
+    assert [msgspec.msgpack.decode(p)[0] for p in payloads] == [f"uid-{i}" for i in range(took)]
+    spool.close()
+
+
+class _FirstRequestHeld:
+    """A fake exporter (named as such: a collector that answers the first
+    request last cannot be arranged with rotel): the first batch waits until
+    released, every other is accepted at once."""
+
+    protocol = "fake"
+    max_request_bytes = 4 << 20
+    address = None
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+        self.accepted: list[str] = []
+        self._first = True
+        self._lock = threading.Lock()
+
+    def export(self, entries):
+        from otel_fsnotify.delivery.outcome import Outcome
+
+        with self._lock:
+            first, self._first = self._first, False
+        if first and not self.release.wait(30):
+            return Outcome(False, True, None, 0, "held")
+        with self._lock:
+            self.accepted += [e.uid for e in entries]
+        return Outcome(True)
+
+    def reachable(self, timeout=0.0):
+        return True
+
+    def shutdown(self):
+        self.release.set()
+
+
+def test_batches_in_flight_are_acknowledged_in_order(tmp_path):
+    """max_in_flight batches go out at once; while the first is unanswered
+    the spool acknowledges none of the later ones (a crash then resends them
+    all, loses none)."""
+    s = OtlpSettings.from_env({}, protocol="http/json", endpoint="http://127.0.0.1:9",
+                              spool_dir=str(tmp_path / "spool"), batch_size=100, batch_linger=0,
+                              max_in_flight=4)
+    exporter = _FirstRequestHeld()
+    shipper = Shipper(s, build_resource("tracepoint"), logging.getLogger("test"),
+                      exporters=[exporter] * s.max_in_flight)
+    assert shipper.submit_many(list(sample_events(400))) == 400
+    deadline = time.monotonic() + 10
+    while len(exporter.accepted) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(exporter.accepted) == 300  # the three later batches were sent and accepted...
+    assert shipper.spool.pending == 400  # ...and none is acknowledged before the first
+    exporter.release.set()
+    assert shipper.close(10)
+    assert len(set(exporter.accepted)) == len(exporter.accepted) == 400
+    assert shipper.counters()["delivered"] == 400 and shipper.spool.pending == 0
