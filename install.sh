@@ -4,7 +4,7 @@
 #   ./install.sh --test   also what the test suite and benchmarks need: inotify-tools,
 #                         qemu and Debian's 5.10, 6.1 and 6.12 kernels for the VM tests
 #                         (6.1 installed, the others only unpacked into vm-cache/),
-#                         bpftool, rotel, pytest
+#                         bpftool, fatrace, rotel, pytest
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,8 +21,8 @@ fi
 runtime_pkgs=(python3 python3-venv python3-bpfcc linux-headers-amd64 ca-certificates)
 # For the tests: real tracers (inotifywait), qemu + Debian's own kernel for the
 # exact (fentry/kprobe) backends, busybox-static for the VM's initramfs,
-# bpftool for the benchmarks' per-hook cost.
-test_pkgs=(inotify-tools util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod bpftool)
+# bpftool for the benchmarks' per-hook cost, fatrace to measure the agent against.
+test_pkgs=(inotify-tools util-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod bpftool fatrace)
 pkgs=("${runtime_pkgs[@]}")
 (( with_test )) && pkgs+=("${test_pkgs[@]}")
 

@@ -35,7 +35,7 @@ import random
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import msgspec
@@ -135,11 +135,14 @@ class Shipper:
                 make_exporter(settings, resource) for _ in range(settings.max_in_flight)]
         self.exporter = exporters[0]
         self._exporters = list(exporters)
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for exp in self._exporters:
-            self._free.put(exp)
-        self._pool = ThreadPoolExecutor(len(self._exporters), "otel-fsnotify-export") \
-            if len(self._exporters) > 1 else None
+        # with several, one daemon thread each takes batches from _work (never
+        # holds up the process's exit: what it has not delivered stays spooled)
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._export_loop, args=(exp,), daemon=True,
+                                          name=f"otel-fsnotify-export-{i}")
+                         for i, exp in enumerate(self._exporters)] if len(self._exporters) > 1 else []
+        for worker in self._workers:
+            worker.start()
         self._uid = UidGenerator()
         # entries spooled in this run and not read back yet, by their spool
         # payload: the sender takes them from here instead of decoding again
@@ -293,20 +296,26 @@ class Shipper:
         return None
 
     def _start(self, entries: list[LogEntry]) -> Future:
-        """Deliver one batch on a free exporter: in the pool when there are
+        """Deliver one batch: on the next free export thread when there are
         several, else here (a finished future)."""
-        if self._pool is not None:
-            return self._pool.submit(self._deliver_on_free, entries)
         fut: Future = Future()
-        fut.set_result(self._deliver_on_free(entries))
+        if self._workers:
+            self._work.put((fut, entries))
+        else:
+            fut.set_result(not entries or self._deliver(self.exporter, entries))
         return fut
 
-    def _deliver_on_free(self, entries: list[LogEntry]) -> bool:
-        exporter = self._free.get()
-        try:
-            return not entries or self._deliver(exporter, entries)
-        finally:
-            self._free.put(exporter)
+    def _export_loop(self, exporter: Exporter) -> None:
+        """One export thread: batches from _work through its own exporter."""
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            fut, entries = item
+            try:
+                fut.set_result(not entries or self._deliver(exporter, entries))
+            except BaseException as exc:  # noqa: BLE001 - the sender loop counts it
+                fut.set_exception(exc)
 
     def _count_damaged(self, events: int) -> None:
         with self._lock:
@@ -435,16 +444,19 @@ class Shipper:
         Undelivered events stay in the spool for the next run. True if all delivered."""
         if timeout_s is None:
             timeout_s = self.settings.drain_timeout
-        done = self.flush(timeout_s)
-        self._stop.set()
-        self._abort.set()
-        self.spool.wake()
-        for exporter in self._exporters:
-            exporter.shutdown()  # interrupts an SDK exporter's own retry sleep
-        self._thread.join(timeout=self.settings.timeout + 5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-        self.spool.close()
+        done = False
+        try:
+            done = self.flush(timeout_s)
+        finally:  # cut short too (a second SIGTERM): the requests in flight stop at once
+            self._stop.set()
+            self._abort.set()
+            self.spool.wake()
+            for exporter in self._exporters:
+                exporter.shutdown()  # interrupts an SDK exporter's own retry sleep
+            self._thread.join(timeout=self.settings.timeout + 5)
+            for _worker in self._workers:
+                self._work.put(None)
+            self.spool.close()
         if not done:
             self.log.warning("collector %s: %d events not delivered; they stay in %s for the next run",
                              self.settings.logs_url(), self.spool.pending, self.spool.dir)

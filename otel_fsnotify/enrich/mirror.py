@@ -133,6 +133,26 @@ class Series:
         self.cursors[consumer] = seqs[i] + 1
         return self.hits[i], i >= self.run
 
+    def merged_into(self, consumer, read_ns: int) -> tuple[int, int, int, int] | None:
+        """The entry an event of this series that never got its own mirror
+        event was merged into, or None when that cannot be said for sure.
+
+        fanotify merges an event into an identical one of the same process
+        still queued in the mirror group; inotify keeps both. So an inotify
+        event without a mirror event of its own, read at read_ns, was
+        merged into the last entry this consumer matched if that entry was
+        still queued then (drained at or after read_ns), and that entry
+        and every later one have one actor (no other process's event can be
+        the one it merged into)."""
+        cursor = self.cursors.get(consumer)
+        if cursor is None:
+            return None
+        i = bisect_left(self.seqs, cursor, self.start) - 1
+        if i < self.start or i < self.run or self.seqs[i] != cursor - 1:
+            return None
+        hit = self.hits[i]
+        return hit if hit[3] >= read_ns else None
+
     def drop_oldest(self) -> bool:
         """Expire the oldest entry; True when the series is empty."""
         self.start += 1
@@ -509,6 +529,19 @@ class Mirror:
                 if got is not None:
                     return got
         return NO_MATCH, False
+
+    def merged(self, ino: int, name: str, mask: int, consumer, read_ns: int) -> tuple[int, int, int, int]:
+        """(pid, tid, child inode, when drained) of the mirror event an
+        inotify event with none of its own was merged into (Series.merged_into),
+        NO_MATCH when that is not certain."""
+        hits = self._hits
+        for bit in bits_of(mask):
+            series = hits.get((ino, name, bit))
+            if series is not None:
+                got = series.merged_into(consumer, read_ns)
+                if got is not None:
+                    return got
+        return NO_MATCH
 
 
 # Filesystems nobody puts an inotify watch on, or where a probe could hang

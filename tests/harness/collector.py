@@ -270,10 +270,11 @@ class Rotel:
 
     def __init__(self, workdir: str | os.PathLike, metrics: bool = True,
                  extra_args: list[str] | None = None, env_file: str | os.PathLike | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, debug_log: bool = True):
         """env_file: a ROTEL_* configuration (config/collector/*.env) whose
         exporter replaces the blackhole; env: variables over it (the
-        receivers always listen on free loopback ports)."""
+        receivers always listen on free loopback ports). debug_log=False:
+        no record is printed (a benchmark's millions), so none can be read back."""
         self.env = _read_env_file(env_file) if env_file else {}
         self.env.update(env or {})
         self.exporter_from_env = env_file is not None
@@ -285,6 +286,7 @@ class Rotel:
             self.http_port = free_port()
         self.log_path = self.workdir / "rotel-debug.log"
         self.metrics = metrics
+        self.debug_log = debug_log
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
 
@@ -309,11 +311,11 @@ class Rotel:
                 "--otlp-grpc-max-recv-msg-size-mib", "64",
                 *(() if self.exporter_from_env else ("--exporter", "blackhole")),
                 "--pid-file", str(self.workdir / "rotel.pid"),
-                "--log-file", str(self.workdir / "rotel-agent.log"),
-                "--debug-log", "logs"]
-        if self.metrics:
-            argv += ["--debug-log", "metrics"]
-        argv += ["--debug-log-verbosity", "detailed", "--batch-timeout", "50ms"]
+                "--log-file", str(self.workdir / "rotel-agent.log")]
+        if self.debug_log:
+            argv += ["--debug-log", "logs"] + (["--debug-log", "metrics"] if self.metrics else [])
+            argv += ["--debug-log-verbosity", "detailed"]
+        argv += ["--batch-timeout", "50ms"]
         return argv + self.extra_args
 
     def start(self, timeout: float = 15.0) -> "Rotel":

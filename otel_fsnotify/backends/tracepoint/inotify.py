@@ -4,7 +4,11 @@ agent's own fanotify marks (enrich/mirror.py).
 inotify events do not say who caused them. Each event a tracer reads is
 matched to the mirror event of the same object, name and event bit:
 attribution "inferred". An event whose mirror event is not in yet waits up to
-MATCH_WAIT_S; then it goes out "unknown", with the tracee fields 0 / "".
+MATCH_WAIT_S. Then, if fanotify merged its mirror event into an identical
+one of the same process still queued (a storm on one file), it takes that
+one's actor where no other process's event could be it (inotify_merged,
+counted in inotify_inferred too); else it goes out "unknown", with the
+tracee fields 0 / "" (inotify_unmatched).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class InotifyReads:
         # (deadline, tracer template, fields, match key) of events not matched yet
         self._waiting: deque = deque()
         self.counters = {"inotify_inferred": 0, "inotify_unmatched": 0, "inotify_ambiguous": 0,
-                         "watch_unknown": 0, "tracee_tgid_unknown": 0}
+                         "inotify_merged": 0, "watch_unknown": 0, "tracee_tgid_unknown": 0}
 
     def read(self, h, data: bytes) -> None:
         """Decode one read: struct inotify_event { int wd; u32 mask, cookie,
@@ -96,12 +100,19 @@ class InotifyReads:
             self.listeners.watch_gone(listener, wd)
         return listener, watch.ino
 
-    def _try_match(self, tmpl: Event, fields: dict, key) -> bool:
+    def _try_match(self, tmpl: Event, fields: dict, key, last_chance: bool = False) -> bool:
+        """Match to the mirror; on the last chance (the wait is over) also
+        to the mirror event this one was merged into (inotify_merged)."""
         ino, name, mask, consumer, read_ns = key
         mirror = self.listeners.mirror
         if not ino or mirror is None:
             return False
         (pid, tid, child_ino, seen_ns), certain = mirror.match(ino, name, mask, consumer)
+        if not pid and last_chance:
+            pid, tid, child_ino, seen_ns = mirror.merged(ino, name, mask, consumer, read_ns)
+            certain = True
+            if pid:
+                self.counters["inotify_merged"] += 1
         if not pid:
             return False
         if child_ino and name:
@@ -137,7 +148,7 @@ class InotifyReads:
         still = deque()
         for item in self._waiting:
             deadline, tmpl, fields, key = item
-            if self._try_match(tmpl, fields, key):
+            if self._try_match(tmpl, fields, key, last_chance=final or now >= deadline):
                 continue
             if final or now >= deadline:
                 self.counters["inotify_unmatched"] += 1
