@@ -139,16 +139,16 @@ class Series:
 
         fanotify merges an event into an identical one of the same process
         still queued in the mirror group; inotify keeps both. So an inotify
-        event without a mirror event of its own, read at read_ns, was
-        merged into the last entry this consumer matched if that entry was
-        still queued then (drained at or after read_ns), and that entry
-        and every later one have one actor (no other process's event can be
-        the one it merged into)."""
+        event without a mirror event of its own, read at read_ns, was merged
+        into the last entry this consumer matched if that entry was still
+        queued then (drained at or after read_ns) and every entry still
+        remembered (WINDOW_S) has the same actor: no other process's event
+        can be the one it merged into."""
         cursor = self.cursors.get(consumer)
-        if cursor is None:
+        if cursor is None or self.run > self.start:
             return None
         i = bisect_left(self.seqs, cursor, self.start) - 1
-        if i < self.start or i < self.run or self.seqs[i] != cursor - 1:
+        if i < self.start or self.seqs[i] != cursor - 1:
             return None
         hit = self.hits[i]
         return hit if hit[3] >= read_ns else None

@@ -171,3 +171,66 @@ def test_storm_every_event_emitted_or_counted(tmp_path):
     assert inferred + len(unknown) == len(evs)
     assert all(e["tracee_pid"] == 0 and e["tracee_comm"] == "" for e in unknown)
     assert all(e["tracee_pid"] == actor.pid for e in evs if e["attribution"] == "inferred")
+
+
+def _hammer(path, ops: int) -> subprocess.Popen:
+    """A process opening and closing one file `ops` times."""
+    return subprocess.Popen([sys.executable, "-c", f"import os\nfor _ in range({ops}): "
+                             f"os.close(os.open({str(path)!r}, os.O_RDONLY))"])
+
+
+def test_one_process_storming_one_file_is_named_on_its_events(tmp_path):
+    """fanotify merges the process's repeated events while they wait in the
+    mirror, inotify does not: the events left without a mirror event of their
+    own take the actor of the one they were merged into (inotify_merged)."""
+    from tests.harness.listeners import start_inotify_reader, stop_inotify_reader
+
+    d = tmp_path / "w"
+    d.mkdir()
+    target = d / "storm"
+    target.write_bytes(b"")
+    agent = Agent(tmp_path / "agent")
+    reader = start_inotify_reader(d)
+    try:
+        agent.wait_marked(d)
+        storm = _hammer(target, 20_000)
+        assert storm.wait(120) == 0
+        read, _overflows = stop_inotify_reader(reader, d / "wake")
+    finally:
+        stats = agent.stop()
+    by_actor = {}
+    for e in agent.events():
+        if e["tracer_pid"] == reader.pid and e["name"] == "storm":
+            by_actor[e["tracee_pid"]] = by_actor.get(e["tracee_pid"], 0) + 1
+    assert read >= 40_000 * 0.5
+    assert by_actor.get(storm.pid, 0) >= 0.99 * (read - 2), (by_actor, stats)
+    assert set(by_actor) <= {storm.pid, 0}  # never another process
+    assert stats["inotify_merged"] > 0
+
+
+def test_two_processes_on_one_file_are_never_credited_with_the_others_events(tmp_path):
+    """Merged events are named only where one actor is all the mirror holds
+    for the file: with two processes at it, neither is credited with more
+    events than it made."""
+    from tests.harness.listeners import start_inotify_reader, stop_inotify_reader
+
+    d = tmp_path / "w"
+    d.mkdir()
+    target = d / "storm"
+    target.write_bytes(b"")
+    agent = Agent(tmp_path / "agent")
+    reader = start_inotify_reader(d)
+    try:
+        agent.wait_marked(d)
+        small, big = _hammer(target, 2_000), _hammer(target, 20_000)
+        assert small.wait(120) == 0 and big.wait(120) == 0
+        stop_inotify_reader(reader, d / "wake")
+    finally:
+        agent.stop()
+    by_actor = {}
+    for e in agent.events():
+        if e["tracer_pid"] == reader.pid and e["name"] == "storm":
+            by_actor[e["tracee_pid"]] = by_actor.get(e["tracee_pid"], 0) + 1
+    assert by_actor.get(small.pid, 0) <= 2 * 2_000, by_actor  # an open and a close per op
+    assert by_actor.get(big.pid, 0) <= 2 * 20_000, by_actor
+    assert set(by_actor) <= {small.pid, big.pid, 0}
