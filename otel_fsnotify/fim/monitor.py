@@ -254,6 +254,10 @@ class FimMonitor:
         elif mask & FAN_MOVED_FROM:
             self._moved_from = (path, w, who)
         elif mask & FAN_DELETE:
+            if mask & (FAN_CREATE | FAN_MODIFY | FAN_CLOSE_WRITE):
+                # created (or written) and deleted while queued: fanotify
+                # merged them into one event; each is a fact to report
+                self._touched(path, (who[0], who[1], mask & ~FAN_DELETE), now)
             self._deleted(path, w, who, now)
         elif mask & (FAN_DELETE_SELF | FAN_MOVE_SELF):
             if any(path == x.path for x in self.watched):

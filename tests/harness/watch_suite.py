@@ -123,6 +123,25 @@ def test_a_deleted_file_is_reported_with_what_it_was(watch, wd):
     assert evs and evs[0]["tracee_comm"] == "rm" and evs[0]["file_hashes"] == {"sha256": digest}
 
 
+def test_files_created_and_deleted_at_once_are_each_created_and_deleted(watch, wd):
+    """A dropper's short-lived files: the watch group merges a file's
+    create, write and delete into one event while they wait; each file is
+    still reported created (its content gone: hash_skipped vanished) and
+    deleted, by its process."""
+    n = 300
+    code = (f"import os\nfor i in range({n}):\n    p = '{wd}/drop%d' % i\n"
+            f"    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644); os.write(fd, b'x'); os.close(fd)\n"
+            f"    os.unlink(p)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    assert proc.wait() == 0
+    watch.settled(wd)
+    evs = watch.changes(lambda e: e["name"].startswith("drop"), n=2 * n)
+    seen = {(e["path"], e["action"]) for e in evs if e["tracee_pid"] == proc.pid}
+    for i in range(n):
+        path = str(wd / f"drop{i}")
+        assert (path, "created") in seen and (path, "deleted") in seen, (i, sorted(seen)[:6])
+
+
 # ------------------------------------------------------------ renames
 
 def test_a_rename_inside_the_tree_is_one_renamed_event_with_both_paths(watch, wd):
