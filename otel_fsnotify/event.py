@@ -119,6 +119,28 @@ def to_json_line(event: Event) -> bytes:
     return bytes(buf)
 
 
+def utf8_text(s: str) -> str:
+    """A str that may hold bytes that were not UTF-8 (os.fsdecode's
+    surrogates), with those bytes written as \\xNN: what encoders can take."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def utf8_event(event: Event) -> Event:
+    """The event with every text field made UTF-8 (utf8_text)."""
+    changes = {}
+    for name in FIELD_NAMES:
+        value = getattr(event, name)
+        if isinstance(value, str):
+            fixed = utf8_text(value)
+            if fixed != value:
+                changes[name] = fixed
+        elif isinstance(value, list) and any(isinstance(v, str) for v in value):
+            changes[name] = [utf8_text(v) for v in value]
+        elif isinstance(value, dict):
+            changes[name] = {utf8_text(k): utf8_text(v) for k, v in value.items()}
+    return msgspec.structs.replace(event, **changes)
+
+
 class CaptureError(ValueError):
     """A capture (jsonl) file line that is not an Event."""
 

@@ -106,7 +106,9 @@ class _Replay:
             self.show()
 
     def _spool_full(self) -> bool:
-        return self.shipper.spool.total_bytes + 64 * 1024 > self.settings.spool_max_bytes
+        """Less room than 64 KiB of frames (a quarter of a smaller spool)."""
+        room = min(64 * 1024, self.settings.spool_max_bytes // 4)
+        return self.shipper.spool.total_bytes + room > self.settings.spool_max_bytes
 
     def _wait_for_room(self) -> bool:
         """replay is not the kernel: when the spool is full, wait for room (up
@@ -127,8 +129,11 @@ class _Replay:
         while done < len(events):
             got = self.shipper.submit_many(events[done:], uids[done:], drop=False)
             done += got
-            if done < len(events) and (not self._wait_for_room() or (not got and not self._spool_full())):
-                # no room in time, or the disk refused with room left: counted
+            if done == len(events):
+                return
+            full = self._spool_full()
+            if (not got and not full) or not self._wait_for_room():
+                # the disk refused with room left, or no room came in time: counted
                 self.shipper.submit_many(events[done:], uids[done:])
                 return
 

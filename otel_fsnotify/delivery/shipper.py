@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 
 from ..enrich.procs import command_line
-from ..event import Event
+from ..event import Event, utf8_event, utf8_text
 from ..otel.entry import LogEntry
 from .outcome import Exporter
 from .settings import OtlpSettings
@@ -70,6 +70,8 @@ class UidGenerator:
 
     def many(self, n: int) -> list[str]:
         """n ULIDs in increasing order."""
+        if n <= 0:
+            return []
         with self._lock:
             ms = time.time_ns() // 1_000_000
             if ms > self._ms:
@@ -184,17 +186,20 @@ class Shipper:
         one per event (default: new ULIDs)."""
         if not events:
             return 0
-        cmd = ""
         observed = time.time_ns()
         uids = uids or self._uid.many(len(events))
         frames = []
         payloads: list[bytes] = []
         fresh = self._fresh if len(self._fresh) < FRESH_MAX else None
+        with_cmd = self.settings.include_command_line
         for i, event in enumerate(events):
-            if self.settings.include_command_line and event.tracee_pid:
-                cmd = command_line(event.tracee_pid)
+            cmd = command_line(event.tracee_pid) if with_cmd and event.tracee_pid else ""
             entry = LogEntry(uids[i], observed, event, cmd)
-            payload = encode_payload(entry)
+            try:
+                payload = encode_payload(entry)
+            except UnicodeEncodeError:  # a file name that is not UTF-8: sent escaped
+                entry = LogEntry(uids[i], observed, utf8_event(event), utf8_text(cmd))
+                payload = encode_payload(entry)
             frames.append(frame(payload))
             if fresh is not None:
                 fresh[payload] = entry
@@ -235,6 +240,8 @@ class Shipper:
                     break
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - keep delivering whatever happens
+                if self._abort.is_set():
+                    break  # a request cut short by close(): its batch stays in the spool
                 failures += 1
                 with self._lock:
                     self._c["sender_errors"] += 1
@@ -252,14 +259,20 @@ class Shipper:
         self._idle.set()
 
     def _settle(self, inflight: collections.deque) -> None:
-        """Stop short: wait for the requests in flight (their result no
-        longer matters: none is acknowledged) and read their batches again
-        (next time, or in the next run)."""
-        for fut, *_rest in inflight:
+        """Stop short: wait for the requests in flight, acknowledge those
+        delivered before the first that was not (in order), and read the
+        rest again (next time, or in the next run)."""
+        head = True  # the batches delivered before the first that was not keep their ack
+        for fut, pos, frames, damaged in inflight:
             try:
-                fut.result()
+                ok = fut.result()
             except Exception:  # noqa: BLE001 - its batch is read again anyway
-                pass
+                ok = False
+            if head and ok:
+                self.spool.ack(pos, frames)
+                if damaged:
+                    self._count_damaged(damaged)
+            head = head and ok
         inflight.clear()
         self.spool.rewind()
 

@@ -144,7 +144,7 @@ class Identities:
         key = (id(tmpl), id(tracee), attribution)
         pair = self._pairs.get(key)
         if pair is None or pair[0] is not tmpl or pair[1] is not tracee:  # ids are reused
-            if len(self._pairs) > 16 * MAX_CACHED:
+            if len(self._pairs) > MAX_CACHED:
                 self._pairs.clear()
             pair = self._pairs[key] = (
                 tmpl, tracee, msgspec.structs.replace(tmpl, **tracee, attribution=attribution))

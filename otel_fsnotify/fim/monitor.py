@@ -254,11 +254,16 @@ class FimMonitor:
         elif mask & FAN_MOVED_FROM:
             self._moved_from = (path, w, who)
         elif mask & FAN_DELETE:
-            if mask & (FAN_CREATE | FAN_MODIFY | FAN_CLOSE_WRITE):
-                # created (or written) and deleted while queued: fanotify
-                # merged them into one event; each is a fact to report
+            if not mask & (FAN_CREATE | FAN_MODIFY | FAN_CLOSE_WRITE):
+                self._deleted(path, w, who, now)
+            elif os.path.lexists(path):
+                # deleted and made again while queued (fanotify merged them
+                # into one event): the old file went, a new one is there
+                self._deleted(path, w, who, now)
+                self._touched(path, (who[0], who[1], mask & ~FAN_DELETE | FAN_CREATE), now)
+            else:  # created (or written) and deleted while queued: both are facts
                 self._touched(path, (who[0], who[1], mask & ~FAN_DELETE), now)
-            self._deleted(path, w, who, now)
+                self._deleted(path, w, who, now)
         elif mask & (FAN_DELETE_SELF | FAN_MOVE_SELF):
             if any(path == x.path for x in self.watched):
                 self.log.warning("fim: watched path %s was %s", path,

@@ -298,7 +298,7 @@ def file_part(ev: Event) -> dict[str, Any]:
         a["file.name"] = ev.name
     if ev.host_path:  # the tracer is in another mount namespace (a container)
         a["fsnotify.host_path"] = ev.host_path
-    if ev.i_ino:
+    if ev.i_ino and ev.type != "fim":  # watch mode's own file.inode is the file's after the change
         a["file.inode"] = str(ev.i_ino)
     return a
 

@@ -379,3 +379,16 @@ def test_http_json_tls_client_certificate_headers_and_gzip(rotel, tmp_path):
     assert seen_headers and seen_headers[0]["authorization"] == "Bearer t0k"
     assert seen_headers[0]["Content-Encoding"] == "gzip"
     assert len(rotel.wait_for_uids(30, 20)) == 30
+
+
+def test_replay_into_a_spool_smaller_than_the_capture_waits_for_room_and_loses_nothing(rotel, tmp_path):
+    """A 64 KiB spool under a capture of ~9 MB: replay waits for the
+    collector to make room, chunk after chunk, and every event arrives."""
+    capture = write_capture(tmp_path / "cap.jsonl", 10_000)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[otlp]\nspool_max_bytes = 65536\nbatch_linger = 0.01\n")
+    p = replay(capture, "http/protobuf", rotel.http_endpoint, tmp_path / "spool", "--no-progress",
+               config=cfg)
+    assert p.returncode == 0, p.stderr
+    assert "lost 0 (spool full 0," in p.stderr
+    assert len(rotel.wait_for_uids(10_000, 60)) == 10_000

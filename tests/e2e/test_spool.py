@@ -263,3 +263,38 @@ def test_batches_in_flight_are_acknowledged_in_order(tmp_path):
     assert shipper.close(10)
     assert len(set(exporter.accepted)) == len(exporter.accepted) == 400
     assert shipper.counters()["delivered"] == 400 and shipper.spool.pending == 0
+
+
+def test_each_event_carries_its_own_command_line_or_none(tmp_path):
+    from otel_fsnotify.delivery.spool import decode_entry
+    from otel_fsnotify.event import Event
+
+    s = OtlpSettings.from_env({}, protocol="http/json", endpoint="http://127.0.0.1:9",
+                              spool_dir=str(tmp_path / "spool"), include_command_line=True)
+    shipper = Shipper(s, build_resource("tracepoint"), logging.getLogger("test"))
+    shipper.submit_many([Event(name="a", tracee_pid=os.getpid()), Event(name="b")])
+    shipper.close(0)
+    spool = Spool(s.resolved_spool_dir(), 1 << 20, 1 << 18)
+    payloads, _pos, _lost = spool.read(10)
+    spool.close()
+    entries = [decode_entry(p) for p in payloads]
+    assert "pytest" in entries[0].command_line or "python" in entries[0].command_line
+    assert entries[1].command_line == ""  # not the event before's
+
+
+def test_a_file_name_that_is_not_utf8_is_spooled_escaped_not_a_crash(tmp_path):
+    from otel_fsnotify.delivery.spool import decode_entry
+    from otel_fsnotify.event import Event
+
+    s = OtlpSettings.from_env({}, protocol="http/json", endpoint="http://127.0.0.1:9",
+                              spool_dir=str(tmp_path / "spool"))
+    shipper = Shipper(s, build_resource("tracepoint"), logging.getLogger("test"))
+    name = os.fsdecode(b"bad-\xff-name")
+    assert shipper.submit_many([Event(name=name, path=f"/d/{name}"), Event(name="ok")]) == 2
+    shipper.close(0)
+    spool = Spool(s.resolved_spool_dir(), 1 << 20, 1 << 18)
+    payloads, _pos, _lost = spool.read(10)
+    spool.close()
+    first = decode_entry(payloads[0]).event
+    assert (first.name, first.path) == ("bad-\\xff-name", "/d/bad-\\xff-name")
+    assert decode_entry(payloads[1]).event.name == "ok"
