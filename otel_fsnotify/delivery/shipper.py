@@ -50,7 +50,7 @@ from .spool import Spool, decode_entry, encode_payload, frame
 # base32 (RFC 4648) letters -> Crockford's, the ULID alphabet
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
-FRESH_MAX = 8192  # entries kept for the sender beside their spooled bytes
+FRESH_MAX = 4096  # entries kept for the sender beside their spooled bytes (~2.5 KB each)
 PROBE_S = 0.25  # while the collector is unreachable, a connection is tried this often
 
 _LOW40 = (1 << 40) - 1

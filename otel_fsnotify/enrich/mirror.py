@@ -74,7 +74,7 @@ HANDLE_LAYOUTS = (
 )
 
 WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
-MAX_HITS = 200_000  # bound on remembered mirror events
+MAX_HITS = 100_000  # bound on remembered mirror events (~900 B each)
 MAX_MARKS = 65_536  # bound on mirror marks (more are refused, counted as mirror_mark_limit)
 
 _BITS: dict[int, tuple[int, ...]] = {}
