@@ -179,6 +179,15 @@ def _hammer(path, ops: int) -> subprocess.Popen:
                              f"os.close(os.open({str(path)!r}, os.O_RDONLY))"])
 
 
+def _storm_events_by_actor(agent: Agent, reader_pid: int) -> dict[int, int]:
+    """tracee pid -> how many of the reader's events on the file "storm" name it."""
+    by_actor: dict[int, int] = {}
+    for e in agent.events():
+        if e["tracer_pid"] == reader_pid and e["name"] == "storm":
+            by_actor[e["tracee_pid"]] = by_actor.get(e["tracee_pid"], 0) + 1
+    return by_actor
+
+
 def test_one_process_storming_one_file_is_named_on_its_events(tmp_path):
     """fanotify merges the process's repeated events while they wait in the
     mirror, inotify does not: the events left without a mirror event of their
@@ -198,10 +207,7 @@ def test_one_process_storming_one_file_is_named_on_its_events(tmp_path):
         read, _overflows = stop_inotify_reader(reader, d / "wake")
     finally:
         stats = agent.stop()
-    by_actor = {}
-    for e in agent.events():
-        if e["tracer_pid"] == reader.pid and e["name"] == "storm":
-            by_actor[e["tracee_pid"]] = by_actor.get(e["tracee_pid"], 0) + 1
+    by_actor = _storm_events_by_actor(agent, reader.pid)
     assert read >= 40_000 * 0.5
     assert by_actor.get(storm.pid, 0) >= 0.99 * (read - 2), (by_actor, stats)
     assert set(by_actor) <= {storm.pid, 0}  # never another process
@@ -227,10 +233,7 @@ def test_two_processes_on_one_file_are_never_credited_with_the_others_events(tmp
         stop_inotify_reader(reader, d / "wake")
     finally:
         agent.stop()
-    by_actor = {}
-    for e in agent.events():
-        if e["tracer_pid"] == reader.pid and e["name"] == "storm":
-            by_actor[e["tracee_pid"]] = by_actor.get(e["tracee_pid"], 0) + 1
+    by_actor = _storm_events_by_actor(agent, reader.pid)
     assert by_actor.get(small.pid, 0) <= 2 * 2_000, by_actor  # an open and a close per op
     assert by_actor.get(big.pid, 0) <= 2 * 20_000, by_actor
     assert set(by_actor) <= {small.pid, big.pid, 0}
