@@ -28,18 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.bench_tracepoint import cpu_s
 from tests.harness.agent import Agent
 
-TICK = os.sysconf("SC_CLK_TCK")
 FATRACE_CHANGES = {"+": "created", "W": "modified", "D": "deleted"}
 # fatrace: "comm(pid): TYPES /path" (TYPES: letters and symbols, e.g. "CW", "+", "D")
 FATRACE_LINE = re.compile(r"^.*?\(\d+\): ([A-Z+<>]+) +(/.*)$")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def load(d: Path, procs: int, files: int) -> float:

@@ -179,19 +179,11 @@ def _hammer(path, ops: int) -> subprocess.Popen:
                              f"os.close(os.open({str(path)!r}, os.O_RDONLY))"])
 
 
-def _storm_events_by_actor(agent: Agent, reader_pid: int) -> dict[int, int]:
-    """tracee pid -> how many of the reader's events on the file "storm" name it."""
-    by_actor: dict[int, int] = {}
-    for e in agent.events():
-        if e["tracer_pid"] == reader_pid and e["name"] == "storm":
-            by_actor[e["tracee_pid"]] = by_actor.get(e["tracee_pid"], 0) + 1
-    return by_actor
-
-
-def test_one_process_storming_one_file_is_named_on_its_events(tmp_path):
-    """fanotify merges the process's repeated events while they wait in the
-    mirror, inotify does not: the events left without a mirror event of their
-    own take the actor of the one they were merged into (inotify_merged)."""
+def _storm_one_file(tmp_path, *ops: int):
+    """Processes opening and closing one watched file, `ops` times each, at
+    once, read by a counting inotify reader under the agent: (the processes,
+    events the reader read, the agent's counters, tracee pid -> how many of
+    the reader's events on that file name it)."""
     from tests.harness.listeners import start_inotify_reader, stop_inotify_reader
 
     d = tmp_path / "w"
@@ -202,12 +194,23 @@ def test_one_process_storming_one_file_is_named_on_its_events(tmp_path):
     reader = start_inotify_reader(d)
     try:
         agent.wait_marked(d)
-        storm = _hammer(target, 20_000)
-        assert storm.wait(120) == 0
+        procs = [_hammer(target, n) for n in ops]
+        assert all(p.wait(120) == 0 for p in procs)
         read, _overflows = stop_inotify_reader(reader, d / "wake")
     finally:
         stats = agent.stop()
-    by_actor = _storm_events_by_actor(agent, reader.pid)
+    by_actor: dict[int, int] = {}
+    for e in agent.events():
+        if e["tracer_pid"] == reader.pid and e["name"] == "storm":
+            by_actor[e["tracee_pid"]] = by_actor.get(e["tracee_pid"], 0) + 1
+    return procs, read, stats, by_actor
+
+
+def test_one_process_storming_one_file_is_named_on_its_events(tmp_path):
+    """fanotify merges the process's repeated events while they wait in the
+    mirror, inotify does not: the events left without a mirror event of their
+    own take the actor of the one they were merged into (inotify_merged)."""
+    (storm,), read, stats, by_actor = _storm_one_file(tmp_path, 20_000)
     assert read >= 40_000 * 0.5
     assert by_actor.get(storm.pid, 0) >= 0.99 * (read - 2), (by_actor, stats)
     assert set(by_actor) <= {storm.pid, 0}  # never another process
@@ -218,22 +221,7 @@ def test_two_processes_on_one_file_are_never_credited_with_the_others_events(tmp
     """Merged events are named only where one actor is all the mirror holds
     for the file: with two processes at it, neither is credited with more
     events than it made."""
-    from tests.harness.listeners import start_inotify_reader, stop_inotify_reader
-
-    d = tmp_path / "w"
-    d.mkdir()
-    target = d / "storm"
-    target.write_bytes(b"")
-    agent = Agent(tmp_path / "agent")
-    reader = start_inotify_reader(d)
-    try:
-        agent.wait_marked(d)
-        small, big = _hammer(target, 2_000), _hammer(target, 20_000)
-        assert small.wait(120) == 0 and big.wait(120) == 0
-        stop_inotify_reader(reader, d / "wake")
-    finally:
-        agent.stop()
-    by_actor = _storm_events_by_actor(agent, reader.pid)
+    (small, big), _read, _stats, by_actor = _storm_one_file(tmp_path, 2_000, 20_000)
     assert by_actor.get(small.pid, 0) <= 2 * 2_000, by_actor  # an open and a close per op
     assert by_actor.get(big.pid, 0) <= 2 * 20_000, by_actor
     assert set(by_actor) <= {small.pid, big.pid, 0}
