@@ -33,8 +33,9 @@ from .records import COUNTERS, OUT_EVENT, Decoder
 SOURCE = "fsnotify_exact.bpf.c"
 # Bounded kernel memory per agent: the ring buffer (Backend.ring_bytes, 4 MiB
 # by default: ~16,000 inotify records of ~250 B wait for the reader)
-# + `pending` (MAX_PENDING x ~450 B = 3.5 MiB) + small per-tid/group maps.
-MAX_PENDING = 8192      # events queued in kernel and not yet freed (all groups)
+# + `pending` (MAX_PENDING x ~510 B with the hash map's own = 2 MiB) + small
+# per-tid/group maps (~1 MiB): under 8 MiB, which `doctor` measures.
+MAX_PENDING = 4096      # events queued in kernel and not yet read (all groups; past it: pending_map_full)
 PATH_STEPS = 28         # dentries and mount crossings walked per fanotify path
 EXPIRE_EVERY = 64       # polls between expiries of exited processes
 OWN_KEPT = 1 << 17      # the agent's own read records kept for watch mode (oldest dropped)
