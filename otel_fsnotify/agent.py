@@ -27,6 +27,7 @@ from .enrich import pods
 from .enrich.mounts import HostPaths
 from .enrich.scope import kernel_cgroup
 from .enrich.scope import resolve as resolve_scope
+from .enrich.selection import Selection
 from .kernel import bcc, probes
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
 
@@ -126,8 +127,9 @@ class _Sink:
     actor is out of scope are left out (counted), the rules mark the rest (and
     --alerts-only keeps only the marked, counting the others), then the output."""
 
-    def __init__(self, output, rules, alerts_only: bool, scope=None):
+    def __init__(self, output, rules, alerts_only: bool, scope=None, selection=None):
         self.output = output
+        self.selection = selection if selection else None
         self.rules = rules
         self.alerts_only = alerts_only
         self.scope = scope if scope else None
@@ -141,6 +143,7 @@ class _Sink:
         host_path = self.host_paths
         apply = self.rules.apply if self.rules is not None else None
         holds = self.scope.holds if self.scope is not None else None
+        selected = self.selection.holds if self.selection is not None else None
         for event in events:
             # inotify paths are the watch's as its owner sees it: under a chroot
             # too (fanotify's come with their host path from the kernel's walk)
@@ -148,6 +151,8 @@ class _Sink:
                 event = host_path(event)
             if holds is not None and not holds(event):
                 self.out_of_scope += 1
+                continue
+            if selected is not None and not selected(event):
                 continue
             if apply is not None:
                 event = apply(event)
@@ -166,6 +171,8 @@ class _Sink:
             out["alerts_only_not_shipped"] = self.not_alerts
         if self.scope is not None:
             out["filtered_scope"] = self.out_of_scope
+        if self.selection is not None:
+            out["filtered_selection"] = self.selection.left_out
         return out
 
 
@@ -236,7 +243,8 @@ def run(cfg: AgentConfig) -> int:
     started = time.monotonic()
     deadline = started + cfg.duration if cfg.duration else None
     next_stats = started + cfg.stats_interval if cfg.stats_interval else None
-    sink = _Sink(output, rules, cfg.rules.alerts_only, scope)
+    sink = _Sink(output, rules, cfg.rules.alerts_only, scope,
+                 Selection(f.path, f.comm, f.exclude_comm, f.tracer_comm, f.uid))
     metrics = None
     if cfg.output == "otlp":
         metrics = _start_metrics(cfg, output, backend, fim, sink)

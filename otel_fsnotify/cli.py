@@ -1,4 +1,4 @@
-"""Command line: `otel-fsnotify run | replay | doctor`.
+"""Command line: `otel-fsnotify run | replay | doctor | listeners`.
 
 Every user mistake or missing kernel feature ends in one line on stderr,
 `otel-fsnotify: error: ...`, and a non-zero exit: 2 for bad input (flags,
@@ -26,6 +26,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+# the last lines of each command's --help: real commands, as a user types them
+EXAMPLES = {
+    "run": """examples:
+  otel-fsnotify run -o table                      who reads which file events, on this terminal
+  otel-fsnotify run -o jsonl --path /etc --exclude-comm sshd > fsnotify.jsonl
+  otel-fsnotify run --watch /etc --watch /usr/bin --endpoint http://collector:4318 --protocol http/protobuf
+  otel-fsnotify run -c /etc/otel-fsnotify/agent.toml -d 60   one minute with a config file""",
+    "replay": """examples:
+  otel-fsnotify replay fsnotify.jsonl --endpoint http://127.0.0.1:4317
+  otel-fsnotify replay fsnotify.jsonl -c agent.toml --protocol http/json --no-progress""",
+    "doctor": """examples:
+  otel-fsnotify doctor                            what this kernel allows, and the backend auto picks
+  otel-fsnotify doctor | grep -w NO               only what cannot work here""",
+    "listeners": """examples:
+  otel-fsnotify listeners                         every inotify/fanotify listener and what it watches
+  otel-fsnotify listeners --pid 1234              one process's
+  otel-fsnotify listeners -o json | jq '.limits'  how close each user is to the kernel's limits""",
+}
 MAX_PID = (1 << 32) - 1  # pids and tids are 32-bit in the kernel
 MAX_SECONDS = 10 * 365 * 86400.0
 
@@ -37,6 +55,16 @@ def _pid(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a pid") from None
     if not 0 < value <= MAX_PID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a pid")
+    return value
+
+
+def _uid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a uid") from None
+    if not 0 <= value < MAX_PID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a uid")
     return value
 
 
@@ -74,14 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "and the one that read them (tracer); ship them over OTLP.")
     p.add_argument("--version", action="version", version=f"otel-fsnotify {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", metavar="{run,replay,doctor}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,replay,doctor,listeners}", parser_class=_Parser)
 
-    r = sub.add_parser("run", help="trace fsnotify events and send them to an output")
-    r.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
-    r.add_argument("--backend", choices=BACKEND_CHOICES,
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    r = command("run", "trace fsnotify events and send them to an output")
+    r.add_argument("-c", "--config", metavar="FILE", help="TOML config file (flags override it)")
+    r.add_argument("-b", "--backend", choices=BACKEND_CHOICES,
                    help="kernel hooks: fentry/kprobe (exact), tracepoint (hardened kernels); "
                         "auto picks the first that loads (default)")
-    r.add_argument("--output", choices=("otlp", "jsonl", "table"), help="default otlp")
+    r.add_argument("-o", "--output", choices=("otlp", "jsonl", "table"), help="default otlp")
     r.add_argument("--output-file", metavar="PATH", help="jsonl/table destination (default stdout)")
     r.add_argument("--fields", metavar="F1,F2", help="table columns, e.g. tracer_comm,tracee_comm,i_mask,name")
     r.add_argument("--inotify-only", action="store_const", const=True, help="only inotify events")
@@ -92,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only events caused by this process (repeatable)")
     r.add_argument("--tracer-group", metavar="ADDR",
                    help="only events queued to this struct fsnotify_group (kernel address)")
+    r.add_argument("--path", action="append", metavar="PREFIX",
+                   help="only events on files under this path, repeatable ([filters] path)")
+    r.add_argument("--comm", action="append", metavar="NAME",
+                   help="only events whose actor (tracee) has this command name, repeatable")
+    r.add_argument("--exclude-comm", action="append", metavar="NAME",
+                   help="no events whose actor has this command name, repeatable")
+    r.add_argument("--tracer-comm", action="append", metavar="NAME",
+                   help="only events read by a watcher (tracer) with this command name, repeatable")
+    r.add_argument("--uid", type=_uid, action="append", metavar="UID",
+                   help="only events whose actor runs with this effective uid, repeatable")
     r.add_argument("--cgroup", metavar="PATH",
                    help="only events whose actor is in this cgroup v2 directory or below")
     r.add_argument("--container-id", metavar="ID", help="only events whose actor is in this container")
@@ -112,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ringbuf_lost, at that much locked kernel memory")
     r.add_argument("--health-listen", metavar="[ADDR:]PORT",
                    help="serve /healthz and /readyz for probes (off by default; a bare port binds 127.0.0.1)")
-    r.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
+    r.add_argument("-d", "--duration", type=_seconds, metavar="SECONDS", help="stop after this long (default: run until signalled)")
     r.add_argument("--stats-interval", type=_seconds, metavar="SECONDS",
                    help="log loss/throughput counters this often (default 60; 0 = only at exit)")
     w = r.add_argument_group("watch mode: file integrity of the paths you name (flags replace [fim])")
@@ -135,13 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ship only events that matched a rule")
     _add_otlp_flags(r)
 
-    rp = sub.add_parser("replay", help="ship a jsonl capture over OTLP")
+    rp = command("replay", "ship a jsonl capture over OTLP")
     rp.add_argument("file", help="jsonl capture written by `run --output jsonl`")
-    rp.add_argument("--config", metavar="FILE", help="TOML config file ([otlp] table is used)")
+    rp.add_argument("-c", "--config", metavar="FILE", help="TOML config file ([otlp] table is used)")
     rp.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     _add_otlp_flags(rp)
 
-    sub.add_parser("doctor", help="check what this kernel and process allow, and which backend auto picks")
+    command("doctor", "check what this kernel and process allow, and which backend auto picks")
+    ls = command("listeners", "list the inotify/fanotify listeners on this host and what they watch")
+    ls.add_argument("--pid", type=_pid, action="append", metavar="PID", help="only this process's, repeatable")
+    ls.add_argument("-o", "--output", choices=("table", "json"), default="table", help="default table")
     return p
 
 
@@ -187,6 +232,8 @@ def _cmd_run(args) -> int:
         fields=fields, duration=args.duration, stats_interval=args.stats_interval,
         tracer_pid=args.tracer_pid, tracee_pid=args.tracee_pid, tracer_group=args.tracer_group,
         inotify_only=args.inotify_only, fanotify_only=args.fanotify_only, cgroup=args.cgroup,
+        path=args.path, comm=args.comm, exclude_comm=args.exclude_comm, tracer_comm=args.tracer_comm,
+        uid=args.uid,
         container_id=args.container_id, pod_uid=args.pod_uid, this_pod=args.this_pod,
         health_listen=args.health_listen, pod_log_dir=args.pod_log_dir,
         kernel_headers=args.kernel_headers, ring_buffer_mib=args.ring_buffer_mib, **_otlp_flags(args),
@@ -237,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import doctor
 
             return doctor.main()
+        if args.command == "listeners":
+            from . import listeners
+
+            return listeners.main(args.pid, args.output)
         if args.command == "run":
             return _cmd_run(args)
         return _cmd_replay(args)

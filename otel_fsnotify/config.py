@@ -16,6 +16,7 @@ import msgspec
 
 from .backends import CHOICES as BACKEND_CHOICES
 from .backends.base import DEFAULT_RING_MIB, MAX_PID_FILTERS, Filters
+from .enrich.selection import COMM_MAX
 from .event import FIELD_NAMES
 from .fim.excludes import ExcludeError, Excludes
 from .fim.hashing import ALGORITHMS, DEFAULT_MAX_FILE_SIZE
@@ -45,6 +46,13 @@ class FilterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     container_id: str = ""
     pod_uid: str = ""
     this_pod: bool = False
+    # what a person selects (enrich/selection.py): files under these paths,
+    # actors with these command names or effective uids, watchers by name
+    path: list[str] = []
+    comm: list[str] = []
+    exclude_comm: list[str] = []
+    tracer_comm: list[str] = []
+    uid: list[int] = []
 
 
 class FimPath(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -142,6 +150,7 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
         raise ConfigError(f"{where}: inotify_only and fanotify_only exclude each other")
     if f.tracer_group:
         parse_group(f.tracer_group, where)
+    _check_selection(f, where)
     for key in ("tracer_pid", "tracee_pid"):
         if len(getattr(f, key)) > MAX_PID_FILTERS:
             raise ConfigError(f"{where}: filters.{key}: at most {MAX_PID_FILTERS} pids "
@@ -150,6 +159,22 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
             if not 0 < pid < 1 << 32:
                 raise ConfigError(f"{where}: filters.{key}: {pid} is not a pid")
     return cfg
+
+
+def _check_selection(f: FilterConfig, where: str) -> None:
+    for i, path in enumerate(f.path):
+        if not path.startswith("/"):
+            raise ConfigError(f"{where}: filters.path: {path!r}: give an absolute path")
+        f.path[i] = os.path.normpath(path).replace("//", "/")
+    for key in ("comm", "exclude_comm", "tracer_comm"):
+        for name in getattr(f, key):
+            if not name or len(name.encode()) > COMM_MAX or "/" in name:
+                raise ConfigError(f"{where}: filters.{key}: {name!r}: a command name is 1 to {COMM_MAX} "
+                                  "bytes without '/' (the kernel cuts longer names: use the first "
+                                  f"{COMM_MAX})")
+    for uid in f.uid:
+        if not 0 <= uid < (1 << 32) - 1:
+            raise ConfigError(f"{where}: filters.uid: {uid} is not a uid")
 
 
 def _check_fim(fim: FimConfig, where: str) -> None:

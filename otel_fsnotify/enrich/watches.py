@@ -30,6 +30,12 @@ _WATCH = re.compile(
     r"mask:(?P<mask>[0-9a-f]+) ignored_mask:[0-9a-f]+"
     r"(?: fhandle-bytes:(?P<hbytes>[0-9a-f]+) fhandle-type:(?P<htype>[0-9a-f]+) f_handle:(?P<handle>[0-9a-f]+))?")
 _FAN = re.compile(r"fanotify flags:(?P<flags>[0-9a-f]+) event-flags:(?P<eflags>[0-9a-f]+)")
+# a fanotify group's marks, one line each: on an inode (with its handle), a
+# mount (by mount id) or a filesystem (by device)
+_FAN_MARK = re.compile(
+    r"fanotify (?:ino:(?P<ino>[0-9a-f]+) sdev:(?P<sdev>[0-9a-f]+)|mnt_id:(?P<mnt>[0-9a-f]+)|sdev:(?P<sb>[0-9a-f]+)) "
+    r"mflags:(?P<mflags>[0-9a-f]+) mask:(?P<mask>[0-9a-f]+) ignored_mask:(?P<ignored>[0-9a-f]+)"
+    r"(?: fhandle-bytes:(?P<hbytes>[0-9a-f]+) fhandle-type:(?P<htype>[0-9a-f]+) f_handle:(?P<handle>[0-9a-f]+))?")
 
 
 class Watch(msgspec.Struct, frozen=True):
@@ -41,6 +47,19 @@ class Watch(msgspec.Struct, frozen=True):
     handle: bytes = b""  # exportfs file handle, as the kernel encodes it
 
 
+class FanMark(msgspec.Struct, frozen=True):
+    """One mark of a fanotify group (its fdinfo line)."""
+
+    kind: str  # "inode" | "mount" | "filesystem"
+    mask: int
+    ignored_mask: int = 0
+    ino: int = 0  # inode marks
+    sdev: int = 0  # inode and filesystem marks: kernel-internal dev_t
+    mnt_id: int = 0  # mount marks
+    handle_type: int = 0
+    handle: bytes = b""
+
+
 class Listener(msgspec.Struct):
     pid: int
     fd: int
@@ -48,6 +67,7 @@ class Listener(msgspec.Struct):
     watches: dict[int, Watch] = {}  # wd -> Watch (inotify)
     fan_flags: int = 0  # fanotify_init flags (fanotify)
     fan_event_flags: int = 0  # fanotify_init event_f_flags
+    marks: tuple[FanMark, ...] = ()  # (fanotify)
 
 
 def parse_fdinfo(pid: int, fd: int, text: str) -> Listener | None:
@@ -63,8 +83,17 @@ def parse_fdinfo(pid: int, fd: int, text: str) -> Listener | None:
     m = _FAN.search(text)
     if m:
         return Listener(pid=pid, fd=fd, kind="fanotify", fan_flags=int(m["flags"], 16),
-                        fan_event_flags=int(m["eflags"], 16))
+                        fan_event_flags=int(m["eflags"], 16), marks=tuple(_fan_marks(text)))
     return None
+
+
+def _fan_marks(text: str):
+    for m in _FAN_MARK.finditer(text):
+        hexint = lambda key: int(m[key] or "0", 16)  # noqa: E731
+        kind = "inode" if m["ino"] else "mount" if m["mnt"] else "filesystem"
+        yield FanMark(kind=kind, mask=hexint("mask"), ignored_mask=hexint("ignored"), ino=hexint("ino"),
+                      sdev=hexint("sdev") or hexint("sb"), mnt_id=hexint("mnt"),
+                      handle_type=hexint("htype"), handle=bytes.fromhex(m["handle"] or ""))
 
 
 def _fd_kind(pid: int, fd: str) -> str | None:

@@ -49,6 +49,9 @@ def test_config_file_values_and_flag_override(tmp_path):
     ('[otlp]\nprotocol = "udp"\n', "otlp.protocol: 'udp' is not one of"),
     ('ring_buffer_mib = 3\n', "ring_buffer_mib = 3: expected a power of two from 1 to 1024"),
     ('[otlp]\nmax_in_flight = 0\n', "otlp.max_in_flight"),
+    ('[filters]\npath = ["etc"]\n', "filters.path: 'etc': give an absolute path"),
+    ('[filters]\ncomm = ["systemd-journald"]\n', "filters.comm: 'systemd-journald': a command name is 1 to 15"),
+    ('[filters]\nuid = [-1]\n', "filters.uid: -1 is not a uid"),
 ])
 def test_bad_config_gives_one_line_naming_the_key_and_exit_2(tmp_path, text, needle):
     path = write(tmp_path, text)
@@ -77,6 +80,11 @@ def test_missing_config_file(tmp_path):
     (["run", "--endpoint", "http://collector example:4318", "--duration", "0.1"], "spaces or control"),
     (["run", "--header", "novalue", "--duration", "0.1"], "expected KEY=VALUE"),
     (["run", "--ring-buffer-mib", "6", "--duration", "0.1"], "ring_buffer_mib = 6: expected a power of two"),
+    (["run", "--uid", "root"], "'root' is not a uid"),
+    (["run", "--path", "tmp", "--duration", "0.1"], "filters.path: 'tmp': give an absolute path"),
+    (["run", "--exclude-comm", "a/b", "--duration", "0.1"], "filters.exclude_comm: 'a/b'"),
+    (["listeners", "--pid", "0"], "not a pid"),
+    (["listeners", "-o", "xml"], "invalid choice"),
 ])
 def test_bad_flags(args, needle):
     proc = run_cli(*args)
@@ -243,3 +251,40 @@ def test_a_kernel_headers_dir_that_is_no_headers_tree_is_one_line_and_exit_2(tmp
     assert one_error_line(proc) == (
         f"otel-fsnotify: error: --kernel-headers {tmp_path}: not a kernel headers tree "
         "(no include/generated; give the linux-headers-<version>-<flavour> directory)")
+
+
+def test_short_flags_mean_the_long_ones(tmp_path):
+    """-c -o -b -d are --config --output --backend --duration."""
+    from otel_fsnotify.cli import build_parser
+
+    path = write(tmp_path, 'output = "jsonl"\n')
+    short = build_parser().parse_args(["run", "-c", path, "-o", "table", "-b", "tracepoint", "-d", "5"])
+    long = build_parser().parse_args(["run", "--config", path, "--output", "table", "--backend", "tracepoint",
+                                      "--duration", "5"])
+    assert vars(short) == vars(long)
+    assert (short.config, short.output, short.backend, short.duration) == (path, "table", "tracepoint", 5.0)
+
+
+@pytest.mark.parametrize("command", ["run", "replay", "doctor", "listeners"])
+def test_each_commands_help_ends_with_examples_of_itself(command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0
+    tail = proc.stdout.rsplit("examples:\n", 1)[1].splitlines()
+    assert len(tail) >= 2 and all(line.strip().startswith(f"otel-fsnotify {command}") for line in tail), tail
+
+
+def test_version_names_the_package_version():
+    from otel_fsnotify import __version__
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"otel-fsnotify {__version__}"
+
+
+def test_the_selection_filters_are_config_keys_and_flags_replace_them(tmp_path):
+    cfg = config.load(write(tmp_path, '[filters]\npath = ["/etc/"]\ncomm = ["cat"]\nexclude_comm = ["sshd"]\n'
+                                      'tracer_comm = ["inotifywait"]\nuid = [0, 1000]\n'))
+    f = cfg.filters
+    assert (f.path, f.comm, f.exclude_comm, f.tracer_comm, f.uid) == (["/etc"], ["cat"], ["sshd"],
+                                                                      ["inotifywait"], [0, 1000])
+    cfg = config.apply_overrides(cfg, "command line", path=["/usr"], uid=[7])
+    assert cfg.filters.path == ["/usr"] and cfg.filters.uid == [7] and cfg.filters.comm == ["cat"]

@@ -16,7 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "otel_fsnotify"
 LAYERS = (
     ("cli",),
-    ("agent", "config", "doctor", "replay", "health"),
+    ("agent", "config", "doctor", "replay", "health", "listeners"),
     ("backends", "outputs"),
     ("enrich", "fim", "delivery"),
     ("kernel", "otel", "rules"),
