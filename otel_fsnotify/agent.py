@@ -30,6 +30,7 @@ from .enrich.scope import resolve as resolve_scope
 from .enrich.selection import Selection
 from .kernel import bcc, probes
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
+from .status import StatusLine
 
 log = logging.getLogger("otel_fsnotify")
 
@@ -249,6 +250,9 @@ def run(cfg: AgentConfig) -> int:
     if cfg.output == "otlp":
         metrics = _start_metrics(cfg, output, backend, fim, sink)
     watch = _Watch(fim, backend) if fim is not None else None
+    status = StatusLine(sys.stderr, lambda: _stats(backend, output, fim, sink), sys.stdout)
+    # a table on the status line's terminal clears it before its rows
+    clears = status.enabled and cfg.output in ("table", "jsonl") and not cfg.output_file
     try:
         while not stop.requested:
             now = time.monotonic()
@@ -259,7 +263,10 @@ def run(cfg: AgentConfig) -> int:
                 sink(backend.poll(wait))
             else:
                 watch.turn(sink, wait, now)
+            if clears and output.pending:
+                status.clear()
             output.flush()  # a reader following --output-file sees each poll's events at once
+            status.refresh(now)
             if health is not None:
                 health.polled(backend.name)
             if next_stats and now >= next_stats:
@@ -270,6 +277,7 @@ def run(cfg: AgentConfig) -> int:
         else:
             watch.turn(sink, 0, time.monotonic())
     finally:
+        status.close()
         if health is not None:
             health.close()
         try:

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto picks the first that loads (default)")
     r.add_argument("-o", "--output", choices=("otlp", "jsonl", "table"), help="default otlp")
     r.add_argument("--output-file", metavar="PATH", help="jsonl/table destination (default stdout)")
-    r.add_argument("--fields", metavar="F1,F2", help="table columns, e.g. tracer_comm,tracee_comm,i_mask,name")
+    r.add_argument("--fields", metavar="F1,F2",
+                   help="table columns, e.g. time,tracee_comm,i_mask,path; `--fields help` lists them all")
     r.add_argument("--inotify-only", action="store_const", const=True, help="only inotify events")
     r.add_argument("--fanotify-only", action="store_const", const=True, help="only fanotify events")
     r.add_argument("--tracer-pid", type=_pid, action="append", metavar="PID",
@@ -225,6 +226,12 @@ def _needs_bpf_privilege() -> str | None:
 def _cmd_run(args) -> int:
     from . import agent, config
 
+    if args.fields == "help":
+        from .table import field_help
+
+        for name, line in field_help().items():
+            print(f"{name:<26} {line}")
+        return 0
     cfg = config.load(args.config)
     fields = args.fields.split(",") if args.fields else None
     cfg = config.apply_overrides(

@@ -17,7 +17,7 @@ import msgspec
 from .backends import CHOICES as BACKEND_CHOICES
 from .backends.base import DEFAULT_RING_MIB, MAX_PID_FILTERS, Filters
 from .enrich.selection import COMM_MAX
-from .event import FIELD_NAMES
+from .table import TABLE_FIELDS
 from .fim.excludes import ExcludeError, Excludes
 from .fim.hashing import ALGORITHMS, DEFAULT_MAX_FILE_SIZE
 from .otel.mapping import SEVERITY_NUMBERS
@@ -25,8 +25,6 @@ from .otel.mapping import SEVERITY_NUMBERS
 OUTPUTS = ("otlp", "jsonl", "table")
 RING_MIB_CHOICES = tuple(1 << i for i in range(11))  # 1 MiB .. 1 GiB: a ring buffer is a power of two
 MAX_SECONDS = 10 * 365 * 86400.0  # durations and intervals: finite, under ten years
-DEFAULT_TABLE_FIELDS = ("type", "tracer_comm", "tracer_pid", "tracee_comm", "tracee_pid",
-                        "i_mask", "fa_mask", "fa_response", "attribution", "name")
 # The seed gadget's column names, accepted so its users' --fields carry over.
 FIELD_ALIASES = {"type_str": "type", "fa_type_str": "fa_type", "fa_response_str": "fa_response"}
 
@@ -93,7 +91,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backend: str = "auto"
     output: str = "otlp"
     output_file: str = ""  # jsonl/table destination; "" = stdout
-    fields: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TABLE_FIELDS))
+    fields: list[str] = []  # table columns; [] = each row's own (table.py DEFAULT_COLUMNS)
     duration: float = 0.0  # seconds; 0 = until SIGINT/SIGTERM
     stats_interval: float = 60.0  # seconds between loss/throughput log lines; 0 = only at exit
     log_level: str = "info"
@@ -114,9 +112,9 @@ def _check(cfg: AgentConfig, where: str) -> AgentConfig:
     if cfg.output not in OUTPUTS:
         raise ConfigError(f"{where}: output = {cfg.output!r}: expected one of {', '.join(OUTPUTS)}")
     fields = [FIELD_ALIASES.get(f, f) for f in cfg.fields]
-    bad = [f for f in fields if f not in FIELD_NAMES]
+    bad = [f for f in fields if f not in TABLE_FIELDS]
     if bad:
-        raise ConfigError(f"{where}: fields: unknown field {bad[0]!r} (known: {', '.join(FIELD_NAMES)})")
+        raise ConfigError(f"{where}: fields: unknown field {bad[0]!r} (--fields help lists them)")
     cfg.fields = fields
     for key in ("duration", "stats_interval"):
         value = getattr(cfg, key)

@@ -8,9 +8,8 @@ import sys
 from typing import IO, Protocol
 
 from .event import Event, append_json_line
+from .table import Table
 
-MASK_FIELDS = {"i_mask", "fa_mask"}
-WIDE_FIELDS = {"name", "path", "tracer_exe", "tracee_exe"}
 
 
 class Output(Protocol):
@@ -23,7 +22,7 @@ class Output(Protocol):
 def _open(path: str, binary: bool) -> IO:
     if not path or path == "-":
         return sys.stdout.buffer if binary else sys.stdout
-    return open(path, "ab" if binary else "a", buffering=1 if not binary else -1)
+    return open(path, "ab" if binary else "a")
 
 
 class JsonlOutput:
@@ -38,6 +37,10 @@ class JsonlOutput:
         self._own = bool(path and path != "-")
         self._buf = bytearray()
         self.written = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf)
 
     def write(self, event: Event) -> None:
         append_json_line(event, self._buf)
@@ -60,42 +63,34 @@ class JsonlOutput:
         return {"output_written": self.written}
 
 
-def format_value(field: str, value) -> str:
-    if field in MASK_FIELDS:
-        return f"0x{value:x}"
-    if isinstance(value, list):
-        return "|".join(value)
-    return str(value)
-
-
 class TableOutput:
-    """Fixed-width columns named after the fields (seed-gadget style)."""
+    """Rows for a person (table.py): a poll's rows are written at flush,
+    so a live status line on the same terminal can be cleared first."""
 
     def __init__(self, fields: list[str], path: str = ""):
-        self.fields = fields
         self._fh = _open(path, binary=False)
         self._own = bool(path and path != "-")
-        self.widths = [max(len(f), 34 if f in WIDE_FIELDS else 12 if "mask" in f else 8) for f in fields]
+        self.table = Table(fields, self._fh)
+        self._rows: list[str] = [self.table.header()]
         self.written = 0
-        self._row([f.upper() for f in fields])
-
-    def _row(self, cells: list[str]) -> None:
-        last = len(cells) - 1
-        parts = []
-        for i, (cell, width) in enumerate(zip(cells, self.widths)):
-            if i != last and len(cell) > width:
-                cell = cell[: width - 1] + "…"
-            parts.append(cell if i == last else cell.ljust(width))
-        self._fh.write(" ".join(parts) + "\n")
 
     def write(self, event: Event) -> None:
-        self._row([format_value(f, getattr(event, f)) for f in self.fields])
+        self._rows.append(self.table.row(event))
         self.written += 1
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._rows)
+
     def flush(self) -> None:
+        if self._rows:
+            self._rows.append("")
+            self._fh.write("\n".join(self._rows))
+            self._rows.clear()
         self._fh.flush()
 
     def close(self) -> None:
+        self.flush()
         if self._own:
             self._fh.close()
 

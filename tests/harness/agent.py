@@ -124,18 +124,7 @@ class Agent:
     def marked_inodes(self) -> set[int]:
         """Inodes carrying one of the agent's fanotify marks (its mirror of
         the inotify watches), from its fdinfo."""
-        found = set()
-        pid = self.proc.pid
-        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-            try:
-                with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
-                    text = fh.read()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                if line.startswith("fanotify ino:"):
-                    found.add(int(line.split()[1].split(":")[1], 16))
-        return found
+        return marked_inodes(self.proc.pid)
 
     def wait_marked(self, path, timeout: float = 20.0) -> None:
         """Until the agent mirrors a watch on path (it does so after seeing
@@ -175,3 +164,18 @@ class Agent:
                 self._errfh.close()
                 return {}
             time.sleep(0.1)
+
+
+def marked_inodes(pid: int) -> set[int]:
+    """Inodes carrying one of pid's fanotify marks, from its fdinfo."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("fanotify ino:"):
+                found.add(int(line.split()[1].split(":")[1], 16))
+    return found

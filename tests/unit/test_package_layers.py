@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "otel_fsnotify"
 LAYERS = (
     ("cli",),
     ("agent", "config", "doctor", "replay", "health", "listeners"),
-    ("backends", "outputs"),
+    ("backends", "outputs", "table", "status"),
     ("enrich", "fim", "delivery"),
     ("kernel", "otel", "rules"),
     ("event", "masks"),
