@@ -21,7 +21,11 @@
  *   FILTER_TRACER_PIDS  1: only tgids in `tracer_pids` are tracers
  *   FILTER_TRACEE_PIDS  1: only tgids in `tracee_pids` are tracees (exact only:
  *                       the tracepoint backend learns its tracees in user space)
- *   MAX_PID_FILTERS     entries of each pid filter map
+ *   FILTER_TRACER_COMMS 1: only tracers whose comm is in `tracer_comms`
+ *   FILTER_TRACEE_COMMS, FILTER_EXCLUDE_COMMS, FILTER_TRACEE_UIDS (exact only)
+ *                       1: only tracees whose comm is in `tracee_comms`, not
+ *                       in `exclude_comms`, whose euid is in `tracee_uids`
+ *   MAX_PID_FILTERS     entries of each pid, comm and uid filter map
  */
 #ifndef FSNOTIFY_COMMON_H
 #define FSNOTIFY_COMMON_H
@@ -38,6 +42,12 @@
 #ifndef PATH_STEPS
 #define PATH_STEPS 24    /* dentries (and mount crossings) walked per path */
 #endif
+
+/* A command name as a map key: the task's comm as bpf_get_current_comm()
+ * gives it, NUL-padded to its 16 bytes (user space pads its names the same). */
+struct comm_key {
+    char comm[TASK_COMM];
+};
 
 /* A process as both roles carry it (user space: otel_fsnotify/event.py
  * PROCESS_FIELDS; exe and container id come from /proc). */

@@ -119,6 +119,12 @@ BPF_HASH(group_kind, u64, u32, 4096);
 /* --tracer-pid / --tracee-pid (tgids), consulted when FILTER_*_PIDS is 1 */
 BPF_HASH(tracer_pids, u32, u8, MAX_PID_FILTERS);
 BPF_HASH(tracee_pids, u32, u8, MAX_PID_FILTERS);
+/* --tracer-comm, --comm, --exclude-comm (struct comm_key) and --uid (the
+ * tracee's euid), consulted when their FILTER_* is 1 */
+BPF_HASH(tracer_comms, struct comm_key, u8, MAX_PID_FILTERS);
+BPF_HASH(tracee_comms, struct comm_key, u8, MAX_PID_FILTERS);
+BPF_HASH(exclude_comms, struct comm_key, u8, MAX_PID_FILTERS);
+BPF_HASH(tracee_uids, u32, u8, MAX_PID_FILTERS);
 /* --cgroup / --container-id / --pod-uid / --this-pod, when FILTER_SCOPE is 1:
  * the cgroup v2 directory an actor must be in (or below). Tested at insertion,
  * where the actor is the current task; an event of an actor outside is marked
@@ -151,6 +157,16 @@ static __always_inline int passes_filters(struct record *r)
     }
     if ((FILTER_TRACER_PIDS && !tracer_pids.lookup(&r->tracer.pid))
         || (FILTER_TRACEE_PIDS && !tracee_pids.lookup(&r->tracee.pid))) {
+        count(CNT_FILTERED);
+        return 0;
+    }
+    /* by name and uid; the agent's own reads (watch mode's actors) always
+     * pass: user space applies the same filters to the changes it reports */
+    if (r->tracer.pid != SELF_TGID
+        && ((FILTER_TRACER_COMMS && !tracer_comms.lookup((struct comm_key *)r->tracer.comm))
+            || (FILTER_TRACEE_COMMS && !tracee_comms.lookup((struct comm_key *)r->tracee.comm))
+            || (FILTER_EXCLUDE_COMMS && exclude_comms.lookup((struct comm_key *)r->tracee.comm))
+            || (FILTER_TRACEE_UIDS && !tracee_uids.lookup(&r->tracee.uid)))) {
         count(CNT_FILTERED);
         return 0;
     }

@@ -117,6 +117,9 @@ BPF_PERCPU_ARRAY(wake_count, u64, 1);
 // --tracer-pid (tgids), consulted when FILTER_TRACER_PIDS is 1 (--tracee-pid
 // is applied in user space, where this backend learns its tracees).
 BPF_HASH(tracer_pids, u32, u8, MAX_PID_FILTERS);
+// --tracer-comm, consulted when FILTER_TRACER_COMMS is 1: the reader is the
+// current task here. (--comm, --exclude-comm, --uid name the tracee: user space.)
+BPF_HASH(tracer_comms, struct comm_key, u8, MAX_PID_FILTERS);
 // Loss counters, summed over CPUs by user space.
 BPF_PERCPU_ARRAY(counters, u64, CNT_SLOTS);
 // f_op of an inotify fd ([KIND_INOTIFY]) and a fanotify fd ([KIND_FANOTIFY]):
@@ -203,6 +206,12 @@ static __always_inline int tracer_wanted(u32 tgid, u32 kind, u64 group) {
 #endif
     if (FILTER_TRACER_PIDS && !tracer_pids.lookup(&tgid))
         return 0;
+    if (FILTER_TRACER_COMMS) {
+        struct comm_key reader = {};
+        bpf_get_current_comm(reader.comm, sizeof(reader.comm));
+        if (!tracer_comms.lookup(&reader))
+            return 0;
+    }
     return 1;
 }
 

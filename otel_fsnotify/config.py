@@ -173,6 +173,9 @@ def _check_selection(f: FilterConfig, where: str) -> None:
     for uid in f.uid:
         if not 0 <= uid < (1 << 32) - 1:
             raise ConfigError(f"{where}: filters.uid: {uid} is not a uid")
+    for key in ("comm", "exclude_comm", "tracer_comm", "uid"):
+        if len(getattr(f, key)) > MAX_PID_FILTERS:
+            raise ConfigError(f"{where}: filters.{key}: at most {MAX_PID_FILTERS} (the in-kernel filter map's size)")
 
 
 def _check_fim(fim: FimConfig, where: str) -> None:
@@ -278,4 +281,6 @@ def filters_of(cfg: AgentConfig) -> Filters:
     return Filters(tracer_pids=tuple(f.tracer_pid), tracee_pids=tuple(f.tracee_pid),
                    tracer_group=parse_group(f.tracer_group) if f.tracer_group else 0,
                    inotify_only=f.inotify_only, fanotify_only=f.fanotify_only,
+                   tracer_comms=tuple(f.tracer_comm), tracee_comms=tuple(f.comm),
+                   exclude_comms=tuple(f.exclude_comm), tracee_uids=tuple(f.uid),
                    fim_only=cfg.fim.only)

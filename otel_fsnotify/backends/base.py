@@ -34,6 +34,13 @@ class Filters(msgspec.Struct, frozen=True):
     # only actors in this cgroup v2 directory or below (--cgroup, --pod-uid...:
     # enrich/scope.py kernel_cgroup), where the backend can test it in the kernel
     scope_cgroup: str = ""
+    # by name and uid (--tracer-comm, --comm, --exclude-comm, --uid): in the
+    # kernel where the backend knows the process there, always in user space
+    # too (enrich/selection.py)
+    tracer_comms: tuple[str, ...] = ()
+    tracee_comms: tuple[str, ...] = ()
+    exclude_comms: tuple[str, ...] = ()
+    tracee_uids: tuple[int, ...] = ()
 
 
 # The initial pid namespace's inode (PROC_PID_INIT_INO): fixed by the kernel.
@@ -56,6 +63,10 @@ def filter_cflags(f: Filters, tracee_pids_in_kernel: bool = True) -> list[str]:
         f"-DFILTER_GROUP={f.tracer_group}ULL",
         f"-DFILTER_TRACER_PIDS={int(bool(f.tracer_pids) or f.fim_only)}",
         f"-DFILTER_TRACEE_PIDS={int(bool(f.tracee_pids) and tracee_pids_in_kernel)}",
+        f"-DFILTER_TRACER_COMMS={int(bool(f.tracer_comms))}",
+        f"-DFILTER_TRACEE_COMMS={int(bool(f.tracee_comms) and tracee_pids_in_kernel)}",
+        f"-DFILTER_EXCLUDE_COMMS={int(bool(f.exclude_comms) and tracee_pids_in_kernel)}",
+        f"-DFILTER_TRACEE_UIDS={int(bool(f.tracee_uids) and tracee_pids_in_kernel)}",
         f"-DMAX_PID_FILTERS={MAX_PID_FILTERS}",
     ]
 
@@ -71,6 +82,16 @@ def fill_pid_filters(bpf, f: Filters, tracee_pids_in_kernel: bool = True) -> Non
     for table, pids in tables:
         for pid in pids:
             bpf[table][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+    names = [("tracer_comms", f.tracer_comms)]
+    if tracee_pids_in_kernel:
+        names += [("tracee_comms", f.tracee_comms), ("exclude_comms", f.exclude_comms)]
+        for uid in f.tracee_uids:
+            bpf["tracee_uids"][ctypes.c_uint32(uid)] = ctypes.c_uint8(1)
+    for table, comms in names:
+        for comm in comms:  # NUL-padded, as bpf_get_current_comm() writes it
+            key = bpf[table].Key()
+            ctypes.memmove(ctypes.addressof(key), comm.encode()[:15].ljust(16, b"\0"), 16)
+            bpf[table][key] = ctypes.c_uint8(1)
 
 
 class BackendUnavailable(RuntimeError):

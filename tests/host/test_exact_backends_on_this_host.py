@@ -72,7 +72,8 @@ def test_fentry_backend_refuses_in_one_line():
 
 
 EVERY_FILTER = Filters(tracer_pids=(1,), tracee_pids=(2,), tracer_group=0xffff888000001000,
-                      inotify_only=True)
+                      inotify_only=True, tracer_comms=("inotifywait",), tracee_comms=("cat",),
+                      exclude_comms=("sshd",), tracee_uids=(0,))
 
 
 @root

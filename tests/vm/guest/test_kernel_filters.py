@@ -66,6 +66,11 @@ def filtered(backend, scene, start_agent, tmp_path_factory):
         "tracee": start_agent(backend, base / "a-tracee", "--tracee-pid", str(scene.tracee.pid)),
         "inotify": start_agent(backend, base / "a-inotify", "--inotify-only"),
         "fanotify": start_agent(backend, base / "a-fanotify", "--fanotify-only"),
+        # by name and uid: the kernel drops the fanotify listener's copies on
+        # every backend (the reader is named there); the actor's name and uid
+        # in the kernel on the exact backends, in user space on tracepoint
+        "names": start_agent(backend, base / "a-names", "--tracer-comm", "inotifywait", "--comm", "touch",
+                             "--exclude-comm", "sh", "--uid", str(os.geteuid())),
     }
     for a in agents.values():
         a.wait_started(600)
@@ -117,3 +122,15 @@ def test_filter_tracer_group(filtered, scene):
     assert {e["tracer_pid"] for e in evs} == {scene.ino.pid}, (hex(filtered["group"]), evs[:4])
     assert {e["name"] for e in evs} == {"fromS", "other"}
     assert {e["type"] for e in evs} == {"inotify"}
+
+
+def test_filter_by_watcher_and_actor_name_and_uid(filtered, scene, backend):
+    a = filtered["agents"]["names"]
+    evs = _wait(a, 8)
+    assert evs, a.stderr()
+    assert {e["tracer_pid"] for e in evs} == {scene.ino.pid}
+    assert {(e["tracee_comm"], e["tracee_uid"]) for e in evs} == {("touch", os.geteuid())}
+    assert {e["name"] for e in evs} == {"fromS", "other"}
+    stats = a.stop()
+    if backend != "tracepoint":  # the listener's copies, left out in the kernel and counted
+        assert stats["filtered"] >= 2, stats
