@@ -160,13 +160,16 @@ static __always_inline int passes_filters(struct record *r)
         count(CNT_FILTERED);
         return 0;
     }
-    /* by name and uid; the agent's own reads (watch mode's actors) always
-     * pass: user space applies the same filters to the changes it reports */
+    /* by name and uid. The agent's own reads (watch mode's actors) always
+     * pass: user space applies the same filters to the changes it reports.
+     * So does an event without an actor (a queue overflow): user space lets
+     * overflows through every filter, they say events were lost. */
     if (r->tracer.pid != SELF_TGID
         && ((FILTER_TRACER_COMMS && !tracer_comms.lookup((struct comm_key *)r->tracer.comm))
-            || (FILTER_TRACEE_COMMS && !tracee_comms.lookup((struct comm_key *)r->tracee.comm))
-            || (FILTER_EXCLUDE_COMMS && exclude_comms.lookup((struct comm_key *)r->tracee.comm))
-            || (FILTER_TRACEE_UIDS && !tracee_uids.lookup(&r->tracee.uid)))) {
+            || (r->tracee.pid
+                && ((FILTER_TRACEE_COMMS && !tracee_comms.lookup((struct comm_key *)r->tracee.comm))
+                    || (FILTER_EXCLUDE_COMMS && exclude_comms.lookup((struct comm_key *)r->tracee.comm))
+                    || (FILTER_TRACEE_UIDS && !tracee_uids.lookup(&r->tracee.uid)))))) {
         count(CNT_FILTERED);
         return 0;
     }

@@ -251,8 +251,8 @@ def run(cfg: AgentConfig) -> int:
         metrics = _start_metrics(cfg, output, backend, fim, sink)
     watch = _Watch(fim, backend) if fim is not None else None
     status = StatusLine(sys.stderr, lambda: _stats(backend, output, fim, sink), sys.stdout)
-    # a table on the status line's terminal clears it before its rows
-    clears = status.enabled and cfg.output in ("table", "jsonl") and not cfg.output_file
+    # rows on the status line's terminal clear it first
+    clears = status.shares(getattr(output, "stream", None))
     try:
         while not stop.requested:
             now = time.monotonic()

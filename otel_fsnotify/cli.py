@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "listeners":
             from . import listeners
 
+            gone = [pid for pid in args.pid or () if not os.path.isdir(f"/proc/{pid}")]
+            if gone:
+                return _fail(f"--pid {gone[0]}: no such process", EXIT_USAGE)
             return listeners.main(args.pid, args.output)
         if args.command == "run":
             return _cmd_run(args)

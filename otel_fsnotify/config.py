@@ -166,10 +166,9 @@ def _check_selection(f: FilterConfig, where: str) -> None:
         f.path[i] = os.path.normpath(path).replace("//", "/")
     for key in ("comm", "exclude_comm", "tracer_comm"):
         for name in getattr(f, key):
-            if not name or len(name.encode()) > COMM_MAX or "/" in name:
+            if not name or len(name.encode()) > COMM_MAX:
                 raise ConfigError(f"{where}: filters.{key}: {name!r}: a command name is 1 to {COMM_MAX} "
-                                  "bytes without '/' (the kernel cuts longer names: use the first "
-                                  f"{COMM_MAX})")
+                                  f"bytes (the kernel cuts longer names: use the first {COMM_MAX})")
     for uid in f.uid:
         if not 0 <= uid < (1 << 32) - 1:
             raise ConfigError(f"{where}: filters.uid: {uid} is not a uid")

@@ -7,8 +7,12 @@ kernel prints for it, opened with open_by_handle_at(2) and placed in the
 owner's view of the mounts (what `inotifywait` in a container watches is
 shown where the container sees it). Nothing is loaded into the kernel, so
 the `struct fsnotify_group` address that `--tracer-group` takes is not
-listed (fdinfo does not print it): the agent's events carry it as
-`tracer_group`, and `--tracer-pid` selects the same listener by its pid.
+listed: fdinfo does not print it, and reading it from the kernel would take
+a BPF iterator over tasks' files, which bcc's Python cannot attach.
+`--tracer-pid` selects the same listener by its pid.
+
+A listener fd shared by several processes (inherited over fork) is listed,
+and counted, once per process.
 
 The limits are per user (the kernel charges an instance, a watch, a group
 or a mark to the effective uid that created it); the owner's current euid
@@ -26,7 +30,9 @@ from .enrich import procs
 from .enrich.mounts import MountViews, unescape
 from .enrich.watches import FanMark, Listener, Watch, scan_pid
 from .kernel.abi import O_PATH
+from .event import utf8_text
 from .masks import fanotify_mask_names, inotify_mask_names
+from .table import printable
 
 # fanotify_init(2) flags, include/uapi/linux/fanotify.h (the class is two bits)
 FAN_CLASSES = {0x0: "notif", 0x4: "content", 0x8: "pre-content"}
@@ -168,14 +174,16 @@ def _row(lst: Listener, resolve: _Resolver) -> ListenerRow:
     pid = lst.pid
     uid_field = procs.status(pid).get("Uid", "")
     uid = int(uid_field.split()[1]) if len(uid_field.split()) > 1 else -1
-    row = ListenerRow(pid=pid, comm=_read(f"/proc/{pid}/comm"), exe=procs.exe_path(pid), uid=uid,
-                      fd=lst.fd, api=lst.kind)
+    row = ListenerRow(pid=pid, comm=utf8_text(_read(f"/proc/{pid}/comm")), exe=utf8_text(procs.exe_path(pid)),
+                      uid=uid, fd=lst.fd, api=lst.kind)
     if lst.kind == "inotify":
         row.watched = [resolve.inotify(pid, w) for w in sorted(lst.watches.values(), key=lambda w: w.wd)]
     else:
         row.fanotify_class = FAN_CLASSES.get(lst.fan_flags & 0xC, f"0x{lst.fan_flags & 0xC:x}")
         row.fanotify_flags = _flag_names(lst.fan_flags & ~0xC, FAN_INIT_BITS)
         row.watched = [resolve.fanotify(pid, m) for m in lst.marks]
+    for item in row.watched:  # names are anyone's bytes: JSON takes UTF-8 only
+        item.path, item.mount = utf8_text(item.path), utf8_text(item.mount)
     row.watches = len(row.watched)
     return row
 
@@ -245,13 +253,13 @@ def render(report: Report, out=sys.stdout) -> None:
     else:
         w(f"{'PID':>7} {'COMM':<16} {'FD':>4} {'API':<8} {'CLASS':<11} {'WATCHES':>7}  EXE / FLAGS\n")
         for r in report.listeners:
-            extra = r.exe + (f"  {'|'.join(r.fanotify_flags)}" if r.fanotify_flags else "")
-            w(f"{r.pid:>7} {r.comm[:16]:<16} {r.fd:>4} {r.api:<8} {r.fanotify_class or '-':<11} "
+            extra = printable(r.exe) + (f"  {'|'.join(r.fanotify_flags)}" if r.fanotify_flags else "")
+            w(f"{r.pid:>7} {printable(r.comm)[:16]:<16} {r.fd:>4} {r.api:<8} {r.fanotify_class or '-':<11} "
               f"{r.watches:>7}  {extra}\n")
             for item in r.watched[:SHOWN_PER_LISTENER]:
-                where = item.path or "(path unknown)"
+                where = printable(item.path) if item.path else "(path unknown)"
                 label = f"wd {item.wd}" if item.wd >= 0 else item.kind
-                w(f"{'':>10}{label:<11} {where}  [{item.mount}]  {_mask_text(item)}\n")
+                w(f"{'':>10}{label:<11} {where}  [{printable(item.mount)}]  {_mask_text(item)}\n")
             if len(r.watched) > SHOWN_PER_LISTENER:
                 w(f"{'':>10}... {len(r.watched) - SHOWN_PER_LISTENER} more (--output json lists all)\n")
     if report.limits:
@@ -260,6 +268,8 @@ def render(report: Report, out=sys.stdout) -> None:
             parts = [f"{key} {_percent(lim.used[key], lim.limit[key])}" for key in LIMITS
                      if lim.used[key] or key.endswith(("instances", "groups"))]
             w(f"  uid {lim.uid}: " + ", ".join(parts) + "\n")
+    if os.geteuid() != 0 and any(not i.path for r in report.listeners for i in r.watched):
+        w("\npaths are resolved from file handles, which needs CAP_DAC_READ_SEARCH: run as root\n")
     if report.unreadable_pids:
         w(f"\n{report.unreadable_pids} processes not shown: reading their fds needs root "
           f"(or CAP_SYS_PTRACE)\n")

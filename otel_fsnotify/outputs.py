@@ -33,7 +33,7 @@ class JsonlOutput:
     FLUSH_BYTES = 1 << 20
 
     def __init__(self, path: str = ""):
-        self._fh = _open(path, binary=True)
+        self._fh = self.stream = _open(path, binary=True)
         self._own = bool(path and path != "-")
         self._buf = bytearray()
         self.written = 0
@@ -68,7 +68,7 @@ class TableOutput:
     so a live status line on the same terminal can be cleared first."""
 
     def __init__(self, fields: list[str], path: str = ""):
-        self._fh = _open(path, binary=False)
+        self._fh = self.stream = _open(path, binary=False)
         self._own = bool(path and path != "-")
         self.table = Table(fields, self._fh)
         self._rows: list[str] = [self.table.header()]

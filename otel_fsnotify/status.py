@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import time
 from typing import IO
 
@@ -36,15 +38,17 @@ def status_text(stats: dict, rate: float) -> str:
 
 
 class _ClearingStream:
-    """A log handler's stream that clears the status line before a record."""
+    """A stream of the status line's terminal (sys.stderr, a log handler's)
+    that clears the line before anything else is written."""
 
     def __init__(self, stream: IO, status: "StatusLine"):
         self._stream = stream
         self._status = status
 
     def write(self, text: str) -> int:
-        self._status.clear()
-        return self._stream.write(text)
+        with self._status.lock:  # the sender's threads log too
+            self._status.clear()
+            return self._stream.write(text)
 
     def flush(self) -> None:
         self._stream.flush()
@@ -63,6 +67,8 @@ class StatusLine:
         self.enabled = _is_tty(fh) and _is_tty(out) and os.environ.get("TERM") != "dumb"
         self.shown = False
         self.text = ""
+        self.lock = threading.RLock()
+        self._stderr = None
         self._last = (time.monotonic(), 0)
         self._next = 0.0
         if self.enabled:
@@ -70,13 +76,20 @@ class StatusLine:
                 stream = getattr(handler, "stream", None)
                 if stream is not None and _same_terminal(stream, fh):
                     handler.setStream(_ClearingStream(stream, self))
+            if sys.stderr is fh:  # direct writes (watch mode's `fim ready`, the stats line)
+                self._stderr, sys.stderr = fh, _ClearingStream(fh, self)
+
+    def shares(self, stream) -> bool:
+        """Whether stream is the status line's terminal (it must clear it first)."""
+        return self.enabled and stream is not None and _same_terminal(stream, self.fh)
 
     def clear(self) -> None:
         """Before anything else is written to the terminal."""
-        if self.shown:
-            self.fh.write(CLEAR)
-            self.fh.flush()
-            self.shown = False
+        with self.lock:
+            if self.shown:
+                self.fh.write(CLEAR)
+                self.fh.flush()
+                self.shown = False
 
     def refresh(self, now: float) -> None:
         """New figures twice a second; the line drawn again if it was cleared."""
@@ -96,12 +109,15 @@ class StatusLine:
             width = os.get_terminal_size(self.fh.fileno()).columns or 120  # 0: a terminal of no size
         except (OSError, ValueError):
             width = 120
-        self.fh.write(CLEAR + self.text[: max(20, width - 1)])
-        self.fh.flush()
-        self.shown = True
+        with self.lock:
+            self.fh.write(CLEAR + self.text[: max(20, width - 1)])
+            self.fh.flush()
+            self.shown = True
 
     def close(self) -> None:
         self.clear()
+        if self._stderr is not None:
+            sys.stderr, self._stderr = self._stderr, None
         for handler in logging.getLogger().handlers:
             stream = getattr(handler, "stream", None)
             if isinstance(stream, _ClearingStream):

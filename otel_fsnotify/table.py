@@ -21,7 +21,7 @@ import time
 from typing import IO
 
 from . import masks
-from .event import FIELD_NAMES, PROCESS_FIELDS, TRACEE_ONLY_FIELDS, Event
+from .event import FIELD_NAMES, PROCESS_FIELDS, TRACEE_ONLY_FIELDS, Event, utf8_text
 
 # the table's own columns, made from several fields: name -> (width, help)
 COLUMNS: dict[str, tuple[int, str]] = {
@@ -83,6 +83,19 @@ def field_help() -> dict[str, str]:
 TABLE_FIELDS = tuple(field_help())  # every name --fields accepts
 
 
+# C0 and C1 control characters and DEL, as \xNN: a file name is anyone's to
+# choose, and an escape sequence in one must not move the cursor or forge rows
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """text safe to write to a terminal: bytes that were not UTF-8 and
+    control characters written as \\xNN."""
+    if text.isprintable() and text.isascii():
+        return text
+    return utf8_text(text).translate(_CONTROLS)
+
+
 def _who(comm: str, pid: int) -> str:
     return f"{comm or '?'}[{pid}]"
 
@@ -97,7 +110,11 @@ def _event_text(ev: Event) -> str:
 
 
 def cell(ev: Event, field: str) -> str:
-    """One column's text for an event."""
+    """One column's text for an event, printable."""
+    return printable(_text(ev, field))
+
+
+def _text(ev: Event, field: str) -> str:
     if field == "time":
         secs, ns = divmod(ev.timestamp, 1_000_000_000)
         return time.strftime("%H:%M:%S", time.localtime(secs)) + f".{ns // 1_000_000:03d}"

@@ -11,6 +11,7 @@ import os
 
 # the kernel keeps a task's command name in TASK_COMM_LEN (16) bytes with its NUL
 COMM_MAX = 15
+Q_OVERFLOW = 0x4000  # IN_Q_OVERFLOW, FAN_Q_OVERFLOW (and the kernel's FS_Q_OVERFLOW)
 
 
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:
@@ -33,10 +34,14 @@ class Selection:
         return bool(self.paths or self.comms or self.exclude_comms or self.tracer_comms or self.uids)
 
     def holds(self, ev) -> bool:
-        if ((self.comms and ev.tracee_comm not in self.comms)
-                or ev.tracee_comm in self.exclude_comms
-                or (self.tracer_comms and ev.tracer_comm not in self.tracer_comms)
-                or (self.uids and ev.tracee_uid not in self.uids)
+        if (ev.i_mask | ev.fa_mask) & Q_OVERFLOW:
+            return True  # a queue overflow says events were lost: it passes every filter
+        known = ev.tracee_pid != 0  # an unknown actor is no one's: not kept for a name or uid
+        if ((self.comms and not (known and ev.tracee_comm in self.comms))
+                or (known and ev.tracee_comm in self.exclude_comms)
+                # watch mode's changes are the agent's own reads: no other watcher's
+                or (self.tracer_comms and ev.type != "fim" and ev.tracer_comm not in self.tracer_comms)
+                or (self.uids and not (known and ev.tracee_uid in self.uids))
                 or (self.paths and not _under(ev.host_path or ev.path, self.paths))):
             self.left_out += 1
             return False

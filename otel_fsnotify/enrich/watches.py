@@ -110,13 +110,16 @@ def _fd_kind(pid: int, fd: str) -> str | None:
 
 def read_listener(pid: int, fd: int) -> Listener | None:
     """Re-read one listener fd (after inotify_add_watch), None if gone."""
-    if not _fd_kind(pid, str(fd)):
+    kind = _fd_kind(pid, str(fd))
+    if not kind:
         return None
     try:
         with open(f"{PROC}/{pid}/fdinfo/{fd}") as fh:
-            return parse_fdinfo(pid, fd, fh.read())
+            found = parse_fdinfo(pid, fd, fh.read())
     except OSError:
         return None
+    # an inotify instance without watches prints no line of its own
+    return found if found is not None or kind != "inotify" else Listener(pid=pid, fd=fd, kind="inotify")
 
 
 def scan_pid(pid: int) -> list[Listener]:

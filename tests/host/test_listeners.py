@@ -101,3 +101,17 @@ def test_the_table_shows_each_listener_and_its_paths_for_a_person(scene):
 def test_a_process_without_listeners_says_so():
     proc = listeners("--pid", str(os.getpid()))
     assert proc.returncode == 0 and proc.stdout.startswith("no inotify or fanotify listeners")
+
+
+def test_an_inotify_instance_without_watches_still_counts(tmp_path):
+    # inotify_init1 and no inotify_add_watch: fdinfo has no line for it
+    code = "import ctypes, sys; fd = ctypes.CDLL(None).inotify_init1(0); print(fd, flush=True); sys.stdin.read()"
+    proc = subprocess.Popen(["python3", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        fd = int(proc.stdout.readline())
+        out = listeners("-o", "json", "--pid", str(proc.pid))
+        (row,) = json.loads(out.stdout)["listeners"]
+        assert (row["api"], row["fd"], row["watches"]) == ("inotify", fd, 0)
+        assert json.loads(out.stdout)["limits"][0]["used"]["inotify_instances"] == 1
+    finally:
+        proc.communicate("")

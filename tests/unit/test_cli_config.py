@@ -82,9 +82,10 @@ def test_missing_config_file(tmp_path):
     (["run", "--ring-buffer-mib", "6", "--duration", "0.1"], "ring_buffer_mib = 6: expected a power of two"),
     (["run", "--uid", "root"], "'root' is not a uid"),
     (["run", "--path", "tmp", "--duration", "0.1"], "filters.path: 'tmp': give an absolute path"),
-    (["run", "--exclude-comm", "a/b", "--duration", "0.1"], "filters.exclude_comm: 'a/b'"),
+    (["run", "--exclude-comm", "", "--duration", "0.1"], "filters.exclude_comm: '': a command name is 1 to 15"),
     (["listeners", "--pid", "0"], "not a pid"),
     (["listeners", "-o", "xml"], "invalid choice"),
+    (["listeners", "--pid", str((1 << 32) - 2)], "no such process"),
 ])
 def test_bad_flags(args, needle):
     proc = run_cli(*args)

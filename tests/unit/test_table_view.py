@@ -110,3 +110,11 @@ def test_named_fields_are_the_columns(fields):
     table = Table(fields, open(os.devnull, "w"))
     assert table.header().split() == [f.upper() for f in fields]
     assert table.row(inotify()).split() == [cell(inotify(), "time"), "touch", "IN_CREATE|IN_ISDIR", "/etc/some/dir"]
+
+
+def test_a_file_name_cannot_write_escape_sequences_or_rows_to_the_terminal():
+    ev = inotify()
+    ev.path = "/tmp/evil\x1b[2J\nFORGED ROW\x9b\udcff.txt"
+    text = cell(ev, "path")
+    assert text == "/tmp/evil\\x1b[2J\\x0aFORGED ROW\\x9b\\xff.txt"
+    assert "\n" not in Table([], open(os.devnull, "w")).row(ev)
