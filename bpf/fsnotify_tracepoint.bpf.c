@@ -61,7 +61,8 @@
 #define CNT_READ_TRUNCATED 1   // read larger than MAX_CHUNKS*CHUNK: tail not captured
 #define CNT_PENDING_FULL 2     // per-thread pending map full: a read/write not tracked
 #define CNT_PATH_TOO_DEEP 3    // fanotify path not walked to the root (too deep/long): cut
-#define CNT_SLOTS 4
+#define CNT_RINGBUF_LOST_EVENTS 4  // the events in the records the full ring dropped
+#define CNT_SLOTS 5
 
 // Every record: this header, then `len` bytes of data. Each field has one
 // meaning; the kinds that do not use it leave it 0.
@@ -154,10 +155,14 @@ static __always_inline int is_agent(u32 tgid) {
 // -> the fd last read. Lets close(2) and exit find the file cheaply.
 BPF_HASH(perm_readers, u32, u32, 10240);
 
-static __always_inline void count(int slot) {
+static __always_inline void count_n(int slot, u64 n) {
     u64 *v = counters.lookup(&slot);
     if (v)
-        (*v)++;
+        *v += n;
+}
+
+static __always_inline void count(int slot) {
+    count_n(slot, 1);
 }
 
 // struct file * of fd in the current task's fd table, 0 if none.
@@ -274,7 +279,8 @@ static __always_inline struct rec_buf *stage_record(u32 kind) {
     return r;
 }
 
-static __always_inline void submit(struct rec_buf *r, long len) {
+// 0: the record is in the ring; else the ring was full (counted)
+static __always_inline int submit(struct rec_buf *r, long len) {
     u64 n = len;
     // keep the clamp and its use on one register so the verifier sees the bound
     asm volatile("" : "+r"(n));
@@ -291,8 +297,66 @@ static __always_inline void submit(struct rec_buf *r, long len) {
     u64 flags = BPF_RB_NO_WAKEUP;
     if (cnt && ++(*cnt) % WAKEUP_EVERY == 0)
         flags = BPF_RB_FORCE_WAKEUP;
-    if (events.ringbuf_output(r, sizeof(struct rec_hdr) + n, flags) != 0)
-        count(CNT_RINGBUF_LOST);
+    if (events.ringbuf_output(r, sizeof(struct rec_hdr) + n, flags) == 0)
+        return 0;
+    count(CNT_RINGBUF_LOST);
+    return -1;
+}
+
+// How many events of a read end past byte `from`: the events a lost record
+// (and the rest of that read, which cannot be decoded without it) held, and
+// the one cut by its start, which the received part cannot complete. The buffer is still the reader's at sys_exit_read. inotify:
+// struct inotify_event is 16 bytes and a name of `len` (at byte 12);
+// fanotify: each event says its length first (event_len). The verifier
+// follows at most 8192 jumps along one path, so the walk takes MAX_WALK
+// events (three jumps each); what lies past them is counted as the most
+// events its bytes can hold (the smallest event: 16 bytes, 24 for fanotify).
+#define MAX_WALK 2048
+static __always_inline u32 events_from(u64 buf, u32 total, u32 from, u32 listener) {
+    // one loop whose only branches leave it, counting without a branch
+    // (minus the sign of from - end): the verifier walks each iteration once,
+    // not every combination of taken branches
+    u32 at = listener == KIND_INOTIFY ? 12 : 0;    // where the length is
+    u32 fixed = listener == KIND_INOTIFY ? 16 : 0;  // what it leaves out
+    u32 pos = 0, len;
+    s64 n = 0;
+    for (int i = 0; i < MAX_WALK; i++) {
+        if (pos >= total)
+            return n;
+        len = 0;
+        bpf_probe_read_user(&len, 4, (void *)(buf + pos + at));
+        len += fixed;
+        if (len - 16 > MAX_CHUNKS * CHUNK - 16)  // (unsigned) below 16 or above a read
+            return n;  // not an event header: the count so far
+        n -= ((s64)from - (s64)pos - (s64)len) >> 63;  // +1 when it ends past `from`
+        pos += len;
+    }
+    if (pos < from)
+        pos = from;
+    if (pos < total)
+        n += (total - pos) / (listener == KIND_INOTIFY ? 16 : 24);
+    return n;
+}
+
+// The walk runs as a program of its own, reached by a tail call from
+// sys_exit_read (lost_read_walk[0], set by user space after loading): the
+// verifier checks it once, not once for every way into it.
+struct lost_read {
+    u64 buf;
+    u32 total;
+    u32 from;
+    u32 listener;
+    u32 pad;
+};
+BPF_PERCPU_ARRAY(lost_read_arg, struct lost_read, 1);
+BPF_PROG_ARRAY(lost_read_walk, 1);
+
+int count_lost_events(void *ctx) {
+    int zero = 0;
+    struct lost_read *l = lost_read_arg.lookup(&zero);
+    if (l)
+        count_n(CNT_RINGBUF_LOST_EVENTS, events_from(l->buf, l->total, l->from, l->listener));
+    return 0;
 }
 
 // ---- tracer side: read(2) on a listener fd --------------------------------
@@ -454,8 +518,25 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
         r->h.offset = off;
         if (bpf_probe_read_user(r->data, n, (void *)(buf + off)) != 0)
             n = 0;
-        submit(r, n);
+        if (submit(r, n) != 0)
+            break;
         off += CHUNK;
+    }
+    if (off < total && off < MAX_CHUNKS * CHUNK) {
+        // the chunk at `off` is lost, and the ones after it could not be
+        // decoded without it: not sent, their events counted
+        int zero = 0;
+        struct lost_read *l = lost_read_arg.lookup(&zero);
+        if (l) {
+            l->buf = buf;
+            l->total = total;
+            l->from = off;
+            l->listener = listener;
+            lost_read_walk.call(args, 0);  // does not return when it runs
+        }
+        // before user space installed the walk: the most events the bytes hold
+        count_n(CNT_RINGBUF_LOST_EVENTS, (total - off) / 16);
+        return 0;
     }
     if (off < total)
         count(CNT_READ_TRUNCATED);
@@ -503,7 +584,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_write) {
     if (bpf_probe_read_user(r->data, 8, (void *)io.buf) != 0)
         return 0;
     r->h.total = 8;
-    submit(r, 8);
+    if (submit(r, 8) != 0)
+        count(CNT_RINGBUF_LOST_EVENTS);  // a verdict event (fa_resp)
     return 0;
 }
 

@@ -205,11 +205,12 @@ def run(cfg: AgentConfig) -> int:
         if fim is not None:
             fim.close()
         raise
-    log.info("backend %s started", backend.name)
+    # what it runs with first: `started` is the line scripts and tests wait for
+    log.info("kernel headers: %s", bcc.describe_headers())
     maps = probes.bpf_map_memory()
     log.info("bpf maps: %.1f MiB of kernel memory in %d maps (ring buffer %.1f MiB: ring_buffer_mib)",
              maps.total / (1 << 20), maps.maps, maps.ring / (1 << 20))
-    log.info("kernel headers: %s", bcc.describe_headers())
+    log.info("backend %s started", backend.name)
     if scope:
         where = (f"in the kernel (cgroup {filters.scope_cgroup}) and in user space"
                  if backend.scope_in_kernel and filters.scope_cgroup else "in user space")

@@ -32,7 +32,9 @@ def status_text(stats: dict, rate: float) -> str:
     parts = [f"{rate:,.0f} ev/s", f"emitted {emitted:,}"]
     if "delivered" in stats:
         parts += [f"delivered {stats['delivered']:,}", f"spool {stats.get('spool_pending', 0):,}"]
-    lost = sum(stats.get(k, 0) for k in LOSS_COUNTERS)
+    lost = sum(stats.get(k, 0) for k in LOSS_COUNTERS
+               if not (k == "ringbuf_lost" and "ringbuf_lost_events" in stats))  # records of many events
+    lost += stats.get("ringbuf_lost_events", 0)
     parts.append(f"lost {lost:,}")
     return "otel-fsnotify: " + " · ".join(parts)
 

@@ -148,7 +148,8 @@ class MapMemory(NamedTuple):
 
 def bpf_map_memory(pid: str = "self") -> MapMemory:
     """Sum the `memlock` of every BPF map pid holds (by map id: a map may
-    have several fds)."""
+    have several fds). Before 6.4 the kernel counts a hash map's keys and
+    values only, not its own per-element overhead."""
     total = maps = ring = 0
     seen = set()
     base = f"/proc/{pid}/fdinfo"
@@ -163,8 +164,11 @@ def bpf_map_memory(pid: str = "self") -> MapMemory:
             continue
         seen.add(key)
         size = int(info["memlock"])
+        if int(info["map_type"]) == BPF_MAP_TYPE_RINGBUF:
+            # before 6.4 (map_mem_usage) memlock is key + value bytes times
+            # max_entries: 0 for a ring, whose max_entries is its data size
+            size = max(size, int(info.get("max_entries", 0)))
+            ring += size
         total += size
         maps += 1
-        if int(info["map_type"]) == BPF_MAP_TYPE_RINGBUF:
-            ring += size
     return MapMemory(total, maps, ring)

@@ -225,3 +225,34 @@ def test_two_processes_on_one_file_are_never_credited_with_the_others_events(tmp
     assert by_actor.get(small.pid, 0) <= 2 * 2_000, by_actor  # an open and a close per op
     assert by_actor.get(big.pid, 0) <= 2 * 20_000, by_actor
     assert set(by_actor) <= {small.pid, big.pid, 0}
+
+
+def test_a_full_ring_counts_the_events_it_lost_not_just_its_records(tmp_path):
+    """The agent is stopped (SIGSTOP) while a reader takes 100,000 events
+    through a 1 MiB ring: most reads are lost in the ring. Each lost read
+    holds many events; they are counted one by one (ringbuf_lost_events), so
+    what was reported plus what was counted is exactly what the reader read."""
+    from tests.harness.listeners import start_inotify_reader, stop_inotify_reader
+
+    d = tmp_path / "w"
+    d.mkdir()
+    target = d / "storm"
+    target.write_bytes(b"")
+    reader = start_inotify_reader(d)
+    agent = Agent(tmp_path / "agent", "--ring-buffer-mib", "1", "--tracer-pid", str(reader.pid))
+    try:
+        agent.wait_marked(d)
+        os.kill(agent.proc.pid, signal.SIGSTOP)
+        try:
+            assert _hammer(target, 50_000).wait(120) == 0
+            read, overflows = stop_inotify_reader(reader, d / "wake")
+        finally:
+            os.kill(agent.proc.pid, signal.SIGCONT)
+    finally:
+        stats = agent.stop()  # drains the ring and what the backend holds
+    reported = sum(1 for e in agent.events() if e["tracer_pid"] == reader.pid)
+    print(f"\nfull ring: reader read {read}, agent reported {reported}, ringbuf_lost {stats['ringbuf_lost']} "
+          f"records holding ringbuf_lost_events {stats['ringbuf_lost_events']}")
+    assert overflows == 0 and read >= 100_000
+    assert stats["ringbuf_lost"] > 0 and stats["ringbuf_lost_events"] > stats["ringbuf_lost"]
+    assert reported + stats["ringbuf_lost_events"] == read

@@ -126,6 +126,9 @@ class TracepointBackend(Backend):
         except bcc.BccError as exc:
             raise BackendUnavailable(str(exc)) from None
         fill_pid_filters(self.bpf, self.filters, tracee_pids_in_kernel=False)
+        # the walk that counts a lost read's events, a program of its own (tail call)
+        walk = self.bpf.load_func(b"count_lost_events", bcc.import_bcc().BPF.TRACEPOINT)
+        self.bpf["lost_read_walk"][ctypes.c_int(0)] = ctypes.c_int(walk.fd)
         self._learn_listener_fops()
         self.procs.seed()
         if not self.filters.fanotify_only and not self.filters.fim_only:

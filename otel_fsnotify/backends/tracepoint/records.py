@@ -34,7 +34,9 @@ REC_THREAD = 10     # a new thread (tid, tgid)
 REC_CREDS = 11      # a process changed its user or group ids (set*id)
 
 # slots of the per-CPU `counters` array (CNT_* in the program)
-COUNTERS = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep")
+# (ringbuf_lost counts records; ringbuf_lost_events the events they held: a
+# read's record carries up to 4 KiB of events)
+COUNTERS = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep", "ringbuf_lost_events")
 
 CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the program)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
