@@ -1,5 +1,6 @@
 """Loss accounting, every backend: in a storm, every event a tracer read
-is reported or counted lost, none invented. One agent per backend for the
+is reported or counted lost, none invented; and the BPF maps that hold
+events on the way stay within their budget. One agent per backend for the
 module (the storm stops it to read its counters).
 (tests/host/test_loss_accounting.py: the tracepoint backend on this host,
 in detail.)
@@ -20,6 +21,19 @@ STORM_OPS = 50_000  # open+close per op: 100,000 inotify events
 # (ring full, read cut at 64 KiB, pending map full, undecodable read)
 LOSS_KEYS = ("ringbuf_lost", "map_full", "tracee_unmatched", "read_truncated", "pending_map_full",
              "decode_errors", "read_incomplete")
+
+
+def test_the_backends_bpf_maps_fit_the_budget_and_it_says_so(agent):
+    """At most MAP_BUDGET_MIB (what `doctor` warns past) with the default
+    ring buffer, measured from the running agent's map fds, as it logs."""
+    from otel_fsnotify.doctor import MAP_BUDGET_MIB
+    from otel_fsnotify.kernel.probes import bpf_map_memory
+
+    mem = bpf_map_memory(str(agent.proc.pid))
+    line = next(l for l in agent.stderr().splitlines() if "bpf maps:" in l)
+    print(f"\n[{agent.backend}] {line}")
+    assert mem.ring == 4 << 20 and 4 << 20 < mem.total <= MAP_BUDGET_MIB << 20, mem
+    assert f"bpf maps: {mem.total / (1 << 20):.1f} MiB of kernel memory in {mem.maps} maps (ring buffer 4.0 MiB" in line
 
 
 def test_storm_every_event_emitted_or_counted(agent, wdir):
