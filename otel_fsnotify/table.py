@@ -16,7 +16,6 @@ columns fit its width and are coloured (not with NO_COLOR set).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import IO
 
@@ -164,6 +163,19 @@ def wants_color(fh: IO) -> bool:
             and os.environ.get("TERM") != "dumb")
 
 
+def _columns(fh: IO) -> int:
+    """The width of fh's terminal: COLUMNS when set, else the terminal's own
+    (120 when it says 0, as a terminal of no size does)."""
+    try:
+        return int(os.environ.get("COLUMNS", "")) or 120
+    except ValueError:
+        pass
+    try:
+        return os.get_terminal_size(fh.fileno()).columns or 120
+    except (OSError, ValueError, AttributeError):
+        return 120
+
+
 def _fit(text: str, width: int, left: bool) -> str:
     """text cut to width with "…" (paths keep their end: the file's name)."""
     if len(text) <= width:
@@ -182,7 +194,7 @@ class Table:
         self.color = wants_color(fh)
         self.last_width = 0
         if self.tty:
-            self._fit_to(shutil.get_terminal_size((120, 24)).columns - 1)
+            self._fit_to(_columns(fh) - 1)
 
     def _fit_to(self, columns: int) -> None:
         """Narrow the widest columns (not below their header, nor time's)

@@ -79,6 +79,7 @@ def _run_agent(tmp_path, stdout, stderr, env_extra=None):
     tracer = start_inotifywait(wdir)
     env = {**os.environ, "TERM": "xterm", **(env_extra or {})}
     env.pop("NO_COLOR", None)
+    env.pop("COLUMNS", None)  # the terminal says its own width
     agent = subprocess.Popen([*cli(), "run", "-o", "table", "--tracer-pid", str(tracer.pid)],
                              stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env)
     return wdir, tracer, agent

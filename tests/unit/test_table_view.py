@@ -67,7 +67,6 @@ def _pty(columns: int):
 def test_rows_fit_a_narrow_terminal_keeping_the_end_of_the_path(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
     master, fh = _pty(100)
-    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: os.get_terminal_size(fh.fileno()))
     try:
         ev = inotify()
         ev.path = "/var/lib/a/very/long/directory/that/goes/on/and/on/and/on/for/a/while/file.txt"
