@@ -32,7 +32,8 @@ def test_the_backends_bpf_maps_fit_the_budget_and_it_says_so(agent):
     mem = bpf_map_memory(str(agent.proc.pid))
     line = next(l for l in agent.stderr().splitlines() if "bpf maps:" in l)
     print(f"\n[{agent.backend}] {line}")
-    assert mem.ring == 4 << 20 and 4 << 20 < mem.total <= MAP_BUDGET_MIB << 20, mem
+    # the ring's 4 MiB of data, and on some kernels (5.10) the pages of its positions too
+    assert 4 << 20 <= mem.ring <= (4 << 20) + (64 << 10) and mem.ring < mem.total <= MAP_BUDGET_MIB << 20, mem
     assert f"bpf maps: {mem.total / (1 << 20):.1f} MiB of kernel memory in {mem.maps} maps (ring buffer 4.0 MiB" in line
 
 
