@@ -305,7 +305,8 @@ static __always_inline int submit(struct rec_buf *r, long len) {
 
 // How many events of a read end past byte `from`: the events a lost record
 // (and the rest of that read, which cannot be decoded without it) held, and
-// the one cut by its start, which the received part cannot complete. The buffer is still the reader's at sys_exit_read. inotify:
+// the one cut by its start, which the received part cannot complete. The
+// buffer is still the reader's at sys_exit_read. inotify:
 // struct inotify_event is 16 bytes and a name of `len` (at byte 12);
 // fanotify: each event says its length first (event_len). The verifier
 // follows at most 8192 jumps along one path, so the walk takes MAX_WALK

@@ -27,9 +27,13 @@ LOSS_COUNTERS = ("ringbuf_lost", "map_full", "pending_map_full", "ctx_map_full",
 CLEAR = "\r\x1b[K"
 
 
+def emitted(stats: dict) -> int:
+    """Events handed to the output: written (table, jsonl) or spooled for OTLP."""
+    return stats.get("output_written", stats.get("submitted", 0))
+
+
 def status_text(stats: dict, rate: float) -> str:
-    emitted = stats.get("output_written", stats.get("submitted", 0))
-    parts = [f"{rate:,.0f} ev/s", f"emitted {emitted:,}"]
+    parts = [f"{rate:,.0f} ev/s", f"emitted {emitted(stats):,}"]
     if "delivered" in stats:
         parts += [f"delivered {stats['delivered']:,}", f"spool {stats.get('spool_pending', 0):,}"]
     lost = sum(stats.get(k, 0) for k in LOSS_COUNTERS
@@ -100,7 +104,7 @@ class StatusLine:
         if now >= self._next:
             self._next = now + REFRESH_S
             stats = self.stats()
-            count = stats.get("output_written", stats.get("submitted", 0))
+            count = emitted(stats)
             then, before = self._last
             rate = (count - before) / (now - then) if now > then else 0.0
             self._last = (now, count)
