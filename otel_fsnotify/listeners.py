@@ -45,10 +45,10 @@ FAN_INIT_BITS = {
 }
 # /proc/sys/fs/...: the per-user limits, by the name the row shows
 LIMITS = {
-    "inotify_instances": "inotify/max_user_instances",
-    "inotify_watches": "inotify/max_user_watches",
-    "fanotify_groups": "fanotify/max_user_groups",
-    "fanotify_marks": "fanotify/max_user_marks",
+    "max_user_instances": "inotify/max_user_instances",
+    "max_user_watches": "inotify/max_user_watches",
+    "max_user_groups": "fanotify/max_user_groups",
+    "max_user_marks": "fanotify/max_user_marks",
 }
 SHOWN_PER_LISTENER = 8  # watched objects listed under a row of the table (json: all)
 
@@ -197,11 +197,11 @@ def _limits(rows: list[ListenerRow]) -> list[UserLimits]:
     for r in rows:
         u = used.setdefault(r.uid, dict.fromkeys(LIMITS, 0))
         if r.api == "inotify":
-            u["inotify_instances"] += 1
-            u["inotify_watches"] += r.watches
+            u["max_user_instances"] += 1
+            u["max_user_watches"] += r.watches
         else:
-            u["fanotify_groups"] += 1
-            u["fanotify_marks"] += r.watches
+            u["max_user_groups"] += 1
+            u["max_user_marks"] += r.watches
     return [UserLimits(uid=uid, used=u, limit=limit) for uid, u in sorted(used.items())]
 
 

@@ -78,10 +78,10 @@ def test_the_limits_count_each_users_instances_and_watches(scene):
     _, report = rows_of(procs, "inotifywait", "notify", "mount", "perm")
     (limits,) = report["limits"]
     assert limits["uid"] == os.geteuid()
-    assert limits["used"] == {"inotify_instances": 1, "inotify_watches": 1, "fanotify_groups": 3,
-                              "fanotify_marks": 3}
+    assert limits["used"] == {"max_user_instances": 1, "max_user_watches": 1, "max_user_groups": 3,
+                              "max_user_marks": 3}
     with open("/proc/sys/fs/inotify/max_user_watches") as fh:
-        assert limits["limit"]["inotify_watches"] == int(fh.read())
+        assert limits["limit"]["max_user_watches"] == int(fh.read())
 
 
 def test_the_table_shows_each_listener_and_its_paths_for_a_person(scene):
@@ -95,7 +95,7 @@ def test_the_table_shows_each_listener_and_its_paths_for_a_person(scene):
     assert str(base / "a") in lines[row + 1] and "IN_ALL_EVENTS" in lines[row + 1]
     perm = next(line for line in lines if line.split()[:1] == [str(procs["perm"].pid)])
     assert "content" in perm.split()
-    assert any(line.startswith(f"  uid {os.geteuid()}: inotify_instances ") for line in lines)
+    assert any(line.startswith(f"  uid {os.geteuid()}: max_user_instances ") for line in lines)
 
 
 def test_a_process_without_listeners_says_so():
@@ -112,6 +112,6 @@ def test_an_inotify_instance_without_watches_still_counts(tmp_path):
         out = listeners("-o", "json", "--pid", str(proc.pid))
         (row,) = json.loads(out.stdout)["listeners"]
         assert (row["api"], row["fd"], row["watches"]) == ("inotify", fd, 0)
-        assert json.loads(out.stdout)["limits"][0]["used"]["inotify_instances"] == 1
+        assert json.loads(out.stdout)["limits"][0]["used"]["max_user_instances"] == 1
     finally:
         proc.communicate("")
