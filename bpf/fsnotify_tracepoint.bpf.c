@@ -536,7 +536,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) {
             lost_read_walk.call(args, 0);  // does not return when it runs
         }
         // before user space installed the walk: the most events the bytes hold
-        count_n(CNT_RINGBUF_LOST_EVENTS, (total - off) / 16);
+        count_n(CNT_RINGBUF_LOST_EVENTS, (total - off) / (listener == KIND_INOTIFY ? 16 : 24));
         return 0;
     }
     if (off < total)

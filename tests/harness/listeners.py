@@ -43,9 +43,10 @@ def start_inotifywait(path, log: str | Path | None = None) -> subprocess.Popen:
     raise RuntimeError(f"inotifywait did not start on {path}")
 
 
-def start_inotify_reader(path) -> subprocess.Popen:
-    """`inotify_reader PATH`: counts every event it reads (see stop_inotify_reader)."""
-    reader = subprocess.Popen(program("inotify_reader", str(path)), cwd=REPO,
+def start_inotify_reader(path, pause_ms: int = 0) -> subprocess.Popen:
+    """`inotify_reader PATH`: counts every event it reads (see stop_inotify_reader);
+    pause_ms after each read makes its reads large."""
+    reader = subprocess.Popen(program("inotify_reader", str(path), str(pause_ms)), cwd=REPO,
                               stdout=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "READY"
     return reader

@@ -10,8 +10,6 @@ head read files in both as root, and head reads one as uid 1234.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from tests.harness.actors import open_to_anyone, run

@@ -89,6 +89,7 @@ class TracepointBackend(Backend):
         self._self = os.getpid()
         self._final: dict[str, int] = {}  # the kernel's and mirror's counters at close
         self._polls = 0
+        self._now = 0.0  # monotonic time of the drain under way
         self.decode_errors = 0
         self.procs = ProcTable()
         self.cgroups = CgroupPaths()  # the cgroup ids of fork/exec records -> containers
@@ -187,6 +188,8 @@ class TracepointBackend(Backend):
     def close(self) -> list[Event]:
         if self.bpf is not None:
             self._drain(0)  # what the kernel already queued
+            for read in self.reads.rest():  # their last chunks were lost in the ring
+                self._decode_read(*read)
             self.inotify.retry(final=True)  # still waiting for a mirror match: "unknown"
             self._final = self._kernel_counters()  # they die with the maps and the mirror
             if self._ring is not None:
@@ -220,15 +223,18 @@ class TracepointBackend(Backend):
         if self.mirror:
             self.mirror.drain()
         unpack, hsize = records.HDR.unpack_from, records.HDR.size
+        self._now = now = time.monotonic()
         for off, _size in recs:
             h = unpack(buf, off)
             self._route(h, buf[off + hsize: off + hsize + h.len])
+        for read in self.reads.stale(now):
+            self._decode_read(*read)
 
     def _route(self, h, data: bytes) -> None:
         """One ring record to the piece that handles its kind."""
         kind = h.kind
         if kind == records.REC_READ:
-            for read in self.reads.add(h, data):
+            for read in self.reads.add(h, data, self._now):
                 self._decode_read(*read)
         elif kind == records.REC_FAN_PATH:
             self.fan_paths.add(h, data)

@@ -41,6 +41,7 @@ COUNTERS = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep
 CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the program)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
 CLOCK_SYNC_S = 2.0  # the monotonic -> wall clock offset is re-read this often
+STALE_READ_S = 1.0  # a read whose next chunk has not come for this long lost it in the ring
 
 
 class Clock:
@@ -66,27 +67,34 @@ class ReadAssembler:
     """A listener's read(2), from its chunk records (in order per thread).
 
     Only the contiguous prefix received is handed on: bytes after a chunk lost
-    in the ring, or past MAX_READ, are counted, not guessed."""
+    in the ring, or past MAX_READ, are counted, not guessed. The program sends
+    nothing of a read after its first lost chunk, so such a read is finished
+    by the thread's next read, by `stale()` once no chunk came for
+    STALE_READ_S, or by `rest()` at the end."""
 
     def __init__(self):
-        self._partial: dict[int, list] = {}  # tid -> [hdr, bytes so far, no gap yet]
+        # tid -> [hdr, bytes so far, no gap yet, monotonic time of its last chunk]
+        self._partial: dict[int, list] = {}
         self.counters = {"read_incomplete": 0, "read_bytes_unparsed": 0}
 
-    def add(self, h, data: bytes) -> list[tuple]:
+    def add(self, h, data: bytes, now: float = 0.0) -> list[tuple]:
         """Take one REC_READ chunk; returns the reads it completes as (hdr, bytes)."""
         total, off, ln = h.total, h.offset, h.len
-        if off == 0 and ln >= total:  # the whole read in one record (no copy of it)
-            return [(h, data if len(data) <= total else data[:total])]
         tid = h.proc_tid
         done = []
         ent = self._partial.get(tid)
+        if off == 0 and ent is not None:  # the previous read's last chunk never came
+            done.append(self._finish(tid))
+            ent = None
+        if off == 0 and ln >= total:  # the whole read in one record (no copy of it)
+            done.append((h, data if len(data) <= total else data[:total]))
+            return done
         if off == 0:
-            if ent is not None:  # the previous read's last chunk never came
-                done.append(self._finish(tid))
-            ent = self._partial[tid] = [h, bytearray(), True]
+            ent = self._partial[tid] = [h, bytearray(), True, now]
         elif ent is None:  # its first chunk was lost: nothing to attach to
             self.counters["read_bytes_unparsed"] += ln
             return done
+        ent[3] = now
         if ent[2] and off == len(ent[1]) and ln:
             ent[1] += data[:ln]
         else:
@@ -95,8 +103,18 @@ class ReadAssembler:
             done.append(self._finish(tid))
         return done
 
+    def stale(self, now: float) -> list[tuple]:
+        """The reads whose next chunk has not come for STALE_READ_S: it was
+        lost (the program sends all of a read's chunks in one run)."""
+        old = [tid for tid, ent in self._partial.items() if now - ent[3] >= STALE_READ_S]
+        return [self._finish(tid) for tid in old]
+
+    def rest(self) -> list[tuple]:
+        """Every read still waiting for a chunk (the agent is stopping)."""
+        return [self._finish(tid) for tid in list(self._partial)]
+
     def _finish(self, tid: int) -> tuple:
-        h, data, _contiguous = self._partial.pop(tid)
+        h, data, _contiguous, _last = self._partial.pop(tid)
         missing = h.total - len(data)
         if missing > 0:
             self.counters["read_incomplete"] += 1
