@@ -41,7 +41,7 @@ COUNTERS = ("ringbuf_lost", "read_truncated", "pending_map_full", "path_too_deep
 CHUNK = 4096  # bytes per ring buffer record of a read (CHUNK in the program)
 MAX_READ = 16 * CHUNK  # bytes of one read captured (MAX_CHUNKS * CHUNK)
 CLOCK_SYNC_S = 2.0  # the monotonic -> wall clock offset is re-read this often
-STALE_READ_S = 1.0  # a read whose next chunk has not come for this long lost it in the ring
+STALE_READ_S = 2.0  # a read whose next chunk has not come for this long lost it in the ring
 
 
 class Clock:
