@@ -27,8 +27,6 @@ import os
 import stat
 import struct
 import time
-from bisect import bisect_left
-from collections import deque
 from ctypes import get_errno
 
 from ..kernel.abi import (
@@ -38,6 +36,7 @@ from ..kernel.abi import (
     FAN_REPORT_NAME, FAN_REPORT_TARGET_FID, FAN_REPORT_TID, FAN_UNLIMITED_QUEUE, FILE_HANDLE_HDR,
     O_LARGEFILE, O_PATH, O_RDONLY, SHARED_EVENTS, errno_error, libc)
 from .mounts import MountViews, read_mounts
+from .remembered import RememberedEvents
 from .watches import Watch
 
 log = logging.getLogger("otel_fsnotify")
@@ -58,8 +57,8 @@ def object_mask(mask: int, is_dir: bool) -> int:
     those on it gives ENOTDIR)."""
     return mask if is_dir else mask & ~(DIRENT_EVENTS | FAN_EVENT_ON_CHILD | FAN_ONDIR)
 
+
 _U32 = struct.Struct("=I")
-NO_MATCH = (0, 0, 0, 0)
 _U64 = struct.Struct("=Q")
 
 # Where file handles keep the inode number, by encoder: u32 first
@@ -73,97 +72,7 @@ HANDLE_LAYOUTS = (
     lambda h: _U32.unpack_from(h, 4)[0] | (_U32.unpack_from(h, 8)[0] << 32),
 )
 
-WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
-MAX_HITS = 100_000  # bound on remembered mirror events (~900 B each)
 MAX_MARKS = 65_536  # bound on mirror marks (more are refused, counted as mirror_mark_limit)
-
-_BITS: dict[int, tuple[int, ...]] = {}
-
-
-def bits_of(mask: int) -> tuple[int, ...]:
-    """The shared event bits set in mask, low first (cached per mask)."""
-    bits = _BITS.get(mask)
-    if bits is None:
-        bits = tuple(1 << i for i in range(12) if mask & (1 << i))
-        if len(_BITS) < 4096:
-            _BITS[mask] = bits
-    return bits
-
-
-class Series:
-    """Mirror events of one (object inode, name, event bit), oldest first.
-
-    Each consumer (tracer pid, fd) has a cursor: the sequence number of the
-    next event it may match, so matching is FIFO per consumer and O(log n)
-    even when one file gets thousands of events inside the window.
-    """
-
-    __slots__ = ("seqs", "hits", "start", "cursors", "run")
-
-    def __init__(self):
-        self.seqs: list[int] = []
-        # (pid, tid, child inode, when drained: CLOCK_MONOTONIC ns), 0 when unknown
-        self.hits: list[tuple[int, int, int, int]] = []
-        self.start = 0  # entries before start have expired
-        self.cursors: dict = {}
-        self.run = 0  # index where the last run of entries of one actor (pid, tid) begins
-
-    def add(self, seq: int, hit: tuple[int, int, int, int]) -> None:
-        hits = self.hits
-        if hits and hits[-1][:2] != hit[:2]:
-            self.run = len(hits)
-        self.seqs.append(seq)
-        hits.append(hit)
-
-    def match(self, consumer) -> tuple[tuple[int, int, int, int], bool] | None:
-        """(the oldest entry this consumer has not matched yet, whether it is
-        certain), None if none.
-
-        Positional matching drifts when inotify merged identical consecutive
-        events (same wd, mask, name: e.g. two processes touching one file
-        while the listener did not read) that the mirror keeps apart: the
-        consumer's true entry is then a later one. It is certain only when
-        every entry from the cursor to the newest has the same actor (the
-        mirror is drained before a read is decoded, so the true entry is
-        among them)."""
-        seqs = self.seqs
-        i = bisect_left(seqs, self.cursors.get(consumer, 0), self.start)
-        if i >= len(seqs):
-            return None
-        self.cursors[consumer] = seqs[i] + 1
-        return self.hits[i], i >= self.run
-
-    def merged_into(self, consumer, read_ns: int) -> tuple[int, int, int, int] | None:
-        """The entry an event of this series that never got its own mirror
-        event was merged into, or None when that cannot be said for sure.
-
-        fanotify merges an event into an identical one of the same process
-        still queued in the mirror group; inotify keeps both. So an inotify
-        event without a mirror event of its own, read at read_ns, was merged
-        into the last entry this consumer matched if that entry was still
-        queued then (drained at or after read_ns) and every entry still
-        remembered (WINDOW_S) has the same actor: no other process's event
-        can be the one it merged into."""
-        cursor = self.cursors.get(consumer)
-        if cursor is None or self.run > self.start:
-            return None
-        i = bisect_left(self.seqs, cursor, self.start) - 1
-        if i < self.start or self.seqs[i] != cursor - 1:
-            return None
-        hit = self.hits[i]
-        return hit if hit[3] >= read_ns else None
-
-    def drop_oldest(self) -> bool:
-        """Expire the oldest entry; True when the series is empty."""
-        self.start += 1
-        if self.start >= len(self.seqs):
-            return True
-        if self.start > 512 and self.start * 2 > len(self.seqs):
-            del self.seqs[: self.start]
-            del self.hits[: self.start]
-            self.run = max(0, self.run - self.start)
-            self.start = 0
-        return False
 
 
 class Mirror:
@@ -194,10 +103,7 @@ class Mirror:
         self._marked: dict[tuple[int, int], int] = {}  # (sdev, ino) -> mask marked
         # (sdev, ino) -> {listener key: wd}: who needs the mark
         self._owners: dict[tuple[int, int], dict] = {}
-        # (ino of watched object, name, event bit) -> Series
-        self._hits: dict[tuple[int, str, int], Series] = {}
-        self._order: deque = deque()  # (when, key) per Series entry, for expiry
-        self._seq = 0
+        self.remembered = RememberedEvents()
         self.counters = {"mirror_overflow": 0, "mirror_mark_failed": 0, "mirror_events": 0,
                          "mirror_mark_limit": 0, "mirror_marks_added": 0,
                          "mirror_marks_removed": 0, "mirror_marks_gone": 0, "mirror_marks_fd": 0,
@@ -398,23 +304,8 @@ class Mirror:
     def _record_keys(self, now: float, seen_ns: int, mask: int, pid: int,
                      keys: list[tuple[int, str]], child_ino: int) -> None:
         """Remember one mirror event under every (watched object, name, bit) it is for."""
-        if not keys:
-            return
-        seq = self._seq
-        self._seq = seq + 1
-        hits, order = self._hits, self._order
-        tid = pid if self.report_tid else 0
-        bits = bits_of(mask)
-        for ino, name in keys:
-            # the child's inode belongs to events naming a child only
-            hit = (pid, tid, child_ino if name else 0, seen_ns)
-            for bit in bits:
-                key = (ino, name, bit)
-                series = hits.get(key)
-                if series is None:
-                    series = hits[key] = Series()
-                series.add(seq, hit)
-                order.append((now, key))
+        if keys:
+            self.remembered.add(now, seen_ns, mask, pid, pid if self.report_tid else 0, keys, child_ino)
 
     def _objects_of(self, info: bytes) -> tuple[list[tuple[int, str]], int]:
         """From an event's info records: ([(inode of a mirrored object, name
@@ -505,43 +396,19 @@ class Mirror:
         return -1
 
     def expire(self) -> None:
-        order = self._order
-        if not order:
-            return
-        limit = time.monotonic() - WINDOW_S
-        hits = self._hits
-        while order and (order[0][0] < limit or len(order) > MAX_HITS):
-            _when, key = order.popleft()
-            series = hits.get(key)
-            if series is not None and series.drop_oldest():
-                del hits[key]
+        self.remembered.expire(time.monotonic())
 
     def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int, int], bool]:
         """((pid, tid, child inode, when drained), certain) of the oldest
         mirror event of (ino, name, any bit of mask) this consumer (tracer
-        pid, fd) has not matched yet; (NO_MATCH, False) if none. tid and
-        child inode are 0 when unknown; certain: see Series.match."""
-        hits = self._hits
-        for bit in bits_of(mask):
-            series = hits.get((ino, name, bit))
-            if series is not None:
-                got = series.match(consumer)
-                if got is not None:
-                    return got
-        return NO_MATCH, False
+        pid, fd) has not matched yet; (NO_MATCH, False) if none (see
+        RememberedEvents.match)."""
+        return self.remembered.match(ino, name, mask, consumer)
 
     def merged(self, ino: int, name: str, mask: int, consumer, read_ns: int) -> tuple[int, int, int, int]:
-        """(pid, tid, child inode, when drained) of the mirror event an
-        inotify event with none of its own was merged into (Series.merged_into),
-        NO_MATCH when that is not certain."""
-        hits = self._hits
-        for bit in bits_of(mask):
-            series = hits.get((ino, name, bit))
-            if series is not None:
-                got = series.merged_into(consumer, read_ns)
-                if got is not None:
-                    return got
-        return NO_MATCH
+        """The mirror event an inotify event with none of its own was merged
+        into, NO_MATCH when that is not certain (RememberedEvents.merged)."""
+        return self.remembered.merged(ino, name, mask, consumer, read_ns)
 
 
 # Filesystems nobody puts an inotify watch on, or where a probe could hang

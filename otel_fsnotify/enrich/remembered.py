@@ -1,0 +1,195 @@
+"""The mirror's events, remembered until an inotify event a tracer reads is
+matched to one (enrich/mirror.py fills it, backends/tracepoint/inotify.py asks).
+
+Each event is kept under every (watched object's inode, name, event bit) it
+is for, in a `Series` per key, for WINDOW_S or until MAX_HITS newer ones
+came. The entries live in typed arrays, about 300 bytes an event in all
+(Python tuples of ints took three times that, and the allocator kept their
+peak after a storm).
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections import deque
+
+WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
+MAX_HITS = 100_000  # bound on remembered mirror events
+NO_MATCH = (0, 0, 0, 0)  # (pid, tid, child inode, when drained) of no event
+
+_BITS: dict[int, tuple[int, ...]] = {}
+
+
+def bits_of(mask: int) -> tuple[int, ...]:
+    """The shared event bits set in mask, low first (cached per mask)."""
+    bits = _BITS.get(mask)
+    if bits is None:
+        bits = tuple(1 << i for i in range(12) if mask & (1 << i))
+        if len(_BITS) < 4096:
+            _BITS[mask] = bits
+    return bits
+
+
+class Series:
+    """Mirror events of one (object inode, name, event bit), oldest first, as
+    columns of typed arrays (40 bytes an entry).
+
+    Each consumer (tracer pid, fd) has a cursor: the sequence number of the
+    next event it may match, so matching is FIFO per consumer and O(log n)
+    even when one file gets thousands of events inside the window.
+    """
+
+    __slots__ = ("key", "seqs", "pids", "tids", "children", "seen", "start", "cursors", "run")
+
+    def __init__(self, key: tuple[int, str, int]):
+        self.key = key  # its key in RememberedEvents._hits
+        self.seqs = array("q")
+        # per entry: pid, tid, child inode, when drained (CLOCK_MONOTONIC ns); 0 when unknown
+        self.pids = array("l")
+        self.tids = array("l")
+        self.children = array("Q")
+        self.seen = array("q")
+        self.start = 0  # entries before start have expired
+        self.cursors: dict = {}
+        self.run = 0  # index where the last run of entries of one actor (pid, tid) begins
+
+    def add(self, seq: int, pid: int, tid: int, child: int, seen_ns: int) -> None:
+        pids = self.pids
+        if pids and (pids[-1] != pid or self.tids[-1] != tid):
+            self.run = len(pids)
+        self.seqs.append(seq)
+        pids.append(pid)
+        self.tids.append(tid)
+        self.children.append(child)
+        self.seen.append(seen_ns)
+
+    def hit(self, i: int) -> tuple[int, int, int, int]:
+        """Entry i as (pid, tid, child inode, when drained)."""
+        return self.pids[i], self.tids[i], self.children[i], self.seen[i]
+
+    def match(self, consumer) -> tuple[tuple[int, int, int, int], bool] | None:
+        """(the oldest entry this consumer has not matched yet, whether it is
+        certain), None if none.
+
+        Positional matching drifts when inotify merged identical consecutive
+        events (same wd, mask, name: e.g. two processes touching one file
+        while the listener did not read) that the mirror keeps apart: the
+        consumer's true entry is then a later one. It is certain only when
+        every entry from the cursor to the newest has the same actor (the
+        mirror is drained before a read is decoded, so the true entry is
+        among them)."""
+        seqs = self.seqs
+        i = bisect_left(seqs, self.cursors.get(consumer, 0), self.start)
+        if i >= len(seqs):
+            return None
+        self.cursors[consumer] = seqs[i] + 1
+        return self.hit(i), i >= self.run
+
+    def merged_into(self, consumer, read_ns: int) -> tuple[int, int, int, int] | None:
+        """The entry an event of this series that never got its own mirror
+        event was merged into, or None when that cannot be said for sure.
+
+        fanotify merges an event into an identical one of the same process
+        still queued in the mirror group; inotify keeps both. So an inotify
+        event without a mirror event of its own, read at read_ns, was merged
+        into the last entry this consumer matched if that entry was still
+        queued then (drained at or after read_ns) and every entry still
+        remembered (WINDOW_S) has the same actor: no other process's event
+        can be the one it merged into."""
+        cursor = self.cursors.get(consumer)
+        if cursor is None or self.run > self.start:
+            return None
+        i = bisect_left(self.seqs, cursor, self.start) - 1
+        if i < self.start or self.seqs[i] != cursor - 1:
+            return None
+        return self.hit(i) if self.seen[i] >= read_ns else None
+
+    def drop_oldest(self) -> bool:
+        """Expire the oldest entry; True when the series is empty."""
+        self.start += 1
+        if self.start >= len(self.seqs):
+            return True
+        if self.start > 512 and self.start * 2 > len(self.seqs):
+            cut = self.start
+            for column in (self.seqs, self.pids, self.tids, self.children, self.seen):
+                del column[:cut]
+            self.run = max(0, self.run - cut)
+            self.start = 0
+        return False
+
+
+class RememberedEvents:
+    """The mirror events of the last WINDOW_S (at most MAX_HITS), by key."""
+
+    def __init__(self):
+        # (ino of watched object, name, event bit) -> Series
+        self._hits: dict[tuple[int, str, int], Series] = {}
+        # (when read, the Series it entered: one, or a tuple) per event, oldest first
+        self._order: deque = deque()
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, now: float, seen_ns: int, mask: int, pid: int, tid: int,
+            keys: list[tuple[int, str]], child_ino: int) -> None:
+        """One mirror event, read at `now` (monotonic s) and seen_ns, for
+        every (watched object's inode, name relative to it) in keys; the
+        child's inode goes with the keys that name a child."""
+        seq = self._seq
+        self._seq = seq + 1
+        hits = self._hits
+        bits = bits_of(mask)
+        entered = []
+        for ino, name in keys:
+            child = child_ino if name else 0
+            for bit in bits:
+                key = (ino, name, bit)
+                series = hits.get(key)
+                if series is None:
+                    series = hits[key] = Series(key)
+                series.add(seq, pid, tid, child, seen_ns)
+                entered.append(series)
+        if entered:
+            self._order.append((now, entered[0] if len(entered) == 1 else tuple(entered)))
+
+    def expire(self, now: float) -> None:
+        """Forget the events read before now - WINDOW_S, and the oldest past MAX_HITS."""
+        order = self._order
+        if not order:
+            return
+        limit = now - WINDOW_S
+        hits = self._hits
+        while order and (order[0][0] < limit or len(order) > MAX_HITS):
+            _when, entered = order.popleft()
+            for series in (entered,) if type(entered) is Series else entered:
+                if series.drop_oldest():
+                    del hits[series.key]
+
+    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int, int], bool]:
+        """((pid, tid, child inode, when drained), certain) of the oldest
+        event of (ino, name, any bit of mask) this consumer (tracer pid, fd)
+        has not matched yet; (NO_MATCH, False) if none. tid and child inode
+        are 0 when unknown; certain: see Series.match."""
+        hits = self._hits
+        for bit in bits_of(mask):
+            series = hits.get((ino, name, bit))
+            if series is not None:
+                got = series.match(consumer)
+                if got is not None:
+                    return got
+        return NO_MATCH, False
+
+    def merged(self, ino: int, name: str, mask: int, consumer, read_ns: int) -> tuple[int, int, int, int]:
+        """(pid, tid, child inode, when drained) of the mirror event an
+        inotify event with none of its own was merged into (Series.merged_into),
+        NO_MATCH when that is not certain."""
+        hits = self._hits
+        for bit in bits_of(mask):
+            series = hits.get((ino, name, bit))
+            if series is not None:
+                got = series.merged_into(consumer, read_ns)
+                if got is not None:
+                    return got
+        return NO_MATCH
