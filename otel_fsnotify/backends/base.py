@@ -133,7 +133,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def poll(self, timeout_ms: int) -> list[Event]:
         """The events decoded since the last call, waiting at most timeout_ms
-        for the first one."""
+        for the first one: one batch of the ring at most (see `behind`)."""
+
+    @property
+    def behind(self) -> bool:
+        """The last poll left records ready in the ring: poll again (at once)
+        before acting on the whole of what came before them."""
+        return False
 
     @abc.abstractmethod
     def counters(self) -> dict[str, int]:

@@ -299,6 +299,8 @@ class Mirror:
                                       *self._objects_of(buf[off + mlen: off + event_len]))
                     n += 1
                 off += event_len
+            # a long queue (the agent was behind) is kept within MAX_HITS as it is read
+            self.remembered.expire(now)
         return n
 
     def _record_keys(self, now: float, seen_ns: int, mask: int, pid: int,

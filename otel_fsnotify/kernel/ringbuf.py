@@ -4,7 +4,10 @@ libbpf's consumer (behind bcc's open_ring_buffer) calls back into Python once
 per record through a ctypes thunk, which cost more than decoding the record.
 This reader maps the ring like libbpf does and hands out each batch as one
 bytes copy plus record offsets, so the caller decodes with struct.unpack_from
-and no per-record call across the C boundary.
+and no per-record call across the C boundary. A batch stops after MAX_BATCH
+bytes of records (`more` then says the ring holds more): a full ring is
+decoded and written out a part at a time, so the agent's memory does not
+grow with the ring.
 
 Layout (kernel/bpf/ringbuf.c, uapi since 5.8): page 0 holds the consumer
 position (written by user space); page 1 the producer position; the data
@@ -23,6 +26,7 @@ import struct
 BUSY = 1 << 31
 DISCARD = 1 << 30
 HDR_SIZE = 8
+MAX_BATCH = 256 * 1024  # bytes of records per batch (a 4 MiB ring: 16 batches)
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
 
@@ -37,6 +41,7 @@ class RingReader:
         self._prod = mmap.mmap(map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ,
                                offset=page)
         self._page = page
+        self.more = False  # the last batch stopped at MAX_BATCH: the next one is ready
         self._ep = select.epoll()
         self._ep.register(map_fd, select.EPOLLIN)
 
@@ -46,7 +51,8 @@ class RingReader:
         self._prod.close()
 
     def read(self, timeout_ms: int = 0) -> tuple[bytes, list[tuple[int, int]]]:
-        """Every committed record: (copy of the batch, [(offset, length)] into it).
+        """The committed records, up to MAX_BATCH bytes of them: (copy of the
+        batch, [(offset, length)] into it).
 
         Waits up to timeout_ms for the first record when none is ready.
         """
@@ -62,13 +68,15 @@ class RingReader:
         # ring buffer map is level-triggered (ready while data is available).
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(self._prod, 0)[0]
+        self.more = False
         if cons >= prod:
             return b"", []
+        stop = min(prod, cons + MAX_BATCH)
         data, mask, view = self._page, self._mask, self._prod
         unpack = _U32.unpack_from
         recs: list[tuple[int, int]] = []
         pos = cons
-        while pos < prod:
+        while pos < stop:
             length = unpack(view, data + (pos & mask))[0]
             if length & BUSY:
                 break  # not committed yet: stop here, keep the order
@@ -78,6 +86,7 @@ class RingReader:
             pos += (size + HDR_SIZE + 7) & ~7
         if pos == cons:
             return b"", []
+        self.more = stop < prod and pos >= stop
         s = data + (cons & mask)
         batch = view[s: s + (pos - cons)]
         _U64.pack_into(self._cons, 0, pos)  # release the space only after the copy

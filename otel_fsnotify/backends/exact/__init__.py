@@ -126,6 +126,10 @@ class _ExactBackend(Backend):
         self.log.info("%s backend attached (%s, %s)", self.name, layout.inotify_handle,
                       layout.insert_event)
 
+    @property
+    def behind(self) -> bool:
+        return self._ring is not None and self._ring.more
+
     def poll(self, timeout_ms: int) -> list[Event]:
         if self._ring is None:
             return []
@@ -189,6 +193,8 @@ class _ExactBackend(Backend):
         events = []
         if self._bpf is not None:
             events = self.poll(0)  # what the kernel already queued
+            while self.behind:
+                events += self.poll(0)
             self._final_counters = {k: v for k, v in self.counters().items() if k in COUNTERS}
             if self._ring is not None:
                 self._ring.close()

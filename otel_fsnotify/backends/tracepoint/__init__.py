@@ -188,6 +188,8 @@ class TracepointBackend(Backend):
     def close(self) -> list[Event]:
         if self.bpf is not None:
             self._drain(0)  # what the kernel already queued
+            while self._ring.more:
+                self._drain(0)
             for read in self.reads.rest():  # their last chunks were lost in the ring
                 self._decode_read(*read)
             self.inotify.retry(final=True)  # still waiting for a mirror match: "unknown"
@@ -215,6 +217,10 @@ class TracepointBackend(Backend):
             self.procs.expire()
             self.verdicts.expire()
         return self.emit.take()
+
+    @property
+    def behind(self) -> bool:
+        return self._ring is not None and self._ring.more
 
     def _drain(self, timeout_ms: int) -> None:
         buf, recs = self._ring.read(timeout_ms)
