@@ -316,8 +316,7 @@ class _Watch:
         elif fim.busy:
             wait_ms = min(wait_ms, 20)
         sink(self.backend.poll(wait_ms))
-        while self.backend.behind:  # the records of that read may lie further on
-            sink(self.backend.poll(0))
+        self.backend.catch_up(sink)  # the records of that read may lie further on
         sink(fim.process(raw, self.backend.fim_actor))
         if now >= self.next_loss_check:
             self.next_loss_check = now + LOSS_CHECK_S

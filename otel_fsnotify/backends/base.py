@@ -17,6 +17,7 @@ from typing import ClassVar
 import msgspec
 
 from ..enrich.procs import pidns_id
+from ..kernel.ringbuf import MAX_BATCH
 from ..event import Event
 
 MAX_PID_FILTERS = 64  # entries of each program's pid filter map (config.py checks it)
@@ -140,6 +141,16 @@ class Backend(abc.ABC):
         """The last poll left records ready in the ring: poll again (at once)
         before acting on the whole of what came before them."""
         return False
+
+    def catch_up(self, sink) -> None:
+        """Poll at once while the last poll left records ready, each poll's
+        events to sink: every record committed before the call is read by the
+        end. Bounded by one ring's worth of batches, so a storm that keeps
+        the ring full does not hold the caller longer."""
+        for _ in range(self.ring_bytes // MAX_BATCH + 1):
+            if not self.behind:
+                return
+            sink(self.poll(0))
 
     @abc.abstractmethod
     def counters(self) -> dict[str, int]:

@@ -3,9 +3,9 @@ matched to one (enrich/mirror.py fills it, backends/tracepoint/inotify.py asks).
 
 Each event is kept under every (watched object's inode, name, event bit) it
 is for, in a `Series` per key, for WINDOW_S or until MAX_HITS newer ones
-came. The entries live in typed arrays, about 300 bytes an event in all
-(Python tuples of ints took three times that, and the allocator kept their
-peak after a storm).
+came. The entries live in typed arrays: an event of one file named in its
+watched directory (two keys, one bit) takes about 220 bytes in all, where
+Python tuples of ints took 650, whose peak the allocator kept after a storm.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections import deque
 
 WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
-MAX_HITS = 100_000  # bound on remembered mirror events
+MAX_HITS = 100_000  # bound on remembered mirror events (each under one key or more)
 NO_MATCH = (0, 0, 0, 0)  # (pid, tid, child inode, when drained) of no event
 
 _BITS: dict[int, tuple[int, ...]] = {}

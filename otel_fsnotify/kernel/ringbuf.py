@@ -86,7 +86,7 @@ class RingReader:
             pos += (size + HDR_SIZE + 7) & ~7
         if pos == cons:
             return b"", []
-        self.more = stop < prod and pos >= stop
+        self.more = stop <= pos < prod
         s = data + (cons & mask)
         batch = view[s: s + (pos - cons)]
         _U64.pack_into(self._cons, 0, pos)  # release the space only after the copy

@@ -37,3 +37,13 @@ def test_a_read_whose_chunks_all_came_is_whole_and_counts_nothing():
     done = reads.add(*chunk(7, CHUNK + 10, CHUNK, b"b" * 10), now=1.0)
     assert [data for _, data in done] == [b"a" * CHUNK + b"b" * 10]
     assert reads.stale(100.0) == [] and reads.counters == {"read_incomplete": 0, "read_bytes_unparsed": 0}
+
+
+def test_a_cut_read_ends_when_its_thread_begins_another_with_fanotify_paths():
+    # a fanotify read sends its events' paths ahead of its chunks: the
+    # backend finishes the thread's cut read then, so it keeps its own paths
+    reads = ReadAssembler()
+    reads.add(*chunk(7, 3 * CHUNK, 0, b"a" * CHUNK), now=1.0)
+    assert reads.finish(8) == []
+    assert [data for _, data in reads.finish(7)] == [b"a" * CHUNK]
+    assert reads.finish(7) == [] and reads.rest() == []

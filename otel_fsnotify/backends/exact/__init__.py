@@ -193,8 +193,7 @@ class _ExactBackend(Backend):
         events = []
         if self._bpf is not None:
             events = self.poll(0)  # what the kernel already queued
-            while self.behind:
-                events += self.poll(0)
+            self.catch_up(events.extend)
             self._final_counters = {k: v for k, v in self.counters().items() if k in COUNTERS}
             if self._ring is not None:
                 self._ring.close()

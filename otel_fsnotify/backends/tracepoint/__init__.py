@@ -186,10 +186,11 @@ class TracepointBackend(Backend):
                                      "recognise inotify/fanotify files")
 
     def close(self) -> list[Event]:
+        held: list[Event] = []
         if self.bpf is not None:
-            self._drain(0)  # what the kernel already queued
-            while self._ring.more:
-                self._drain(0)
+            if self._ring is not None:
+                held = self.poll(0)  # what the kernel already queued
+                self.catch_up(held.extend)
             for read in self.reads.rest():  # their last chunks were lost in the ring
                 self._decode_read(*read)
             self.inotify.retry(final=True)  # still waiting for a mirror match: "unknown"
@@ -202,7 +203,7 @@ class TracepointBackend(Backend):
         if self.mirror is not None:
             self.mirror.close()
             self.mirror = self.listeners.mirror = None
-        return self.emit.take()
+        return held + self.emit.take()
 
     # -- polling --------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> list[Event]:
@@ -233,8 +234,9 @@ class TracepointBackend(Backend):
         for off, _size in recs:
             h = unpack(buf, off)
             self._route(h, buf[off + hsize: off + hsize + h.len])
-        for read in self.reads.stale(now):
-            self._decode_read(*read)
+        if not self._ring.more:  # every chunk committed by now has been read
+            for read in self.reads.stale(now):
+                self._decode_read(*read)
 
     def _route(self, h, data: bytes) -> None:
         """One ring record to the piece that handles its kind."""
@@ -243,6 +245,10 @@ class TracepointBackend(Backend):
             for read in self.reads.add(h, data, self._now):
                 self._decode_read(*read)
         elif kind == records.REC_FAN_PATH:
+            # a read's paths come before it: the thread's earlier read, if
+            # cut in the ring, has sent all it will (and takes its own paths)
+            for read in self.reads.finish(h.proc_tid):
+                self._decode_read(*read)
             self.fan_paths.add(h, data)
         elif kind == records.REC_RESPONSE:
             self.verdicts.response(h, data)

@@ -69,8 +69,9 @@ class ReadAssembler:
     Only the contiguous prefix received is handed on: bytes after a chunk lost
     in the ring, or past MAX_READ, are counted, not guessed. The program sends
     nothing of a read after its first lost chunk, so such a read is finished
-    by the thread's next read, by `stale()` once no chunk came for
-    STALE_READ_S, or by `rest()` at the end."""
+    by the thread's next read (`finish()` when that one begins with fanotify
+    paths), by `stale()` once no chunk came for STALE_READ_S, or by `rest()`
+    at the end."""
 
     def __init__(self):
         # tid -> [hdr, bytes so far, no gap yet, monotonic time of its last chunk]
@@ -102,6 +103,11 @@ class ReadAssembler:
         if off + CHUNK >= min(total, MAX_READ):  # the last chunk
             done.append(self._finish(tid))
         return done
+
+    def finish(self, tid: int) -> list[tuple]:
+        """The thread's read still waiting for a chunk, if any: the thread
+        began another read (a fanotify read sends its paths first)."""
+        return [self._finish(tid)] if tid in self._partial else []
 
     def stale(self, now: float) -> list[tuple]:
         """The reads whose next chunk has not come for STALE_READ_S: it was
