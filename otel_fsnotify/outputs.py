@@ -11,7 +11,6 @@ from .event import Event, append_json_line
 from .table import Table
 
 
-
 class Output(Protocol):
     def write(self, event: Event) -> None: ...
     def flush(self) -> None: ...
