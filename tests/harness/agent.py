@@ -96,12 +96,14 @@ class Agent:
             return ""
 
     def events(self) -> list[dict]:
-        """Every complete event line written so far."""
+        """Every complete event line written so far. The file is read once,
+        to its end as it is now: iterating over it while the agent appends
+        would give a line cut at that end, then its rest as a line of its own."""
         try:
-            with open(self.out) as fh:
-                return [json.loads(line) for line in fh if line.endswith("\n")]
+            text = self.out.read_text()
         except FileNotFoundError:
             return []
+        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
     def count(self, tracer_pid: int) -> int:
         """How many events of this tracer were written so far (counted in the
