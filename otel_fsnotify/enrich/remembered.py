@@ -2,20 +2,17 @@
 matched to one (enrich/mirror.py fills it, backends/tracepoint/inotify.py asks).
 
 Each event is kept under every (watched object's inode, name, event bit) it
-is for, in a `Series` per key, for WINDOW_S or until MAX_HITS newer ones
-came. The entries live in typed arrays: an event of one file named in its
-watched directory (two keys, one bit) takes about 220 bytes in all, where
-Python tuples of ints took 650, whose peak the allocator kept after a storm.
+is for, in a `Series` per key, for WINDOW_S or until MAX_HITS newer
+entries came (an event under two keys is two entries).
 """
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_left
 from collections import deque
 
 WINDOW_S = 5.0  # a mirror event can be matched this long after it was read
-MAX_HITS = 100_000  # bound on remembered mirror events (each under one key or more)
+MAX_HITS = 100_000  # bound on remembered entries (~650 B each, with their share of the event)
 NO_MATCH = (0, 0, 0, 0)  # (pid, tid, child inode, when drained) of no event
 
 _BITS: dict[int, tuple[int, ...]] = {}
@@ -32,41 +29,30 @@ def bits_of(mask: int) -> tuple[int, ...]:
 
 
 class Series:
-    """Mirror events of one (object inode, name, event bit), oldest first, as
-    columns of typed arrays (40 bytes an entry).
+    """Mirror events of one (object inode, name, event bit), oldest first.
 
     Each consumer (tracer pid, fd) has a cursor: the sequence number of the
     next event it may match, so matching is FIFO per consumer and O(log n)
     even when one file gets thousands of events inside the window.
     """
 
-    __slots__ = ("key", "seqs", "pids", "tids", "children", "seen", "start", "cursors", "run")
+    __slots__ = ("key", "seqs", "hits", "start", "cursors", "run")
 
     def __init__(self, key: tuple[int, str, int]):
         self.key = key  # its key in RememberedEvents._hits
-        self.seqs = array("q")
-        # per entry: pid, tid, child inode, when drained (CLOCK_MONOTONIC ns); 0 when unknown
-        self.pids = array("l")
-        self.tids = array("l")
-        self.children = array("Q")
-        self.seen = array("q")
+        self.seqs: list[int] = []
+        # (pid, tid, child inode, when drained: CLOCK_MONOTONIC ns), 0 when unknown
+        self.hits: list[tuple[int, int, int, int]] = []
         self.start = 0  # entries before start have expired
         self.cursors: dict = {}
         self.run = 0  # index where the last run of entries of one actor (pid, tid) begins
 
-    def add(self, seq: int, pid: int, tid: int, child: int, seen_ns: int) -> None:
-        pids = self.pids
-        if pids and (pids[-1] != pid or self.tids[-1] != tid):
-            self.run = len(pids)
+    def add(self, seq: int, hit: tuple[int, int, int, int]) -> None:
+        hits = self.hits
+        if hits and hits[-1][:2] != hit[:2]:
+            self.run = len(hits)
         self.seqs.append(seq)
-        pids.append(pid)
-        self.tids.append(tid)
-        self.children.append(child)
-        self.seen.append(seen_ns)
-
-    def hit(self, i: int) -> tuple[int, int, int, int]:
-        """Entry i as (pid, tid, child inode, when drained)."""
-        return self.pids[i], self.tids[i], self.children[i], self.seen[i]
+        hits.append(hit)
 
     def match(self, consumer) -> tuple[tuple[int, int, int, int], bool] | None:
         """(the oldest entry this consumer has not matched yet, whether it is
@@ -84,7 +70,7 @@ class Series:
         if i >= len(seqs):
             return None
         self.cursors[consumer] = seqs[i] + 1
-        return self.hit(i), i >= self.run
+        return self.hits[i], i >= self.run
 
     def merged_into(self, consumer, read_ns: int) -> tuple[int, int, int, int] | None:
         """The entry an event of this series that never got its own mirror
@@ -103,7 +89,8 @@ class Series:
         i = bisect_left(self.seqs, cursor, self.start) - 1
         if i < self.start or self.seqs[i] != cursor - 1:
             return None
-        return self.hit(i) if self.seen[i] >= read_ns else None
+        hit = self.hits[i]
+        return hit if hit[3] >= read_ns else None
 
     def drop_oldest(self) -> bool:
         """Expire the oldest entry; True when the series is empty."""
@@ -111,10 +98,9 @@ class Series:
         if self.start >= len(self.seqs):
             return True
         if self.start > 512 and self.start * 2 > len(self.seqs):
-            cut = self.start
-            for column in (self.seqs, self.pids, self.tids, self.children, self.seen):
-                del column[:cut]
-            self.run = max(0, self.run - cut)
+            del self.seqs[: self.start]
+            del self.hits[: self.start]
+            self.run = max(0, self.run - self.start)
             self.start = 0
         return False
 
@@ -125,11 +111,12 @@ class RememberedEvents:
     def __init__(self):
         # (ino of watched object, name, event bit) -> Series
         self._hits: dict[tuple[int, str, int], Series] = {}
-        # (when read, the Series it entered: one, or a tuple) per event, oldest first
+        # (when read, its Series) per entry of an event under a key, oldest first
         self._order: deque = deque()
         self._seq = 0
 
     def __len__(self) -> int:
+        """Entries remembered (an event under two keys is two)."""
         return len(self._order)
 
     def add(self, now: float, seen_ns: int, mask: int, pid: int, tid: int,
@@ -139,20 +126,18 @@ class RememberedEvents:
         child's inode goes with the keys that name a child."""
         seq = self._seq
         self._seq = seq + 1
-        hits = self._hits
+        hits, order = self._hits, self._order
         bits = bits_of(mask)
-        entered = []
         for ino, name in keys:
-            child = child_ino if name else 0
+            # the child's inode belongs to events naming a child only
+            hit = (pid, tid, child_ino if name else 0, seen_ns)
             for bit in bits:
                 key = (ino, name, bit)
                 series = hits.get(key)
                 if series is None:
                     series = hits[key] = Series(key)
-                series.add(seq, pid, tid, child, seen_ns)
-                entered.append(series)
-        if entered:
-            self._order.append((now, entered[0] if len(entered) == 1 else tuple(entered)))
+                series.add(seq, hit)
+                order.append((now, series))
 
     def expire(self, now: float) -> None:
         """Forget the events read before now - WINDOW_S, and the oldest past MAX_HITS."""
@@ -162,10 +147,9 @@ class RememberedEvents:
         limit = now - WINDOW_S
         hits = self._hits
         while order and (order[0][0] < limit or len(order) > MAX_HITS):
-            _when, entered = order.popleft()
-            for series in (entered,) if type(entered) is Series else entered:
-                if series.drop_oldest():
-                    del hits[series.key]
+            _when, series = order.popleft()
+            if series.drop_oldest():
+                del hits[series.key]
 
     def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int, int], bool]:
         """((pid, tid, child inode, when drained), certain) of the oldest
