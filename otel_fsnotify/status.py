@@ -20,8 +20,10 @@ from typing import IO
 
 REFRESH_S = 0.5
 # the counters of events lost on the way, wherever they are kept (kernel
-# ring and maps, user-space matching, the spool, the collector's refusals)
-LOSS_COUNTERS = ("ringbuf_lost", "map_full", "pending_map_full", "ctx_map_full", "tracee_unmatched",
+# ring and maps, user-space matching, the spool, the collector's refusals).
+# Not map_full: an exact backend's event the pending map could not hold is
+# counted again as tracee_unmatched when its listener reads it.
+LOSS_COUNTERS = ("ringbuf_lost", "pending_map_full", "ctx_map_full", "tracee_unmatched",
                  "read_truncated", "read_incomplete", "decode_errors", "dropped_spool_full", "rejected",
                  "spool_corrupt_events", "overflows")
 CLEAR = "\r\x1b[K"
