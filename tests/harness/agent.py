@@ -103,7 +103,9 @@ class Agent:
             text = self.out.read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+        # split at "\n" only (a name may hold other line breaks, e.g. U+2028);
+        # what follows the last one is a line still being written
+        return [json.loads(line) for line in text.split("\n")[:-1]]
 
     def count(self, tracer_pid: int) -> int:
         """How many events of this tracer were written so far (counted in the
