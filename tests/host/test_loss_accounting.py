@@ -240,7 +240,7 @@ def test_a_full_ring_counts_the_events_it_lost_not_just_its_records(tmp_path):
     d.mkdir()
     target = d / "storm"
     target.write_bytes(b"")
-    reader = start_inotify_reader(d, pause_ms=5)
+    reader = start_inotify_reader(d, pause_ms=2)
     agent = Agent(tmp_path / "agent", "--ring-buffer-mib", "1", "--tracer-pid", str(reader.pid))
     try:
         agent.wait_marked(d)
