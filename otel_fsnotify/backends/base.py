@@ -17,7 +17,7 @@ from typing import ClassVar
 import msgspec
 
 from ..enrich.procs import pidns_id
-from ..kernel.ringbuf import MAX_BATCH
+from ..kernel.ringbuf import MAX_BATCH, RingReader
 from ..event import Event
 
 MAX_PID_FILTERS = 64  # entries of each program's pid filter map (config.py checks it)
@@ -115,6 +115,8 @@ class Backend(abc.ABC):
     ring_bytes: int = DEFAULT_RING_MIB << 20
     #: whether Filters.scope_cgroup is tested in the kernel (else only in user space)
     scope_in_kernel: ClassVar[bool] = False
+    #: the ring buffer's reader, once started (None without one)
+    _ring: RingReader | None = None
 
     def __init__(self, filters: Filters, log: logging.Logger | None = None):
         if filters.inotify_only and filters.fanotify_only:
@@ -140,7 +142,7 @@ class Backend(abc.ABC):
     def behind(self) -> bool:
         """The last poll left records ready in the ring: poll again (at once)
         before acting on the whole of what came before them."""
-        return False
+        return self._ring is not None and self._ring.more
 
     def catch_up(self, sink) -> None:
         """Poll at once while the last poll left records ready, each poll's

@@ -126,10 +126,6 @@ class _ExactBackend(Backend):
         self.log.info("%s backend attached (%s, %s)", self.name, layout.inotify_handle,
                       layout.insert_event)
 
-    @property
-    def behind(self) -> bool:
-        return self._ring is not None and self._ring.more
-
     def poll(self, timeout_ms: int) -> list[Event]:
         if self._ring is None:
             return []

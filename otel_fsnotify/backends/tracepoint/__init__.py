@@ -89,7 +89,6 @@ class TracepointBackend(Backend):
         self._self = os.getpid()
         self._final: dict[str, int] = {}  # the kernel's and mirror's counters at close
         self._polls = 0
-        self._now = 0.0  # monotonic time of the drain under way
         self.decode_errors = 0
         self.procs = ProcTable()
         self.cgroups = CgroupPaths()  # the cgroup ids of fork/exec records -> containers
@@ -219,10 +218,6 @@ class TracepointBackend(Backend):
             self.verdicts.expire()
         return self.emit.take()
 
-    @property
-    def behind(self) -> bool:
-        return self._ring is not None and self._ring.more
-
     def _drain(self, timeout_ms: int) -> None:
         buf, recs = self._ring.read(timeout_ms)
         # after the ring: every mirror event behind a read in this batch was
@@ -230,19 +225,19 @@ class TracepointBackend(Backend):
         if self.mirror:
             self.mirror.drain()
         unpack, hsize = records.HDR.unpack_from, records.HDR.size
-        self._now = now = time.monotonic()
+        now = time.monotonic()
         for off, _size in recs:
             h = unpack(buf, off)
-            self._route(h, buf[off + hsize: off + hsize + h.len])
+            self._route(h, buf[off + hsize: off + hsize + h.len], now)
         if not self._ring.more:  # every chunk committed by now has been read
             for read in self.reads.stale(now):
                 self._decode_read(*read)
 
-    def _route(self, h, data: bytes) -> None:
-        """One ring record to the piece that handles its kind."""
+    def _route(self, h, data: bytes, now: float) -> None:
+        """One ring record, drained at `now` (monotonic), to the piece that handles its kind."""
         kind = h.kind
         if kind == records.REC_READ:
-            for read in self.reads.add(h, data, self._now):
+            for read in self.reads.add(h, data, now):
                 self._decode_read(*read)
         elif kind == records.REC_FAN_PATH:
             # a read's paths come before it: the thread's earlier read, if
