@@ -261,7 +261,7 @@ class Mirror:
         if self.fd_group >= 0:
             n += self._drain_group(self.fd_group)
         self.counters["mirror_events"] += n
-        self.expire()
+        self.remembered.expire(time.monotonic())
         return n
 
     def _drain_group(self, group: int) -> int:
@@ -396,21 +396,6 @@ class Mirror:
             except struct.error:
                 pass
         return -1
-
-    def expire(self) -> None:
-        self.remembered.expire(time.monotonic())
-
-    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int, int], bool]:
-        """((pid, tid, child inode, when drained), certain) of the oldest
-        mirror event of (ino, name, any bit of mask) this consumer (tracer
-        pid, fd) has not matched yet; (NO_MATCH, False) if none (see
-        RememberedEvents.match)."""
-        return self.remembered.match(ino, name, mask, consumer)
-
-    def merged(self, ino: int, name: str, mask: int, consumer, read_ns: int) -> tuple[int, int, int, int]:
-        """The mirror event an inotify event with none of its own was merged
-        into, NO_MATCH when that is not certain (RememberedEvents.merged)."""
-        return self.remembered.merged(ino, name, mask, consumer, read_ns)
 
 
 # Filesystems nobody puts an inotify watch on, or where a probe could hang

@@ -36,7 +36,7 @@ class Series:
     even when one file gets thousands of events inside the window.
     """
 
-    __slots__ = ("key", "seqs", "hits", "start", "cursors", "run")
+    __slots__ = ("key", "seqs", "hits", "start", "cursors", "run", "mixed")
 
     def __init__(self, key: tuple[int, str, int]):
         self.key = key  # its key in RememberedEvents._hits
@@ -46,11 +46,13 @@ class Series:
         self.start = 0  # entries before start have expired
         self.cursors: dict = {}
         self.run = 0  # index where the last run of entries of one actor (pid, tid) begins
+        self.mixed = False  # it has held entries of two actors since it began
 
     def add(self, seq: int, hit: tuple[int, int, int, int]) -> None:
         hits = self.hits
         if hits and hits[-1][:2] != hit[:2]:
             self.run = len(hits)
+            self.mixed = True
         self.seqs.append(seq)
         hits.append(hit)
 
@@ -72,25 +74,27 @@ class Series:
         self.cursors[consumer] = seqs[i] + 1
         return self.hits[i], i >= self.run
 
-    def merged_into(self, consumer, read_ns: int) -> tuple[int, int, int, int] | None:
+    def merged_into(self, consumer) -> tuple[int, int, int, int] | None:
         """The entry an event of this series that never got its own mirror
         event was merged into, or None when that cannot be said for sure.
 
-        fanotify merges an event into an identical one of the same process
-        still queued in the mirror group; inotify keeps both. So an inotify
-        event without a mirror event of its own, read at read_ns, was merged
-        into the last entry this consumer matched if that entry was still
-        queued then (drained at or after read_ns) and every entry still
-        remembered (WINDOW_S) has the same actor: no other process's event
-        can be the one it merged into."""
+        fanotify merges an event into a queued one of the same process and
+        object; inotify keeps both. The mirror is drained after the ring and
+        before a read is decoded, so every event of the read has its mirror
+        event in by then: one without an entry of its own was merged into an
+        event of its actor still queued when it happened. That event is the
+        last one this consumer matched or a later one (an older one still
+        queued would have taken the matched one's merge too). So it is the
+        last matched entry's actor when every entry this series has held
+        since it began (since its key was last quiet for WINDOW_S) has one
+        actor: no other process's event can be the one it merged into."""
         cursor = self.cursors.get(consumer)
-        if cursor is None or self.run > self.start:
+        if cursor is None or self.mixed:
             return None
         i = bisect_left(self.seqs, cursor, self.start) - 1
         if i < self.start or self.seqs[i] != cursor - 1:
-            return None
-        hit = self.hits[i]
-        return hit if hit[3] >= read_ns else None
+            return None  # the last matched entry itself has expired
+        return self.hits[i]
 
     def drop_oldest(self) -> bool:
         """Expire the oldest entry; True when the series is empty."""
@@ -165,7 +169,7 @@ class RememberedEvents:
                     return got
         return NO_MATCH, False
 
-    def merged(self, ino: int, name: str, mask: int, consumer, read_ns: int) -> tuple[int, int, int, int]:
+    def merged(self, ino: int, name: str, mask: int, consumer) -> tuple[int, int, int, int]:
         """(pid, tid, child inode, when drained) of the mirror event an
         inotify event with none of its own was merged into (Series.merged_into),
         NO_MATCH when that is not certain."""
@@ -173,7 +177,7 @@ class RememberedEvents:
         for bit in bits_of(mask):
             series = hits.get((ino, name, bit))
             if series is not None:
-                got = series.merged_into(consumer, read_ns)
+                got = series.merged_into(consumer)
                 if got is not None:
                     return got
         return NO_MATCH

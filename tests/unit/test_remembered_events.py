@@ -69,15 +69,33 @@ def test_past_the_bound_the_oldest_events_go_first_and_the_rest_still_match(monk
     assert events.match(DIR, "f", OPEN, "u") == ((1501, 0, 0, 0), False)
 
 
-@pytest.mark.parametrize("read_ns, other_actor, expected", [
-    (50, False, 11),   # still queued in the mirror when inotify's event was read: merged into it
-    (200, False, 0),   # drained before the read: the inotify event cannot have merged into it
-    (50, True, 0),     # another process acted on the file too: not certain
+@pytest.mark.parametrize("other_actor, expected", [
+    (None, 11),   # one process on the file: the event merged into its own
+    (12, 0),      # another process acted on the file too: not certain
 ])
-def test_an_inotify_event_fanotify_merged_is_given_the_actor_it_merged_into(read_ns, other_actor, expected):
+def test_an_inotify_event_fanotify_merged_is_given_the_actor_it_merged_into(other_actor, expected):
     events = RememberedEvents()
-    add(events, 11, seen_ns=100)
+    add(events, 11)
     if other_actor:
-        add(events, 12, seen_ns=100)
+        add(events, other_actor)
     assert events.match(DIR, "f", OPEN, "t")[0][0] == 11
-    assert events.merged(DIR, "f", OPEN, "t", read_ns)[0] == expected
+    assert events.merged(DIR, "f", OPEN, "t")[0] == expected
+
+
+def test_a_merged_event_is_not_given_an_actor_once_another_has_come_and_gone():
+    """Its event may have merged into the other actor's event, since expired."""
+    events = RememberedEvents()
+    add(events, 12, now=0.0)
+    add(events, 11, now=1.0)
+    assert actors(events, "t", 2) == [12, 11]
+    events.expire(0.0 + WINDOW_S + 0.5)  # 12's event is forgotten, 11's is not
+    assert events.merged(DIR, "f", OPEN, "t") == NO_MATCH
+
+
+def test_a_merged_event_is_not_given_an_actor_when_its_matched_one_has_expired():
+    events = RememberedEvents()
+    add(events, 11, now=0.0)
+    assert actors(events, "t", 1) == [11]
+    add(events, 11, now=3.0)
+    events.expire(0.0 + WINDOW_S + 0.5)
+    assert events.merged(DIR, "f", OPEN, "t") == NO_MATCH

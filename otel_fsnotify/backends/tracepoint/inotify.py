@@ -107,9 +107,10 @@ class InotifyReads:
         mirror = self.listeners.mirror
         if not ino or mirror is None:
             return False
-        (pid, tid, child_ino, seen_ns), certain = mirror.match(ino, name, mask, consumer)
+        remembered = mirror.remembered
+        (pid, tid, child_ino, seen_ns), certain = remembered.match(ino, name, mask, consumer)
         if not pid and last_chance:
-            pid, tid, child_ino, seen_ns = mirror.merged(ino, name, mask, consumer, read_ns)
+            pid, tid, child_ino, seen_ns = remembered.merged(ino, name, mask, consumer)
             certain = True
             if pid:
                 self.counters["inotify_merged"] += 1

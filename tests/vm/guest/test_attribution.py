@@ -29,6 +29,7 @@ def test_inotify_events_name_the_touching_process(agent, wdir):
         subprocess.run(["touch", str(wdir / "ABCDE")], check=True)
         after = time.time_ns()
         evs = agent.wait_for(lambda e: e["name"] == "ABCDE" and e["tracer_pid"] == tracer.pid, n=4)
+        reported = time.time_ns()
     finally:
         stop(tracer)
     child = on_child(agent.backend)
@@ -40,7 +41,10 @@ def test_inotify_events_name_the_touching_process(agent, wdir):
         assert e["tracer_exe"] == "/usr/bin/inotifywait"
         assert e["tracee_ppid"] == os.getpid()
         assert e["i_wd"] == 1
-        assert before <= e["timestamp"] <= after + 1_000_000, (before, e["timestamp"], after)
+        # exact backends stamp the event when it happens; tracepoint when the
+        # tracer's read returns (docs/backends.md), which may be later
+        last = after if agent.backend != "tracepoint" else reported
+        assert before <= e["timestamp"] <= last + 1_000_000, (before, e["timestamp"], after, reported)
     create = next(e for e in evs if e["i_mask"] == IN_CREATE)
     assert create["i_mask_names"] == ["IN_CREATE"]
     assert create["i_ino"] == os.stat(wdir / "ABCDE").st_ino
