@@ -11,8 +11,11 @@ listed: fdinfo does not print it, and reading it from the kernel would take
 a BPF iterator over tasks' files, which bcc's Python cannot attach.
 `--tracer-pid` selects the same listener by its pid.
 
-A listener fd shared by several processes (inherited over fork) is listed,
-and counted, once per process.
+A listener shared by several fds (inherited over fork, passed over a socket,
+dup(2)) is one instance: listed and counted once, under the first process
+that holds it, with the others in `also_held_by`. kcmp(2) says whether two
+fds are one open file; where it is refused (no CONFIG_KCMP, a seccomp
+filter), each fd is listed on its own.
 
 The limits are per user (the kernel charges an instance, a watch, a group
 or a mark to the effective uid that created it); the owner's current euid
@@ -21,7 +24,9 @@ stands in for that.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import sys
 
 import msgspec
@@ -64,6 +69,14 @@ class Watched(msgspec.Struct):
     ignored_mask: list[str] = []
 
 
+class Holder(msgspec.Struct):
+    """Another process fd by which one listener instance is held."""
+
+    pid: int
+    fd: int
+    comm: str
+
+
 class ListenerRow(msgspec.Struct):
     pid: int
     comm: str
@@ -75,6 +88,7 @@ class ListenerRow(msgspec.Struct):
     fanotify_flags: list[str] = []
     watches: int = 0  # inotify watches or fanotify marks
     watched: list[Watched] = []
+    also_held_by: list[Holder] = []  # the same instance in other fds (fork, dup, SCM_RIGHTS)
 
 
 class UserLimits(msgspec.Struct):
@@ -188,6 +202,41 @@ def _row(lst: Listener, resolve: _Resolver) -> ListenerRow:
     return row
 
 
+# kcmp(2) by architecture (asm/unistd_64.h; asm-generic for arm64 and riscv)
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272, "riscv64": 272, "ppc64le": 354, "s390x": 343}
+KCMP_FILE = 0
+_syscall = None
+
+
+def one_open_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    """Whether two processes' fds are the same open file (kcmp(2));
+    False when the kernel cannot say."""
+    global _syscall
+    nr = _SYS_KCMP.get(platform.machine())
+    if nr is None:
+        return False
+    if _syscall is None:
+        _syscall = ctypes.CDLL(None, use_errno=True).syscall
+    return _syscall(nr, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+def _one_row_per_instance(rows: list[ListenerRow]) -> list[ListenerRow]:
+    """Rows of one instance held by several fds folded into the first."""
+    kept: list[ListenerRow] = []
+    by_shape: dict[tuple, list[ListenerRow]] = {}
+    for r in rows:
+        # one instance shows the same fdinfo through every fd
+        shape = (r.api, r.fanotify_class, tuple(r.fanotify_flags), r.watches)
+        same = by_shape.setdefault(shape, [])
+        first = next((k for k in same if one_open_file(k.pid, k.fd, r.pid, r.fd)), None)
+        if first is None:
+            same.append(r)
+            kept.append(r)
+        else:
+            first.also_held_by.append(Holder(pid=r.pid, fd=r.fd, comm=r.comm))
+    return kept
+
+
 def _limits(rows: list[ListenerRow]) -> list[UserLimits]:
     limit = {}
     for key, path in LIMITS.items():
@@ -222,6 +271,7 @@ def collect(pids: list[int] | None = None) -> Report:
                 rows.append(_row(lst, resolve))
     finally:
         resolve.close()
+    rows = _one_row_per_instance(rows)
     return Report(listeners=rows, limits=_limits(rows), unreadable_pids=unreadable)
 
 
@@ -256,6 +306,9 @@ def render(report: Report, out=sys.stdout) -> None:
             extra = printable(r.exe) + (f"  {'|'.join(r.fanotify_flags)}" if r.fanotify_flags else "")
             w(f"{r.pid:>7} {printable(r.comm)[:16]:<16} {r.fd:>4} {r.api:<8} {r.fanotify_class or '-':<11} "
               f"{r.watches:>7}  {extra}\n")
+            if r.also_held_by:
+                held = ", ".join(f"pid {h.pid} {printable(h.comm)} fd {h.fd}" for h in r.also_held_by)
+                w(f"{'':>10}also held by {held}\n")
             for item in r.watched[:SHOWN_PER_LISTENER]:
                 where = printable(item.path) if item.path else "(path unknown)"
                 label = f"wd {item.wd}" if item.wd >= 0 else item.kind

@@ -115,3 +115,28 @@ def test_an_inotify_instance_without_watches_still_counts(tmp_path):
         assert json.loads(out.stdout)["limits"][0]["used"]["max_user_instances"] == 1
     finally:
         proc.communicate("")
+
+
+def test_an_instance_inherited_over_fork_is_one_listener_held_by_both(tmp_path):
+    # one inotify instance with one watch, then fork: parent and child hold it
+    code = ("import ctypes, os, sys\n"
+            "libc = ctypes.CDLL(None)\n"
+            "fd = libc.inotify_init1(0)\n"
+            f"libc.inotify_add_watch(fd, {str(tmp_path).encode()!r}, 0x100)\n"
+            "if os.fork() == 0:\n"
+            "    sys.stdin.read(); os._exit(0)\n"
+            "print(fd, flush=True); sys.stdin.read(); os.wait()\n")
+    proc = subprocess.Popen(["python3", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        fd = int(proc.stdout.readline())
+        child = int(open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()[0])
+        out = listeners("-o", "json", "--pid", str(proc.pid), "--pid", str(child))
+        report = json.loads(out.stdout)
+        (row,) = report["listeners"]
+        assert (row["pid"], row["fd"], row["watches"]) == (proc.pid, fd, 1)
+        assert row["also_held_by"] == [{"pid": child, "fd": fd, "comm": "python3"}]
+        assert report["limits"][0]["used"]["max_user_instances"] == 1  # one instance, charged once
+        table = listeners("--pid", str(proc.pid), "--pid", str(child)).stdout
+        assert f"also held by pid {child} python3 fd {fd}" in table
+    finally:
+        proc.communicate("")
