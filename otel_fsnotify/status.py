@@ -34,14 +34,18 @@ def emitted(stats: dict) -> int:
     return stats.get("output_written", stats.get("submitted", 0))
 
 
+def events_lost(stats: dict) -> int:
+    """Events lost on the way, each counted once (LOSS_COUNTERS)."""
+    lost = sum(stats.get(k, 0) for k in LOSS_COUNTERS
+               if not (k == "ringbuf_lost" and "ringbuf_lost_events" in stats))  # records of many events
+    return lost + stats.get("ringbuf_lost_events", 0)
+
+
 def status_text(stats: dict, rate: float) -> str:
     parts = [f"{rate:,.0f} ev/s", f"emitted {emitted(stats):,}"]
     if "delivered" in stats:
         parts += [f"delivered {stats['delivered']:,}", f"spool {stats.get('spool_pending', 0):,}"]
-    lost = sum(stats.get(k, 0) for k in LOSS_COUNTERS
-               if not (k == "ringbuf_lost" and "ringbuf_lost_events" in stats))  # records of many events
-    lost += stats.get("ringbuf_lost_events", 0)
-    parts.append(f"lost {lost:,}")
+    parts.append(f"lost {events_lost(stats):,}")
     return "otel-fsnotify: " + " · ".join(parts)
 
 
