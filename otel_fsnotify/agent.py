@@ -10,7 +10,6 @@ printed once at exit as `otel-fsnotify: stats {json}` on stderr.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -30,23 +29,13 @@ from .enrich.scope import resolve as resolve_scope
 from .enrich.selection import Selection
 from .kernel import bcc, probes
 from .outputs import JsonlOutput, OtlpOutput, TableOutput
+from .quiet_gc import quiet_gc
 from .status import StatusLine
 
 log = logging.getLogger("otel_fsnotify")
 
 POLL_MS = 200
 LOSS_CHECK_S = 1.0  # how often watch mode looks for ring buffer losses (then it rescans)
-GC_GEN0 = 50_000  # allocations between young-generation collections (see _quiet_gc)
-
-
-def _quiet_gc() -> None:
-    """Per event the backends allocate a few small, acyclic containers; with
-    the default thresholds the cyclic GC ran every ~700 allocations and
-    rescanned the long-lived heap (a fifth of the agent's CPU in a storm).
-    Freeze what start-up built and collect far less often."""
-    gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0, GC_GEN0), max(gen1, 20), max(gen2, 20))
 
 
 def make_output(cfg: AgentConfig, backend_name: str, settings=None):
@@ -237,7 +226,7 @@ def run(cfg: AgentConfig) -> int:
                 fim.close()
             output.close()
             raise
-    _quiet_gc()
+    quiet_gc()
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

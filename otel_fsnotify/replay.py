@@ -28,6 +28,7 @@ import time
 from .event import CaptureError, iter_capture_chunks
 from .delivery.settings import OtlpSettings
 from .delivery.spool import SpoolBusy, SpoolUnsafe
+from .quiet_gc import quiet_gc
 
 PROGRESS_INTERVAL = 1.0
 
@@ -210,6 +211,7 @@ def run_replay(path: str, settings: OtlpSettings, log: logging.Logger | None = N
         _fail(f"spool_dir {settings.resolved_spool_dir()}: {exc.strerror}")
         return 2
     job = _Replay(path, total, shipper, settings, progress)
+    quiet_gc()
     if job.resume_after or job.recovered:
         _say(f"resuming: {job.recovered} events in the spool from an earlier run, "
              f"continuing after line {job.resume_after}")
