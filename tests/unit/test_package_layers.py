@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "otel_fsnotify"
 LAYERS = (
     ("cli",),
     ("agent", "config", "doctor", "replay", "health", "listeners"),
-    ("backends", "outputs", "table", "status"),
+    ("backends", "outputs", "table", "status", "quiet_gc"),
     ("enrich", "fim", "delivery"),
     ("kernel", "otel", "rules"),
     ("event", "masks"),
