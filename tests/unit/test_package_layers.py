@@ -1,6 +1,6 @@
 """The pipeline's stages import downwards only, and nothing imports in a circle.
 
-    cli -> agent, config, doctor, replay -> backends, outputs -> enrich, fim, delivery
+    cli -> agent, config, doctor, replay -> backends, outputs, quiet_gc -> enrich, fim, delivery
         -> kernel, otel, rules -> event, masks
 
 A newcomer follows imports from the kernel to the collector; an upward import
