@@ -125,6 +125,18 @@ class Agent:
                 return got
             time.sleep(self.poll)
 
+    def wait_for_tracers(self, tracer_pids, pred=lambda e: True, timeout: float | None = None) -> list[dict]:
+        """The events matching pred once each of these tracers has one of
+        them (or after timeout). A count cannot stand in: one listener's
+        events (or another agent's mirror reads) can make it first."""
+        deadline = time.monotonic() + (self.patience if timeout is None else timeout)
+        want = set(tracer_pids)
+        while True:
+            got = [e for e in self.events() if pred(e)]
+            if want <= {e["tracer_pid"] for e in got} or time.monotonic() > deadline:
+                return got
+            time.sleep(self.poll)
+
     def marked_inodes(self) -> set[int]:
         """Inodes carrying one of the agent's fanotify marks (its mirror of
         the inotify watches), from its fdinfo."""

@@ -11,6 +11,7 @@ import pytest
 
 from tests.harness.agent import Agent
 from tests.harness.collector import free_port
+from tests.harness.poll import until
 
 pytestmark = pytest.mark.host
 
@@ -21,13 +22,22 @@ def get(port: int, path: str) -> tuple[int, str]:
             return r.status, r.read().decode().strip()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode().strip()
+    except urllib.error.URLError as e:  # not listening yet
+        return 0, str(e.reason)
+
+
+def get_once_up(port: int, path: str) -> tuple[int, str]:
+    """The answer once the endpoint answers 200: the agent opens it after its
+    `started` line, and reports polled once its first poll is done."""
+    until(lambda: get(port, path)[0] == 200)
+    return get(port, path)
 
 
 def test_healthz_and_readyz_answer_for_probes(tmp_path):
     port = free_port()
     agent = Agent(tmp_path / "a", "--health-listen", str(port))  # a bare port: 127.0.0.1
     try:
-        code, text = get(port, "/healthz")
+        code, text = get_once_up(port, "/healthz")
         assert code == 200 and text.startswith("ok: tracepoint backend polled"), text
         assert get(port, "/readyz") == (200, "ready")
         assert get(port, "/metrics")[0] == 404
@@ -48,7 +58,7 @@ def test_readyz_fails_when_the_spool_for_an_absent_collector_is_full(tmp_path):
                   "--spool-dir", str(work / "spool"), output="otlp")
     try:
         agent.wait_ready()
-        assert get(port, "/readyz")[0] == 200
+        assert get_once_up(port, "/readyz")[0] == 200
         for batch in range(40):
             for i in range(25):
                 (tree / f"f{batch}-{i}").write_text("x" * 100)

@@ -97,7 +97,7 @@ def test_filter_tracer_pid(filtered, scene):
 
 
 def test_filter_tracee_pid(filtered, scene):
-    evs = _wait(filtered["agents"]["tracee"], 4)
+    evs = filtered["agents"]["tracee"].wait_for_tracers((scene.ino.pid, scene.fan.pid))
     assert evs and {e["tracee_pid"] for e in evs} == {scene.tracee.pid}
     # seen through both tracers
     assert _scene_tracers(filtered, evs) == {scene.ino.pid, scene.fan.pid}
@@ -109,7 +109,7 @@ def test_filter_inotify_only(filtered):
 
 
 def test_filter_fanotify_only(filtered, scene):
-    evs = _wait(filtered["agents"]["fanotify"], 2)
+    evs = filtered["agents"]["fanotify"].wait_for_tracers((scene.fan.pid,))
     assert evs and {e["type"] for e in evs} == {"fanotify"}
     assert _scene_tracers(filtered, evs) == {scene.fan.pid}
 
