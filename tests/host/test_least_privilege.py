@@ -7,7 +7,6 @@ without DAC_READ_SEARCH it cannot hash another user's private file."""
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import yaml
 from tests.harness.actors import open_to_anyone
 from tests.harness.agent import Agent
 from tests.harness.listeners import stop
+from tests.harness.poll import until
 
 pytestmark = pytest.mark.host
 
@@ -43,9 +43,13 @@ def run_as_the_manifest(tmp_path: Path, caps: list[str]) -> dict:
                   wrap=["setpriv", "--bounding-set", bounding, "--inh-caps", "-all"])
     agent.wait_ready()
     iw = subprocess.Popen(USER + ["inotifywait", "-m", "-e", "create", str(tree)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        time.sleep(1.5)  # inotifywait has placed its watch
+        for line in iw.stderr:
+            if b"Watches established" in line:
+                break
+        # the agent mirrors inotifywait's watch (not at all with a capability dropped)
+        until(lambda: tree.stat().st_ino in agent.marked_inodes(), timeout=5)
         subprocess.run(USER + ["sh", "-c", f"umask 077; echo secret > {tree / 'private'}"], check=True)
         fim = agent.wait_for(lambda e: e["type"] == "fim" and e["name"] == "private")
         ino = agent.wait_for(lambda e: e["type"] == "inotify" and e["tracer_pid"] == iw.pid)
