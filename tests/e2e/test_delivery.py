@@ -252,8 +252,7 @@ def ship_through(proxy: FlakyProxy, tmp_path, protocol: str, backend: str, n: in
         s = OtlpSettings.from_env({}, protocol=protocol, endpoint=f"http://127.0.0.1:{proxy.port}",
                                   spool_dir=str(tmp_path / "spool"), **settings)
         shipper = Shipper(s, build_resource(backend), logging.getLogger("test"))
-        for ev in sample_events(n):
-            shipper.submit(ev)
+        shipper.submit_many(list(sample_events(n)))  # one write: batches cut at batch_size only
         assert shipper.close(close_s)
         return shipper.counters()
     finally:
