@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness.agent import REPO, Agent
 from tests.harness.listeners import start_inotifywait, start_listener, stop
-from tests.harness.poll import lines, until_stable
+from tests.harness.poll import lines, until, until_stable
 
 pytestmark = pytest.mark.host
 
@@ -56,6 +56,12 @@ def _open_files(d, n: int, prefix: str = "f") -> int:
     return proc.pid
 
 
+def _state(pid: int) -> str:
+    """A process's state letter (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0]
+
+
 def _listener_events(proc: subprocess.Popen) -> list[dict]:
     """Every EVENT line the (stopped) test listener printed, as dicts."""
     return [dict(kv.split("=", 1) for kv in line.split()[1:])
@@ -75,18 +81,20 @@ def test_fanotify_paths_past_the_kernel_walk_are_empty_not_guessed(tmp_path):
     listener = start_listener("notify", str(d))
     try:
         os.kill(listener.pid, signal.SIGSTOP)  # events pile up: one big read later
+        until(lambda: _state(listener.pid) == "T")  # stopped, not still about to read
         actor = _open_files(d, n_files)
         os.kill(listener.pid, signal.SIGCONT)
         # at once a second burst: the listener's next read reuses the fd
         # numbers of the first for other files (what a late readlink would see)
         _open_files(d, n_files, "g")
         # one event per file (fanotify merges its open and close while queued)
-        evs = agent.wait_for(lambda e: e["tracer_pid"] == listener.pid and e["tracee_pid"] == actor,
-                             n=n_files)
+        mine = lambda e: e["tracer_pid"] == listener.pid and e["tracee_pid"] == actor  # noqa: E731
+        agent.wait_for(mine, n=n_files)
     finally:
         os.kill(listener.pid, signal.SIGCONT)
         stop(listener)
         stats = agent.stop()
+    evs = [e for e in agent.events() if mine(e)]
     seen = [e for e in _listener_events(listener) if int(e["pid"]) == actor]
     assert len(evs) == len(seen) >= n_files
     empty = 0
