@@ -12,12 +12,14 @@ tests the scope in the kernel).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
 import pytest
 
 from tests.harness.collector import Rotel
+from tests.harness.poll import until
 from tests.harness.pods import Pod, cgroup_v2_available
 
 
@@ -100,6 +102,26 @@ def _watcher(container, *dirs) -> subprocess.Popen:
     return w
 
 
+def _mirrored(agent, mirrors: bool, *paths) -> None:
+    """Until the agent has mirrored the watches on paths (as the host sees
+    them), when its backend mirrors (tracepoint): the watcher's
+    inotify_add_watch is seen, then marked, and an act before the mark has
+    no actor, so the pod scope drops it."""
+    from tests.harness.agent import marked_inodes
+    if not mirrors:
+        return
+    want = {os.stat(p).st_ino for p in paths}
+    def marked():  # noqa: E306 - the agent runs under a wrapper (nsenter): its descendants
+        found = set()
+        for pid in _descendants(agent.proc.pid):
+            try:
+                found |= marked_inodes(pid)
+            except OSError:
+                pass
+        return want <= found
+    assert until(marked), f"the agent did not mirror the watches on {paths}"
+
+
 def _descendants(pid: int) -> list[int]:
     out = [pid]
     for p in out:
@@ -138,7 +160,7 @@ def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks
     agent.wait_started()
     watchers = [_watcher(watcher_a, pod_a.vol, pod_a.data), _watcher(watcher_b, pod_b.vol, pod_b.data)]
     try:
-        time.sleep(1)  # the agent notices the new listeners (their inotify_add_watch)
+        _mirrored(agent, not scope_in_kernel, f"/proc/{pod_a.ns_pid}/root{pod_a.vol}", pod_a.emptydir)
         for pod, app in ((pod_a, app_a), (pod_b, app_b)):
             subprocess.run(app.enter + ["sh", "-c", f"echo v > {pod.vol}/from-app; echo d > {pod.data}/from-app"],
                            check=True)
@@ -171,7 +193,7 @@ def _ns_pid(host_pid: int) -> int:
 
 
 def test_a_sidecar_without_host_pid_numbers_every_process_as_its_pod_does(
-        tmp_path, pods_with_namespaces, start_sidecar):
+        tmp_path, pods_with_namespaces, start_sidecar, scope_in_kernel):
     """shareProcessNamespace without hostPID: the agent runs in pod A's pid
     and mount namespaces (its /proc shows the pod only). It starts, and the
     watcher's and the writer's pids are the pod's numbers, which its /proc
@@ -183,7 +205,7 @@ def test_a_sidecar_without_host_pid_numbers_every_process_as_its_pod_does(
     agent.wait_started()
     watchers = [_watcher(watcher_a, pod_a.data), _watcher(watcher_b, pod_b.data)]
     try:
-        time.sleep(1)
+        _mirrored(agent, not scope_in_kernel, pod_a.emptydir)
         for pod, app in ((pod_a, app_a), (pod_b, app_b)):
             # the writer leaves its own pid (as its pod numbers it) in the file
             subprocess.run(app.enter + ["sh", "-c", f"echo $$ > {pod.data}/from-app"], check=True)
