@@ -60,6 +60,7 @@ def object_mask(mask: int, is_dir: bool) -> int:
 
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
+_FSID = _U64  # __kernel_fsid_t: two ints, as an event's info record holds them
 
 # Where file handles keep the inode number, by encoder: u32 first
 # (FILEID_INO32_GEN: ext2/3/4, the generic exportfs encoder); u64 first
@@ -90,16 +91,22 @@ class Mirror:
         self.fd = fd
         self._flags = flags
         self.fd_group = -1  # the fd-reporting group, made at its first mark
-        # (st_dev, st_ino) of an object marked in fd_group -> its inotify inode
-        self._fd_objects: dict[tuple[int, int], int] = {}
+        # (st_dev, st_ino) of an object marked in fd_group -> its inotify (sdev, ino)
+        self._fd_objects: dict[tuple[int, int], tuple[int, int]] = {}
         self._fd_dirs: dict[int, set[int]] = {}  # st_dev -> st_ino of directories marked there
         self._fd_marked: dict[tuple[int, int], tuple[int, int]] = {}  # (sdev, ino) -> (st_dev, st_ino)
         self._degraded: set[int] = set()  # sdevs already warned about
         self.views = MountViews()
-        # (handle_type, handle bytes) -> (ino, its path in its filesystem, handle layout)
-        self._objects: dict[tuple[int, bytes], tuple[int, str, object]] = {}
-        # (handle_type, handle bytes, listener pid) -> the object's path as that listener sees it
-        self._paths: dict[tuple[int, bytes, int], str] = {}
+        # (sdev, handle_type, handle bytes) -> the object's path in its filesystem
+        self._objects: dict[tuple[int, int, bytes], str] = {}
+        # (fsid, handle_type, handle bytes) of an event -> ((sdev, ino) of the
+        # object: what the inotify side looks it up by, handle layout). The
+        # fsid tells filesystems apart whose handles are alike (the roots of
+        # two tmpfs mounts: inode 1, generation 0)
+        self._by_fid: dict[tuple[bytes, int, bytes], tuple[tuple[int, int], int]] = {}
+        self._fid_of: dict[tuple[int, int], tuple[bytes, int, bytes]] = {}  # (sdev, ino) -> its _by_fid key
+        # (sdev, handle_type, handle bytes, listener pid) -> the object's path as that listener sees it
+        self._paths: dict[tuple[int, int, bytes, int], str] = {}
         self._marked: dict[tuple[int, int], int] = {}  # (sdev, ino) -> mask marked
         # (sdev, ino) -> {listener key: wd}: who needs the mark
         self._owners: dict[tuple[int, int], dict] = {}
@@ -118,13 +125,13 @@ class Mirror:
     # -- marks ------------------------------------------------------------------
     def path_of(self, watch: Watch, pid: int) -> str:
         """The watched object's path as listener pid sees it ("" unknown)."""
-        key = (watch.handle_type, watch.handle, pid)
+        key = (watch.sdev, watch.handle_type, watch.handle, pid)
         path = self._paths.get(key)
         if path is None:
-            obj = self._objects.get(key[:2])
-            if obj is None:
+            fs_path = self._objects.get(key[:3])
+            if fs_path is None:
                 return ""
-            path = self.views.view_of(pid, watch.sdev, obj[1]) if obj[1] else ""
+            path = self.views.view_of(pid, watch.sdev, fs_path) if fs_path else ""
             if len(self._paths) >= MAX_MARKS:
                 self._paths.clear()
             self._paths[key] = path
@@ -158,7 +165,7 @@ class Mirror:
             self.fd_group = fd
         fd_mask = (mask & FD_EVENTS) | (mask & ~SHARED_EVENTS)
         self._fanotify_mark(FAN_MARK_ADD, fd_mask, ofd, self.fd_group)
-        self._fd_objects[(st.st_dev, st.st_ino)] = watch.ino
+        self._fd_objects[(st.st_dev, st.st_ino)] = (watch.sdev, watch.ino)
         self._fd_marked[(watch.sdev, watch.ino)] = (st.st_dev, st.st_ino)
         if stat.S_ISDIR(st.st_mode):
             self._fd_dirs.setdefault(st.st_dev, set()).add(st.st_ino)
@@ -195,6 +202,10 @@ class Mirror:
                     marked = object_mask(mask, stat.S_ISDIR(st.st_mode))
                     try:
                         self._fanotify_mark(FAN_MARK_ADD, marked, ofd)
+                        # its events carry statfs(2)'s f_fsid (glibc: val[0] | val[1] << 32)
+                        fid = (_FSID.pack(os.fstatvfs(ofd).f_fsid), watch.handle_type, watch.handle)
+                        self._by_fid[fid] = (key, self._layout(watch.handle, watch.ino))
+                        self._fid_of[key] = fid
                     except OSError as exc:
                         if exc.errno not in NO_HANDLES:
                             raise
@@ -206,8 +217,7 @@ class Mirror:
                 return False
             if key not in self._marked:
                 self.counters["mirror_marks_added"] += 1
-            self._objects[(watch.handle_type, watch.handle)] = (
-                watch.ino, path, self._layout(watch.handle, watch.ino))
+            self._objects[(watch.sdev, watch.handle_type, watch.handle)] = path
             self._marked[key] = self._marked.get(key, 0) | mask
         self._owners.setdefault(key, {})[owner] = watch.wd
         if owner:
@@ -224,12 +234,15 @@ class Mirror:
             return
         del owners[owner]
         if owner:
-            self._paths.pop((watch.handle_type, watch.handle, owner[0]), None)
+            self._paths.pop((watch.sdev, watch.handle_type, watch.handle, owner[0]), None)
         if owners:
             return
         del self._owners[key]
         self._marked.pop(key, None)
-        self._objects.pop((watch.handle_type, watch.handle), None)
+        self._objects.pop((watch.sdev, watch.handle_type, watch.handle), None)
+        fid = self._fid_of.pop(key, None)
+        if fid is not None:
+            self._by_fid.pop(fid, None)
         fd_obj = self._fd_marked.pop(key, None)  # forgotten even if the object is gone
         if fd_obj is not None:
             self._fd_objects.pop(fd_obj, None)
@@ -304,19 +317,19 @@ class Mirror:
         return n
 
     def _record_keys(self, now: float, seen_ns: int, mask: int, pid: int,
-                     keys: list[tuple[int, str]], child_ino: int) -> None:
+                     keys: list[tuple[tuple[int, int], str]], child_ino: int) -> None:
         """Remember one mirror event under every (watched object, name, bit) it is for."""
         if keys:
             self.remembered.add(now, seen_ns, mask, pid, pid if self.report_tid else 0, keys, child_ino)
 
-    def _objects_of(self, info: bytes) -> tuple[list[tuple[int, str]], int]:
-        """From an event's info records: ([(inode of a mirrored object, name
-        relative to it)], the child's inode or 0)."""
+    def _objects_of(self, info: bytes) -> tuple[list[tuple[tuple[int, int], str]], int]:
+        """From an event's info records: ([((sdev, ino) of a mirrored object,
+        name relative to it)], the child's inode or 0)."""
         keys = []
         child = None
         layout, layout_type = -1, 0
         pos = 0
-        objects = self._objects
+        by_fid = self._by_fid
         while pos + FAN_INFO_HDR.size <= len(info):
             itype, _pad, ilen = FAN_INFO_HDR.unpack_from(info, pos)
             if ilen < FAN_INFO_HDR.size:
@@ -328,9 +341,9 @@ class Mirror:
                 handle = info[pos + 20: pos + 20 + hbytes]
                 if itype == FAN_EVENT_INFO_TYPE_FID:
                     child = (htype, handle)
-                obj = objects.get((htype, handle))
+                obj = by_fid.get((info[pos + 4: pos + 12], htype, handle))
                 if obj is not None:
-                    layout, layout_type = obj[2], htype
+                    layout, layout_type = obj[1], htype
                     name = ""
                     if itype == FAN_EVENT_INFO_TYPE_DFID_NAME:
                         name = info[pos + 20 + hbytes: rec_end].split(b"\0", 1)[0].decode(
@@ -351,7 +364,7 @@ class Mirror:
                 child_ino = 0
         return keys, child_ino
 
-    def _objects_of_fd(self, efd: int) -> tuple[list[tuple[int, str]], int]:
+    def _objects_of_fd(self, efd: int) -> tuple[list[tuple[tuple[int, int], str]], int]:
         """_objects_of for an fd-reporting event (closes its fd): the object
         itself if it is marked, and the marked directory it is in with its
         name. The directory is found by the fd's path; where the agent cannot

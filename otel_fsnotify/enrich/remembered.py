@@ -1,9 +1,10 @@
 """The mirror's events, remembered until an inotify event a tracer reads is
 matched to one (enrich/mirror.py fills it, backends/tracepoint/inotify.py asks).
 
-Each event is kept under every (watched object's inode, name, event bit) it
-is for, in a `Series` per key, for WINDOW_S or until MAX_HITS newer
-entries came (an event under two keys is two entries).
+Each event is kept under every (watched object, name, event bit) it is for
+(an object is (sdev, ino): inode numbers repeat across filesystems), in a
+`Series` per key, for WINDOW_S or until MAX_HITS newer entries came (an
+event under two keys is two entries).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def bits_of(mask: int) -> tuple[int, ...]:
 
 
 class Series:
-    """Mirror events of one (object inode, name, event bit), oldest first.
+    """Mirror events of one (watched object, name, event bit), oldest first.
 
     Each consumer (tracer pid, fd) has a cursor: the sequence number of the
     next event it may match, so matching is FIFO per consumer and O(log n)
@@ -38,7 +39,7 @@ class Series:
 
     __slots__ = ("key", "seqs", "hits", "start", "cursors", "run", "mixed")
 
-    def __init__(self, key: tuple[int, str, int]):
+    def __init__(self, key: tuple):
         self.key = key  # its key in RememberedEvents._hits
         self.seqs: list[int] = []
         # (pid, tid, child inode, when drained: CLOCK_MONOTONIC ns), 0 when unknown
@@ -113,8 +114,8 @@ class RememberedEvents:
     """The mirror events of the last WINDOW_S (at most MAX_HITS), by key."""
 
     def __init__(self):
-        # (ino of watched object, name, event bit) -> Series
-        self._hits: dict[tuple[int, str, int], Series] = {}
+        # (watched object, name, event bit) -> Series
+        self._hits: dict[tuple, Series] = {}
         # (when read, its Series) per entry of an event under a key, oldest first
         self._order: deque = deque()
         self._seq = 0
@@ -124,19 +125,19 @@ class RememberedEvents:
         return len(self._order)
 
     def add(self, now: float, seen_ns: int, mask: int, pid: int, tid: int,
-            keys: list[tuple[int, str]], child_ino: int) -> None:
+            keys: list[tuple], child_ino: int) -> None:
         """One mirror event, read at `now` (monotonic s) and seen_ns, for
-        every (watched object's inode, name relative to it) in keys; the
+        every (watched object, name relative to it) in keys; the
         child's inode goes with the keys that name a child."""
         seq = self._seq
         self._seq = seq + 1
         hits, order = self._hits, self._order
         bits = bits_of(mask)
-        for ino, name in keys:
+        for obj, name in keys:
             # the child's inode belongs to events naming a child only
             hit = (pid, tid, child_ino if name else 0, seen_ns)
             for bit in bits:
-                key = (ino, name, bit)
+                key = (obj, name, bit)
                 series = hits.get(key)
                 if series is None:
                     series = hits[key] = Series(key)
@@ -155,27 +156,27 @@ class RememberedEvents:
             if series.drop_oldest():
                 del hits[series.key]
 
-    def match(self, ino: int, name: str, mask: int, consumer) -> tuple[tuple[int, int, int, int], bool]:
+    def match(self, obj, name: str, mask: int, consumer) -> tuple[tuple[int, int, int, int], bool]:
         """((pid, tid, child inode, when drained), certain) of the oldest
-        event of (ino, name, any bit of mask) this consumer (tracer pid, fd)
+        event of (obj, name, any bit of mask) this consumer (tracer pid, fd)
         has not matched yet; (NO_MATCH, False) if none. tid and child inode
         are 0 when unknown; certain: see Series.match."""
         hits = self._hits
         for bit in bits_of(mask):
-            series = hits.get((ino, name, bit))
+            series = hits.get((obj, name, bit))
             if series is not None:
                 got = series.match(consumer)
                 if got is not None:
                     return got
         return NO_MATCH, False
 
-    def merged(self, ino: int, name: str, mask: int, consumer) -> tuple[int, int, int, int]:
+    def merged(self, obj, name: str, mask: int, consumer) -> tuple[int, int, int, int]:
         """(pid, tid, child inode, when drained) of the mirror event an
         inotify event with none of its own was merged into (Series.merged_into),
         NO_MATCH when that is not certain."""
         hits = self._hits
         for bit in bits_of(mask):
-            series = hits.get((ino, name, bit))
+            series = hits.get((obj, name, bit))
             if series is not None:
                 got = series.merged_into(consumer)
                 if got is not None:

@@ -145,9 +145,9 @@ class Agent:
     def wait_marked(self, path, timeout: float = 20.0) -> None:
         """Until the agent mirrors a watch on path (it does so after seeing
         the listener's inotify_add_watch): acting earlier would be unmatched."""
-        ino = os.stat(path).st_ino
+        st = os.stat(path)
         deadline = time.monotonic() + timeout
-        while ino not in self.marked_inodes():
+        while (st.st_dev, st.st_ino) not in marked_objects(self.proc.pid):
             if time.monotonic() > deadline:
                 raise AssertionError(f"the agent did not mirror the watch on {path}")
             time.sleep(0.02)
@@ -184,6 +184,12 @@ class Agent:
 
 def marked_inodes(pid: int) -> set[int]:
     """Inodes carrying one of pid's fanotify marks, from its fdinfo."""
+    return {ino for _dev, ino in marked_objects(pid)}
+
+
+def marked_objects(pid: int) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the inodes carrying one of pid's fanotify marks,
+    from its fdinfo (`fanotify ino:<hex> sdev:<hex, the kernel's dev_t>`)."""
     found = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
@@ -193,5 +199,7 @@ def marked_inodes(pid: int) -> set[int]:
             continue
         for line in text.splitlines():
             if line.startswith("fanotify ino:"):
-                found.add(int(line.split()[1].split(":")[1], 16))
+                fields = dict(f.split(":", 1) for f in line.split()[1:3])
+                sdev = int(fields["sdev"], 16)  # MAJOR << 20 | MINOR
+                found.add((os.makedev(sdev >> 20, sdev & 0xFFFFF), int(fields["ino"], 16)))
     return found

@@ -3,9 +3,11 @@ inotify reader; each returned once its watch or mark is in place."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.harness.agent import REPO
@@ -50,6 +52,35 @@ def start_inotify_reader(path, pause_ms: int = 0) -> subprocess.Popen:
                               stdout=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "READY"
     return reader
+
+
+@contextlib.contextmanager
+def roomy_inotify_queues(events: int = 1 << 20):
+    """inotify instances created meanwhile queue up to `events` (default
+    16,384): for tests of the agent's count of a storm a listener read whole,
+    not of whether the listener kept up on a busy machine."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    old = knob.read_text().strip()
+    knob.write_text(str(events))
+    try:
+        yield
+    finally:
+        knob.write_text(old)
+
+
+def wait_reader_idle(reader: subprocess.Popen, still_s: float = 2.0, timeout: float = 120.0) -> None:
+    """Until the reader has read nothing for still_s (its backlog is read),
+    by the bytes its read(2) calls returned (/proc/PID/io rchar)."""
+    def rchar() -> int:
+        with open(f"/proc/{reader.pid}/io") as fh:
+            return int(next(line for line in fh if line.startswith("rchar:")).split()[1])
+    deadline = time.monotonic() + timeout
+    last, since = rchar(), time.monotonic()
+    while time.monotonic() - since < still_s and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = rchar()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def stop_inotify_reader(reader: subprocess.Popen, poke: Path) -> tuple[int, int]:

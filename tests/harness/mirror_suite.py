@@ -88,3 +88,40 @@ def test_a_watch_where_fanotify_has_no_file_handles_is_attributed_by_its_opens_a
                for n in BY_HANDLE_ONLY)
     assert len(said) == 1 and f"({refused})" in said[0], said
     assert "create, delete, move and attrib are not" in said[0]
+
+
+def test_two_filesystems_with_alike_inodes_keep_their_actors_apart(tracepoint_agent, tmp_path):
+    """Two tmpfs mounts: their roots are both inode 1, with alike file
+    handles. A writer in each at once, a listener on each root: every event
+    is given its own filesystem's writer, never the other's (the mirror
+    tells objects apart by device and filesystem id, not inode alone)."""
+    agent = tracepoint_agent
+    roots = [tmp_path / "tmpfs-a", tmp_path / "tmpfs-b"]
+    for root in roots:
+        root.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root)], check=True)
+    tracers = []
+    try:
+        refused = file_handle_marks_refused(roots[0])
+        assert roots[0].stat().st_ino == roots[1].stat().st_ino
+        for root in roots:
+            (root / "old").write_text("o")
+            tracers.append(start_inotifywait(root))
+            agent.wait_marked(root)
+        actors = [subprocess.Popen([sys.executable, "-c", _ACTOR, str(root)]) for root in roots]
+        assert all(a.wait() == 0 for a in actors)
+        evs = [agent.wait_for(lambda e, t=t: e["tracer_pid"] == t.pid and e["name"] in ("new", "old"), n=8)
+               for t in tracers]
+    finally:
+        for t in tracers:
+            stop(t)
+        for root in roots:
+            subprocess.run(["umount", "-l", str(root)], check=True)
+    for mine, actor, other in ((evs[0], actors[0], actors[1]), (evs[1], actors[1], actors[0])):
+        by_mask = {(e["name"], name): e for e in mine for name in e["i_mask_names"]}
+        assert set(by_mask) == BY_FD | BY_HANDLE_ONLY, sorted(by_mask)
+        attributed = {n for n, e in by_mask.items() if e["attribution"] == "inferred"}
+        assert attributed == (BY_FD if refused else BY_FD | BY_HANDLE_ONLY), \
+            {n: (e["attribution"], e["tracee_pid"]) for n, e in by_mask.items()}
+        assert {e["tracee_pid"] for e in mine if e["attribution"] == "inferred"} == {actor.pid}, \
+            (actor.pid, other.pid, [(e["i_mask_names"], e["tracee_pid"]) for e in mine])

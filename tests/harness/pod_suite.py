@@ -91,10 +91,16 @@ def pods_with_namespaces(tmp_path):
     b.remove()
 
 
-def _watcher(container, *dirs) -> subprocess.Popen:
-    """inotifywait inside a container, watching dirs; returns once it watches."""
-    w = subprocess.Popen(container.enter + ["inotifywait", "-m", "-q", *map(str, dirs)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _watcher(container, *dirs, log=None) -> subprocess.Popen:
+    """inotifywait inside a container, watching dirs, its event lines to
+    the file log (discarded without one); returns once it watches."""
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL
+    try:
+        w = subprocess.Popen(container.enter + ["inotifywait", "-m", "-q", *map(str, dirs)],
+                             stdout=out, stderr=subprocess.PIPE, text=True)
+    finally:
+        if log is not None:
+            out.close()  # the child has its own copy
     deadline = time.monotonic() + 10
     while not any(_watches(pid) == len(dirs) for pid in _descendants(w.pid)):
         assert w.poll() is None and time.monotonic() < deadline, w.stderr.read() if w.poll() is not None else ""
@@ -102,24 +108,34 @@ def _watcher(container, *dirs) -> subprocess.Popen:
     return w
 
 
+def _has_read(log, name: str, n: int = 1) -> None:
+    """Until the watcher logging to log has read n IN_CLOSE_WRITE of name:
+    the tracepoint backend counts what a scope filter leaves out only as
+    the watcher reads it (the exact backends, as the kernel queues it)."""
+    def read() -> int:
+        return sum(1 for line in log.read_text(errors="replace").splitlines()
+                   if "CLOSE_WRITE" in line and line.endswith(" " + name))
+    assert until(lambda: read() >= n, timeout=30), f"{log}: {log.read_text(errors='replace')}"
+
+
 def _mirrored(agent, mirrors: bool, *paths) -> None:
     """Until the agent has mirrored the watches on paths (as the host sees
     them), when its backend mirrors (tracepoint): the watcher's
     inotify_add_watch is seen, then marked, and an act before the mark has
     no actor, so the pod scope drops it."""
-    from tests.harness.agent import marked_inodes
+    from tests.harness.agent import marked_objects
     if not mirrors:
         return
-    want = {os.stat(p).st_ino for p in paths}
+    want = {(st.st_dev, st.st_ino) for st in map(os.stat, paths)}  # a tmpfs root is inode 1 in each pod
     def marked():  # noqa: E306 - the agent runs under a wrapper (nsenter): its descendants
         found = set()
         for pid in _descendants(agent.proc.pid):
             try:
-                found |= marked_inodes(pid)
+                found |= marked_objects(pid)
             except OSError:
                 pass
         return want <= found
-    assert until(marked), f"the agent did not mirror the watches on {paths}"
+    assert until(marked, timeout=30), f"the agent did not mirror the watches on {paths}"
 
 
 def _descendants(pid: int) -> list[int]:
@@ -158,7 +174,9 @@ def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks
     sidecar = pod_a.container()
     agent = start_sidecar(tmp_path / "sidecar", "--this-pod", wrap=sidecar.join)
     agent.wait_started()
-    watchers = [_watcher(watcher_a, pod_a.vol, pod_a.data), _watcher(watcher_b, pod_b.vol, pod_b.data)]
+    logs = [tmp_path / "watcher-a.log", tmp_path / "watcher-b.log"]
+    watchers = [_watcher(watcher_a, pod_a.vol, pod_a.data, log=logs[0]),
+                _watcher(watcher_b, pod_b.vol, pod_b.data, log=logs[1])]
     try:
         _mirrored(agent, not scope_in_kernel, f"/proc/{pod_a.ns_pid}/root{pod_a.vol}", pod_a.emptydir)
         for pod, app in ((pod_a, app_a), (pod_b, app_b)):
@@ -167,7 +185,9 @@ def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks
         (pod_a.emptydir / "from-host").write_text("h")  # the host, into pod A's emptyDir
         want = {f"{pod_a.vol}/from-app": "", f"{pod_a.data}/from-app": f"{pod_a.emptydir}/from-app"}
         events = agent.wait_for(lambda e: e["path"] in want and "IN_CLOSE_WRITE" in e["i_mask_names"], n=2)
-        time.sleep(1.5)
+        assert len(events) == 2, [(e["path"], e["i_mask_names"], e["tracer_pid"], e["attribution"]) for e in agent.events()]
+        _has_read(logs[0], "from-host")
+        _has_read(logs[1], "from-app", 2)
     finally:
         for w in watchers:
             w.terminate()
@@ -203,7 +223,8 @@ def test_a_sidecar_without_host_pid_numbers_every_process_as_its_pod_does(
     watcher_b, app_b = pod_b.container(), pod_b.container()
     agent = start_sidecar(tmp_path / "sidecar", "--this-pod", wrap=sidecar.enter)
     agent.wait_started()
-    watchers = [_watcher(watcher_a, pod_a.data), _watcher(watcher_b, pod_b.data)]
+    log_b = tmp_path / "watcher-b.log"
+    watchers = [_watcher(watcher_a, pod_a.data), _watcher(watcher_b, pod_b.data, log=log_b)]
     try:
         _mirrored(agent, not scope_in_kernel, pod_a.emptydir)
         for pod, app in ((pod_a, app_a), (pod_b, app_b)):
@@ -211,7 +232,7 @@ def test_a_sidecar_without_host_pid_numbers_every_process_as_its_pod_does(
             subprocess.run(app.enter + ["sh", "-c", f"echo $$ > {pod.data}/from-app"], check=True)
         events = agent.wait_for(lambda e: e["path"] == f"{pod_a.data}/from-app"
                                 and "IN_CLOSE_WRITE" in e["i_mask_names"])
-        time.sleep(1.5)
+        _has_read(log_b, "from-app")
         watcher_pid = next(_ns_pid(p) for p in _descendants(watchers[0].pid) if _watches(p))
     finally:
         for w in watchers:

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from tests.harness.agent import REPO, Agent
+from tests.harness import listeners
 from tests.harness.listeners import start_inotifywait, start_listener, stop
 from tests.harness.poll import lines, until, until_stable
 
@@ -32,19 +33,8 @@ DEGRADED_KEYS = ("mirror_overflow", "watch_unknown", "inotify_unmatched", "inoti
 
 @pytest.fixture
 def roomy_inotify_queues():
-    """Listeners started meanwhile queue up to 1M events (default 16,384):
-    what these tests check is the agent's count of a storm a listener read
-    whole, not whether the listener kept up on a busy machine."""
-    knob = "/proc/sys/fs/inotify/max_queued_events"
-    with open(knob) as fh:
-        old = fh.read().strip()
-    with open(knob, "w") as fh:
-        fh.write(str(1 << 20))
-    try:
+    with listeners.roomy_inotify_queues():
         yield
-    finally:
-        with open(knob, "w") as fh:
-            fh.write(old)
 
 
 def _open_files(d, n: int, prefix: str = "f") -> int:

@@ -67,15 +67,15 @@ class InotifyReads:
                 # no tracee: the kernel dropped the events themselves
                 self.emit(msgspec.structs.replace(tmpl, **fields))
                 continue
-            listener, ino = self._locate(listener, consumer, wd, mask, name, fields)
+            listener, obj = self._locate(listener, consumer, wd, mask, name, fields)
             # the actor acted before the tracer's read: its identity then counts
-            key = (ino, name, mask, consumer, h.ts)
+            key = (obj, name, mask, consumer, h.ts)
             if not self._try_match(tmpl, fields, key):
                 self._waiting.append((time.monotonic() + MATCH_WAIT_S, tmpl, fields, key))
 
     def _locate(self, listener, consumer, wd: int, mask: int, name: str, fields: dict):
         """The watch behind wd: path and inodes into fields; (listener, the
-        watched object's inode or 0)."""
+        watched object as the mirror knows it, (sdev, ino), or None)."""
         watch = listener.watches.get(wd) if listener is not None else None
         if watch is None:
             if not mask & IN_IGNORED:
@@ -83,7 +83,7 @@ class InotifyReads:
             watch = listener.watches.get(wd) if listener is not None else None
         if watch is None:
             self.counters["watch_unknown"] += 1
-            return listener, 0
+            return listener, None
         mirror = self.listeners.mirror
         wpath = mirror.path_of(watch, consumer[0]) if mirror else ""
         if wpath and name:
@@ -98,19 +98,19 @@ class InotifyReads:
             # the watch is gone (inotify_rm_watch, IN_ONESHOT, object deleted
             # or unmounted): so is the need for its mirror mark
             self.listeners.watch_gone(listener, wd)
-        return listener, watch.ino
+        return listener, (watch.sdev, watch.ino)
 
     def _try_match(self, tmpl: Event, fields: dict, key, last_chance: bool = False) -> bool:
         """Match to the mirror; on the last chance (the wait is over) also
         to the mirror event this one was merged into (inotify_merged)."""
-        ino, name, mask, consumer, read_ns = key
+        obj, name, mask, consumer, read_ns = key
         mirror = self.listeners.mirror
-        if not ino or mirror is None:
+        if obj is None or mirror is None:
             return False
         remembered = mirror.remembered
-        (pid, tid, child_ino, seen_ns), certain = remembered.match(ino, name, mask, consumer)
+        (pid, tid, child_ino, seen_ns), certain = remembered.match(obj, name, mask, consumer)
         if not pid and last_chance:
-            pid, tid, child_ino, seen_ns = remembered.merged(ino, name, mask, consumer)
+            pid, tid, child_ino, seen_ns = remembered.merged(obj, name, mask, consumer)
             certain = True
             if pid:
                 self.counters["inotify_merged"] += 1
