@@ -39,6 +39,7 @@ from .scan import Scan
 SETTLE_S = 0.2  # after a close-for-write or an attribute change: later events join it
 CREATE_WAIT_S = 1.0  # a created file nobody writes (a link, a fifo): reported after this
 WRITE_IDLE_S = 5.0  # a file written and never closed (a log): reported after this quiet
+MOVE_PAIR_S = 0.2  # before FAN_RENAME: a FAN_MOVED_FROM waits this long for its FAN_MOVED_TO
 SCAN_SLICE_S = 0.05  # scan work per turn, so live events keep flowing during a long scan
 BASELINE_FILE = "baseline.sqlite"
 
@@ -172,7 +173,7 @@ class FimMonitor:
         with self.baseline.batch():
             for rc in raw:
                 self._live(rc, actor, read_ts, now)
-            self._pair_moves(now)
+            self._pair_moves(now, MOVE_PAIR_S)  # its FAN_MOVED_TO may be in the next read
             self._settle(now)
             if self._scans:
                 self._scan_slice()
@@ -244,7 +245,7 @@ class FimMonitor:
             if self._moved_from is None:
                 self._moved(path, w, "", None, who, now)  # moved in from outside the marks
             else:
-                old, wo, _who = self._moved_from
+                old, wo, _who, _since = self._moved_from
                 self._moved_from = None
                 self._moved(path, w, old, wo, who, now)
             return
@@ -252,7 +253,7 @@ class FimMonitor:
         if mask & FAN_RENAME:
             self._moved(path, w, old, wo, who, now)
         elif mask & FAN_MOVED_FROM:
-            self._moved_from = (path, w, who)
+            self._moved_from = (path, w, who, now)
         elif mask & FAN_DELETE:
             if not mask & (FAN_CREATE | FAN_MODIFY | FAN_CLOSE_WRITE):
                 self._deleted(path, w, who, now)
@@ -271,11 +272,13 @@ class FimMonitor:
         else:
             self._touched(path, who, now)
 
-    def _pair_moves(self, now: float) -> None:
+    def _pair_moves(self, now: float, held_s: float = 0.0) -> None:
         """Before FAN_RENAME: a FAN_MOVED_FROM not followed by its
-        FAN_MOVED_TO moved out of the watched paths."""
-        if self._moved_from is not None:
-            old, wo, who = self._moved_from
+        FAN_MOVED_TO (the kernel queues the two back to back) moved out of
+        the watched paths; held_s: unless it came less than that ago, when
+        the read may have ended between the two."""
+        if self._moved_from is not None and now - self._moved_from[3] >= held_s:
+            old, wo, who, _since = self._moved_from
             self._moved_from = None
             self._moved("", None, old, wo, who, now)
 
