@@ -15,7 +15,7 @@ listeners          Real tracers as processes: `start_listener` (the fanotify
 actors             Real tracees (`touch`, `run`, `cat` under a permission
                    listener: `cat_under_verdict`, `blocked_cat`) and what
                    every backend must report for them.
-poll               `until`, `until_stable`, `lines`: waiting on other processes.
+poll               `until`, `until_stable`, `until_still`, `lines`: waiting on other processes.
 fanotify_listener  Program: a fanotify listener (notify, perm-allow,
                    perm-deny, stall) that prints what it reads.
 inotify_reader     Program: an inotify reader that counts what it reads.

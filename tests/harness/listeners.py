@@ -7,10 +7,10 @@ import contextlib
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.harness.agent import REPO
+from tests.harness.poll import until_still
 
 
 def program(name: str, *args: str) -> list[str]:
@@ -74,13 +74,7 @@ def wait_reader_idle(reader: subprocess.Popen, still_s: float = 2.0, timeout: fl
     def rchar() -> int:
         with open(f"/proc/{reader.pid}/io") as fh:
             return int(next(line for line in fh if line.startswith("rchar:")).split()[1])
-    deadline = time.monotonic() + timeout
-    last, since = rchar(), time.monotonic()
-    while time.monotonic() - since < still_s and time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = rchar()
-        if now != last:
-            last, since = now, time.monotonic()
+    until_still(rchar, still_s, timeout, interval=0.2)
 
 
 def stop_inotify_reader(reader: subprocess.Popen, poke: Path) -> tuple[int, int]:

@@ -31,6 +31,18 @@ def until_stable(count, want: int, timeout: float = 60.0) -> int:
     return count()
 
 
+def until_still(value, still_s: float, timeout: float, interval: float = 0.1):
+    """Poll value() until it has not changed for still_s (or timeout); its last value."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < still_s and time.monotonic() < deadline:
+        time.sleep(interval)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def lines(path) -> int:
     """How many whole lines the file has now (read once, to its end as it
     is now: not a line cut by a write still under way)."""

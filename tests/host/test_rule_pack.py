@@ -27,6 +27,7 @@ import yaml
 from otel_fsnotify.event import Event
 from otel_fsnotify.otel.mapping import attributes, event_name
 from tests.harness.agent import Agent
+from tests.harness.poll import until_still
 
 pytestmark = pytest.mark.host
 
@@ -158,13 +159,7 @@ def after(agent: Agent, seen: int, path: str, timeout: float = 15.0) -> list[dic
 def quiet(agent: Agent, still_s: float = 0.8, timeout: float = 15.0) -> None:
     """Until no event has come for still_s (a change is reported 0.2 s after
     its writer closes the file, later on a busy machine)."""
-    deadline = time.monotonic() + timeout
-    count, since = len(agent.events()), time.monotonic()
-    while time.monotonic() - since < still_s and time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = len(agent.events())
-        if now != count:
-            count, since = now, time.monotonic()
+    until_still(lambda: len(agent.events()), still_s, timeout)
 
 
 @pytest.mark.parametrize("rule", RULES)
