@@ -142,15 +142,27 @@ class Agent:
         the inotify watches), from its fdinfo."""
         return marked_inodes(self.proc.pid)
 
-    def wait_marked(self, path, timeout: float = 20.0) -> None:
-        """Until the agent mirrors a watch on path (it does so after seeing
-        the listener's inotify_add_watch): acting earlier would be unmatched."""
-        st = os.stat(path)
+    def wait_marked(self, *paths, timeout: float = 20.0) -> None:
+        """Until the agent mirrors the watches on paths (it does so after
+        seeing the listener's inotify_add_watch): acting earlier would be
+        unmatched. Objects by (dev, ino): a tmpfs root is inode 1 on every
+        tmpfs. The agent's process tree is looked at: under a wrapper
+        (nsenter) the agent is the wrapper's child."""
+        want = {(st.st_dev, st.st_ino) for st in map(os.stat, paths)}
         deadline = time.monotonic() + timeout
-        while (st.st_dev, st.st_ino) not in marked_objects(self.proc.pid):
+        while not want <= self._marked_in_tree():
             if time.monotonic() > deadline:
-                raise AssertionError(f"the agent did not mirror the watch on {path}")
+                raise AssertionError(f"the agent did not mirror the watches on {paths}")
             time.sleep(0.02)
+
+    def _marked_in_tree(self) -> set[tuple[int, int]]:
+        found = set()
+        for pid in process_tree(self.proc.pid):
+            try:
+                found |= marked_objects(pid)
+            except OSError:  # gone meanwhile
+                pass
+        return found
 
     def ready_for(self, path) -> None:
         """Until the agent can attribute events under a watch on path that a
@@ -180,6 +192,18 @@ class Agent:
                 self._errfh.close()
                 return {}
             time.sleep(0.1)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants, parents first."""
+    out = [pid]
+    for p in out:
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return out
 
 
 def marked_inodes(pid: int) -> set[int]:

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from tests.harness.agent import process_tree
 from tests.harness.collector import Rotel
 from tests.harness.poll import until
 from tests.harness.pods import Pod, cgroup_v2_available
@@ -102,7 +103,7 @@ def _watcher(container, *dirs, log=None) -> subprocess.Popen:
         if log is not None:
             out.close()  # the child has its own copy
     deadline = time.monotonic() + 10
-    while not any(_watches(pid) == len(dirs) for pid in _descendants(w.pid)):
+    while not any(_watches(pid) == len(dirs) for pid in process_tree(w.pid)):
         assert w.poll() is None and time.monotonic() < deadline, w.stderr.read() if w.poll() is not None else ""
         time.sleep(0.05)
     return w
@@ -118,39 +119,7 @@ def _has_read(log, name: str, n: int = 1) -> None:
     assert until(lambda: read() >= n, timeout=30), f"{log}: {log.read_text(errors='replace')}"
 
 
-def _mirrored(agent, mirrors: bool, *paths) -> None:
-    """Until the agent has mirrored the watches on paths (as the host sees
-    them), when its backend mirrors (tracepoint): the watcher's
-    inotify_add_watch is seen, then marked, and an act before the mark has
-    no actor, so the pod scope drops it."""
-    from tests.harness.agent import marked_objects
-    if not mirrors:
-        return
-    want = {(st.st_dev, st.st_ino) for st in map(os.stat, paths)}  # a tmpfs root is inode 1 in each pod
-    def marked():  # noqa: E306 - the agent runs under a wrapper (nsenter): its descendants
-        found = set()
-        for pid in _descendants(agent.proc.pid):
-            try:
-                found |= marked_objects(pid)
-            except OSError:
-                pass
-        return want <= found
-    assert until(marked, timeout=30), f"the agent did not mirror the watches on {paths}"
-
-
-def _descendants(pid: int) -> list[int]:
-    out = [pid]
-    for p in out:
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as fh:
-                out += [int(c) for c in fh.read().split()]
-        except OSError:
-            pass
-    return out
-
-
 def _watches(pid: int) -> int:
-    import os
     n = 0
     try:
         for fd in os.listdir(f"/proc/{pid}/fdinfo"):
@@ -178,7 +147,8 @@ def test_a_watcher_inside_a_pod_gets_its_actors_and_both_paths_and_nothing_leaks
     watchers = [_watcher(watcher_a, pod_a.vol, pod_a.data, log=logs[0]),
                 _watcher(watcher_b, pod_b.vol, pod_b.data, log=logs[1])]
     try:
-        _mirrored(agent, not scope_in_kernel, f"/proc/{pod_a.ns_pid}/root{pod_a.vol}", pod_a.emptydir)
+        if not scope_in_kernel:  # the tracepoint backend mirrors the watches: act once it has
+            agent.wait_marked(f"/proc/{pod_a.ns_pid}/root{pod_a.vol}", pod_a.emptydir, timeout=30)
         for pod, app in ((pod_a, app_a), (pod_b, app_b)):
             subprocess.run(app.enter + ["sh", "-c", f"echo v > {pod.vol}/from-app; echo d > {pod.data}/from-app"],
                            check=True)
@@ -226,14 +196,15 @@ def test_a_sidecar_without_host_pid_numbers_every_process_as_its_pod_does(
     log_b = tmp_path / "watcher-b.log"
     watchers = [_watcher(watcher_a, pod_a.data), _watcher(watcher_b, pod_b.data, log=log_b)]
     try:
-        _mirrored(agent, not scope_in_kernel, pod_a.emptydir)
+        if not scope_in_kernel:
+            agent.wait_marked(pod_a.emptydir, timeout=30)
         for pod, app in ((pod_a, app_a), (pod_b, app_b)):
             # the writer leaves its own pid (as its pod numbers it) in the file
             subprocess.run(app.enter + ["sh", "-c", f"echo $$ > {pod.data}/from-app"], check=True)
         events = agent.wait_for(lambda e: e["path"] == f"{pod_a.data}/from-app"
                                 and "IN_CLOSE_WRITE" in e["i_mask_names"])
         _has_read(log_b, "from-app")
-        watcher_pid = next(_ns_pid(p) for p in _descendants(watchers[0].pid) if _watches(p))
+        watcher_pid = next(_ns_pid(p) for p in process_tree(watchers[0].pid) if _watches(p))
     finally:
         for w in watchers:
             w.terminate()
